@@ -1,0 +1,634 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// Well-known names that users and other tools see on objects.
+const (
+	// ResetAnnotation, set on a CircuitBreaker to a value not yet recorded in
+	// status.lastResetToken, closes the breaker once.
+	ResetAnnotation = "tripswitch.io/reset"
+	// StateAnnotation carries the breaker's gate state on objects listed in spec.gate.annotations.
+	StateAnnotation = "tripswitch.io/state"
+	// BreakerAnnotation names the breaker that owns StateAnnotation on an annotated object.
+	BreakerAnnotation = "tripswitch.io/breaker"
+	// Finalizer lets a breaker hand its front Service back to Kubernetes before it goes away.
+	Finalizer = "tripswitch.io/finalizer"
+	// ManagedBy is the endpointslice.kubernetes.io/managed-by value on the front Service's slices.
+	ManagedBy = "tripswitch.io"
+)
+
+// Profile names a preset of trip and recovery tuning.
+// +kubebuilder:validation:Enum=aggressive;balanced;conservative
+type Profile string
+
+const (
+	// ProfileAggressive trips after 3 consecutive failures and stays open 30s.
+	ProfileAggressive Profile = "aggressive"
+	// ProfileBalanced trips after 5 consecutive failures and stays open 60s (the built-in defaults).
+	ProfileBalanced Profile = "balanced"
+	// ProfileConservative trips after 10 consecutive failures and stays open 120s.
+	ProfileConservative Profile = "conservative"
+)
+
+// Mode says whether the breaker's decisions gate traffic.
+// +kubebuilder:validation:Enum=Auto;ForceOpen;ForceClosed;Observe
+type Mode string
+
+const (
+	// ModeAuto gates traffic by the breaker's state.
+	ModeAuto Mode = "Auto"
+	// ModeForceOpen pins the gate open (no traffic) while probing and status go on.
+	ModeForceOpen Mode = "ForceOpen"
+	// ModeForceClosed pins the gate closed (all ready endpoints) while probing and status go on.
+	ModeForceClosed Mode = "ForceClosed"
+	// ModeObserve runs and reports the state machine but never gates traffic ("shadow mode").
+	ModeObserve Mode = "Observe"
+)
+
+// State is a circuit breaker state.
+// +kubebuilder:validation:Enum=Closed;Open;HalfOpen
+type State string
+
+const (
+	// StateClosed lets traffic through to every ready endpoint of the target.
+	StateClosed State = "Closed"
+	// StateOpen rejects traffic (or sends it to the fallback).
+	StateOpen State = "Open"
+	// StateHalfOpen admits a few trial probes and a reduced set of endpoints.
+	StateHalfOpen State = "HalfOpen"
+)
+
+// Scheme is the URL scheme of an HTTP probe.
+// +kubebuilder:validation:Enum=HTTP;HTTPS
+type Scheme string
+
+const (
+	// SchemeHTTP probes over plain HTTP.
+	SchemeHTTP Scheme = "HTTP"
+	// SchemeHTTPS probes over TLS.
+	SchemeHTTPS Scheme = "HTTPS"
+)
+
+// Outcome is the result of one probe as the breaker counts it.
+// +kubebuilder:validation:Enum=Success;Failure;Slow;Neutral
+type Outcome string
+
+const (
+	// OutcomeSuccess is a probe that met its success criteria in time.
+	OutcomeSuccess Outcome = "Success"
+	// OutcomeFailure is a probe that failed, timed out or returned a failing status.
+	OutcomeFailure Outcome = "Failure"
+	// OutcomeSlow is a success slower than probe.slowThreshold.
+	OutcomeSlow Outcome = "Slow"
+	// OutcomeNeutral is a response that counts as neither success nor failure.
+	OutcomeNeutral Outcome = "Neutral"
+)
+
+// CircuitBreakerSpec describes what is protected, how it is probed, when the breaker trips,
+// how it recovers and how traffic is gated.
+// +kubebuilder:validation:XValidation:rule="!has(self.trip) || !has(self.trip.slowRate) || (has(self.probe) && has(self.probe.slowThreshold))",message="trip.slowRate needs probe.slowThreshold, which says what slow is"
+type CircuitBreakerSpec struct {
+	// target is the Service whose ready endpoints are probed and, while the breaker is
+	// Closed, published behind the front Service.
+	// +required
+	Target TargetReference `json:"target"`
+
+	// profile is a preset for trip.consecutiveFailures and recovery.openDuration that fills
+	// only the fields left unset: aggressive (3 failures, 30s), balanced (5, 60s) or
+	// conservative (10, 120s). Without a profile the built-in defaults equal balanced.
+	// +optional
+	Profile Profile `json:"profile,omitempty"`
+
+	// mode says whether the breaker gates traffic. Auto gates by state; ForceOpen and
+	// ForceClosed pin the gate while probing and status go on; Observe runs and reports the
+	// state machine without ever gating traffic.
+	// +kubebuilder:default=Auto
+	// +optional
+	Mode Mode `json:"mode,omitempty"`
+
+	// probe says how every ready endpoint of the target is checked.
+	// +kubebuilder:default={}
+	// +optional
+	Probe ProbeSpec `json:"probe,omitempty"`
+
+	// trip lists the rules that open the breaker; any rule that holds trips it. When no rule
+	// is given, the breaker trips after consecutiveFailures (5, or the profile's value).
+	// +optional
+	Trip TripSpec `json:"trip,omitempty"`
+
+	// recovery says how long the breaker stays Open and how it tests the target before closing.
+	// +kubebuilder:default={}
+	// +optional
+	Recovery RecoverySpec `json:"recovery,omitempty"`
+
+	// gate says how the breaker's state is applied to traffic. The default publishes the
+	// target's endpoints behind a front Service named after the breaker.
+	// +kubebuilder:default={endpointSlice:{}}
+	// +optional
+	Gate *GateSpec `json:"gate,omitempty"`
+}
+
+// TargetReference names a Service port in the breaker's namespace.
+type TargetReference struct {
+	// service is the name of a Service in the breaker's namespace.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z]([-a-z0-9]*[a-z0-9])?$`
+	// +required
+	Service string `json:"service"`
+
+	// port is the Service port, by name or by number.
+	// +kubebuilder:validation:XIntOrString
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? (self >= 1 && self <= 65535) : (size(self) <= 15 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))",message="port must be a number in 1-65535 or a Service port name"
+	// +required
+	Port intstr.IntOrString `json:"port"`
+}
+
+// ProbeSpec says how endpoints are probed. At most one of http, tcp and grpc may be set;
+// none means an HTTP GET of "/".
+// +kubebuilder:validation:XValidation:rule="[has(self.http), has(self.tcp), has(self.grpc)].filter(x, x).size() <= 1",message="probe may set only one of http, tcp or grpc"
+// +kubebuilder:validation:XValidation:rule="!has(self.timeout) || duration(self.timeout) <= (has(self.interval) ? duration(self.interval) : duration('1s'))",message="probe.timeout must not be longer than probe.interval"
+// +kubebuilder:validation:XValidation:rule="!has(self.slowThreshold) || !has(self.timeout) || duration(self.slowThreshold) < duration(self.timeout)",message="probe.slowThreshold must be shorter than probe.timeout"
+type ProbeSpec struct {
+	// interval is how often every ready endpoint is probed; at least 50ms, at most 5m.
+	// +kubebuilder:default="1s"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('50ms')",message="probe.interval must be at least 50ms"
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('5m')",message="probe.interval must be at most 5m"
+	// +optional
+	Interval *metav1.Duration `json:"interval,omitempty"`
+
+	// timeout bounds each probe; it may not be longer than interval. Defaults to 1s, or to
+	// interval when that is shorter.
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10ms')",message="probe.timeout must be at least 10ms"
+	// +optional
+	Timeout *metav1.Duration `json:"timeout,omitempty"`
+
+	// slowThreshold, when set, makes a successful probe slower than this count as Slow,
+	// which feeds trip.slowRate and otherwise counts as a success.
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1ms')",message="probe.slowThreshold must be at least 1ms"
+	// +optional
+	SlowThreshold *metav1.Duration `json:"slowThreshold,omitempty"`
+
+	// http probes with an HTTP GET; this is the default probe kind.
+	// +optional
+	HTTP *HTTPProbe `json:"http,omitempty"`
+
+	// tcp probes by opening a TCP connection; a connection that opens is a success.
+	// +optional
+	TCP *TCPProbe `json:"tcp,omitempty"`
+
+	// grpc probes with the standard grpc.health.v1.Health/Check call; SERVING is a success.
+	// +optional
+	GRPC *GRPCProbe `json:"grpc,omitempty"`
+}
+
+// HTTPProbe is an HTTP GET against each endpoint.
+type HTTPProbe struct {
+	// path is the request path, with an optional query.
+	// +kubebuilder:default="/"
+	// +kubebuilder:validation:MaxLength=1024
+	// +kubebuilder:validation:Pattern=`^/[^\s]*$`
+	// +optional
+	Path string `json:"path,omitempty"`
+
+	// scheme is HTTP or HTTPS.
+	// +kubebuilder:default=HTTP
+	// +optional
+	Scheme Scheme `json:"scheme,omitempty"`
+
+	// host is sent as the Host header (and as the TLS server name); defaults to the endpoint address.
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]{1,5})?$`
+	// +optional
+	Host string `json:"host,omitempty"`
+
+	// headers are extra request headers.
+	// +kubebuilder:validation:MaxItems=16
+	// +listType=map
+	// +listMapKey=name
+	// +optional
+	Headers []HTTPHeader `json:"headers,omitempty"`
+
+	// successCodes lists the status codes that count as success, as comma-separated codes
+	// and inclusive ranges, for example "200-299,304".
+	// +kubebuilder:default="200-399"
+	// +optional
+	SuccessCodes StatusCodes `json:"successCodes,omitempty"`
+
+	// neutralCodes lists status codes that count as neither success nor failure, such as 429,
+	// in the same syntax as successCodes. They take precedence over successCodes.
+	// +optional
+	NeutralCodes StatusCodes `json:"neutralCodes,omitempty"`
+
+	// insecureSkipVerify skips verification of the endpoint's certificate for HTTPS probes.
+	// +optional
+	InsecureSkipVerify bool `json:"insecureSkipVerify,omitempty"`
+}
+
+// StatusCodes is a comma-separated list of HTTP status codes and inclusive ranges, such as
+// "200-299,304".
+// +kubebuilder:validation:MaxLength=128
+// +kubebuilder:validation:Pattern=`^[1-5][0-9][0-9](-[1-5][0-9][0-9])?(,[1-5][0-9][0-9](-[1-5][0-9][0-9])?)*$`
+// +kubebuilder:validation:XValidation:rule="self.split(',').all(r, !r.contains('-') || int(r.split('-')[0]) <= int(r.split('-')[1]))",message="status code ranges must be written low-high, as in 200-399"
+type StatusCodes string
+
+// HTTPHeader is one request header of an HTTP probe.
+type HTTPHeader struct {
+	// name is the header name.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=128
+	// +kubebuilder:validation:Pattern=`^[!#$%&'*+.^_|~0-9A-Za-z-]+$`
+	// +required
+	Name string `json:"name"`
+
+	// value is the header value.
+	// +kubebuilder:validation:MaxLength=1024
+	// +required
+	Value string `json:"value"`
+}
+
+// TCPProbe opens a TCP connection; it has no settings.
+type TCPProbe struct{}
+
+// GRPCProbe calls grpc.health.v1.Health/Check.
+type GRPCProbe struct {
+	// service is the service name sent in the health check request; empty asks about the
+	// server as a whole.
+	// +kubebuilder:validation:MaxLength=256
+	// +optional
+	Service string `json:"service,omitempty"`
+}
+
+// TripSpec lists the rules that open the breaker.
+type TripSpec struct {
+	// consecutiveFailures opens the breaker after this many failures in a row across the
+	// target's endpoints. Defaults to 5 (or the profile's value) when no rule is given.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	// +optional
+	ConsecutiveFailures *int32 `json:"consecutiveFailures,omitempty"`
+
+	// failureRate opens the breaker when the share of failures over the last window counted
+	// probes reaches percent.
+	// +optional
+	FailureRate *RateRule `json:"failureRate,omitempty"`
+
+	// slowRate opens the breaker when the share of Slow probes over the last window counted
+	// probes reaches percent. It needs probe.slowThreshold.
+	// +optional
+	SlowRate *RateRule `json:"slowRate,omitempty"`
+}
+
+// RateRule trips when a share of the last window probe outcomes reaches percent.
+// +kubebuilder:validation:XValidation:rule="!has(self.minimumProbes) || self.window >= self.minimumProbes",message="window must be at least minimumProbes"
+type RateRule struct {
+	// percent is the share of outcomes, 1 to 100, that trips the breaker.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	// +required
+	Percent int32 `json:"percent"`
+
+	// window is how many of the most recent counted outcomes (neutral ones are not counted)
+	// the rate is computed over.
+	// +kubebuilder:default=20
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	// +optional
+	Window int32 `json:"window,omitempty"`
+
+	// minimumProbes is how many outcomes the window must hold before the rate is judged.
+	// Defaults to window.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	// +optional
+	MinimumProbes *int32 `json:"minimumProbes,omitempty"`
+}
+
+// RecoverySpec says how the breaker leaves Open.
+// +kubebuilder:validation:XValidation:rule="!has(self.backoff) || !has(self.backoff.maxOpenDuration) || !has(self.openDuration) || duration(self.backoff.maxOpenDuration) >= duration(self.openDuration)",message="recovery.backoff.maxOpenDuration must not be shorter than recovery.openDuration"
+type RecoverySpec struct {
+	// openDuration is how long the breaker stays Open before a HalfOpen trial. Defaults to
+	// 60s (or the profile's value); at least 1s, at most 1h.
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s')",message="recovery.openDuration must be at least 1s"
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="recovery.openDuration must be at most 1h"
+	// +optional
+	OpenDuration *metav1.Duration `json:"openDuration,omitempty"`
+
+	// backoff, when set, multiplies the open duration on every reopen without an
+	// intervening Close.
+	// +optional
+	Backoff *BackoffSpec `json:"backoff,omitempty"`
+
+	// halfOpen says how the target is tested before the breaker closes.
+	// +kubebuilder:default={}
+	// +optional
+	HalfOpen HalfOpenSpec `json:"halfOpen,omitempty"`
+}
+
+// BackoffSpec grows the open duration: openDuration × factor^(openStreak−1), capped at
+// maxOpenDuration, then spread by ± jitterPercent.
+type BackoffSpec struct {
+	// factor multiplies the open duration on each reopen.
+	// +kubebuilder:default=2
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10
+	// +optional
+	Factor int32 `json:"factor,omitempty"`
+
+	// maxOpenDuration caps the grown open duration; at most 24h. Defaults to 10m, or to
+	// openDuration when that is longer.
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s')",message="recovery.backoff.maxOpenDuration must be at least 1s"
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('24h')",message="recovery.backoff.maxOpenDuration must be at most 24h"
+	// +optional
+	MaxOpenDuration *metav1.Duration `json:"maxOpenDuration,omitempty"`
+
+	// jitterPercent spreads each open duration randomly by up to ± this share, so that
+	// breakers that tripped together don't all retry together.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=50
+	// +optional
+	JitterPercent int32 `json:"jitterPercent,omitempty"`
+}
+
+// HalfOpenSpec says how a HalfOpen breaker tests the target.
+// +kubebuilder:validation:XValidation:rule="!has(self.successThreshold) || !has(self.trialProbes) || self.successThreshold <= self.trialProbes",message="halfOpen.successThreshold must not exceed halfOpen.trialProbes"
+type HalfOpenSpec struct {
+	// trialProbes is how many probe outcomes one HalfOpen attempt admits. Defaults to
+	// successThreshold.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	// +optional
+	TrialProbes *int32 `json:"trialProbes,omitempty"`
+
+	// successThreshold is how many consecutive successful trials close the breaker; any
+	// failed trial reopens it. Defaults to 1.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	// +optional
+	SuccessThreshold *int32 `json:"successThreshold,omitempty"`
+}
+
+// GateSpec says how the breaker's state reaches traffic. At least one gate is needed.
+// +kubebuilder:validation:XValidation:rule="has(self.endpointSlice) || (has(self.annotations) && size(self.annotations) > 0)",message="gate needs endpointSlice, annotations, or both"
+type GateSpec struct {
+	// endpointSlice, when present, publishes the target's endpoints behind a selectorless
+	// front Service according to the breaker's state.
+	// +optional
+	EndpointSlice *EndpointSliceGate `json:"endpointSlice,omitempty"`
+
+	// annotations lists objects in the breaker's namespace that get the annotations
+	// tripswitch.io/state and tripswitch.io/breaker.
+	// +kubebuilder:validation:MaxItems=16
+	// +listType=map
+	// +listMapKey=apiVersion
+	// +listMapKey=kind
+	// +listMapKey=name
+	// +optional
+	Annotations []AnnotatedObjectReference `json:"annotations,omitempty"`
+}
+
+// EndpointSliceGate publishes the target's endpoints behind a front Service.
+// +kubebuilder:validation:XValidation:rule="!has(self.fallback) || !has(self.service) || self.fallback.service != self.service",message="gate.endpointSlice.fallback.service must differ from the front Service"
+type EndpointSliceGate struct {
+	// service is the selectorless front Service that clients call. Defaults to the breaker's
+	// name; it must differ from target.service. A missing Service is created with the
+	// target's ports; an existing selectorless one is adopted.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z]([-a-z0-9]*[a-z0-9])?$`
+	// +optional
+	Service string `json:"service,omitempty"`
+
+	// halfOpenEndpoints is how many of the target's ready endpoints are published while
+	// the breaker is HalfOpen.
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	// +optional
+	HalfOpenEndpoints int32 `json:"halfOpenEndpoints,omitempty"`
+
+	// fallback, when set, has its ready endpoints published while the breaker is Open,
+	// instead of none.
+	// +optional
+	Fallback *FallbackReference `json:"fallback,omitempty"`
+}
+
+// FallbackReference names a Service port whose endpoints serve traffic while Open.
+// +kubebuilder:validation:XValidation:rule="!has(self.port) || (type(self.port) == int ? (self.port >= 1 && self.port <= 65535) : (size(self.port) <= 15 && self.port.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')))",message="fallback.port must be a number in 1-65535 or a Service port name"
+type FallbackReference struct {
+	// service is the name of a Service in the breaker's namespace.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z]([-a-z0-9]*[a-z0-9])?$`
+	// +required
+	Service string `json:"service"`
+
+	// port is the fallback Service's port, by name or number. Defaults to target.port.
+	// +kubebuilder:validation:XIntOrString
+	// +optional
+	Port *intstr.IntOrString `json:"port,omitempty"`
+}
+
+// AnnotatedObjectReference names an object in the breaker's namespace.
+type AnnotatedObjectReference struct {
+	// apiVersion of the object, for example networking.k8s.io/v1.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?v[0-9]+((alpha|beta)[0-9]+)?$`
+	// +required
+	APIVersion string `json:"apiVersion"`
+
+	// kind of the object, for example Ingress.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[A-Z][A-Za-z0-9]*$`
+	// +required
+	Kind string `json:"kind"`
+
+	// name of the object.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`
+	// +required
+	Name string `json:"name"`
+}
+
+// CircuitBreakerStatus is the breaker's observed state; it is the source of truth that a
+// restarted or new leader resumes from.
+type CircuitBreakerStatus struct {
+	// observedGeneration is the metadata.generation this status was computed from.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// state is the breaker's state machine state.
+	// +optional
+	State State `json:"state,omitempty"`
+
+	// gateState is the state applied to traffic; it differs from state under ForceOpen,
+	// ForceClosed and Observe.
+	// +optional
+	GateState State `json:"gateState,omitempty"`
+
+	// reason says why the last transition happened, for example ConsecutiveFailures,
+	// FailureRate, SlowRate, OpenTimeout, TrialSucceeded, TrialFailed, Reset or Forced.
+	// +kubebuilder:validation:MaxLength=64
+	// +optional
+	Reason string `json:"reason,omitempty"`
+
+	// lastTransitionTime is when state last changed.
+	// +optional
+	LastTransitionTime *metav1.Time `json:"lastTransitionTime,omitempty"`
+
+	// openUntil is when the next HalfOpen trial starts; set only while Open.
+	// +optional
+	OpenUntil *metav1.Time `json:"openUntil,omitempty"`
+
+	// trips counts how many times the breaker has opened, all time.
+	// +optional
+	Trips int64 `json:"trips,omitempty"`
+
+	// openStreak counts reopens since the last Close; it drives backoff.
+	// +optional
+	OpenStreak int32 `json:"openStreak,omitempty"`
+
+	// consecutiveFailures is the current run of failed probes.
+	// +optional
+	ConsecutiveFailures int32 `json:"consecutiveFailures,omitempty"`
+
+	// consecutiveSuccesses is the current run of successful probes.
+	// +optional
+	ConsecutiveSuccesses int32 `json:"consecutiveSuccesses,omitempty"`
+
+	// window summarises the outcomes the rate rules are judged over.
+	// +optional
+	Window *WindowStatus `json:"window,omitempty"`
+
+	// endpoints counts the target's ready endpoints and those published to the front Service.
+	// +optional
+	Endpoints *EndpointsStatus `json:"endpoints,omitempty"`
+
+	// frontService is the name of the front Service whose EndpointSlices the breaker owns.
+	// +optional
+	FrontService string `json:"frontService,omitempty"`
+
+	// lastProbe is the most recent probe result.
+	// +optional
+	LastProbe *ProbeResult `json:"lastProbe,omitempty"`
+
+	// lastResetToken is the last value of the tripswitch.io/reset annotation that was acted on.
+	// +kubebuilder:validation:MaxLength=256
+	// +optional
+	LastResetToken string `json:"lastResetToken,omitempty"`
+
+	// conditions are Ready, and the kstatus conditions Reconciling and Stalled when they apply.
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// WindowStatus summarises the rate window.
+type WindowStatus struct {
+	// probes is how many counted outcomes the window holds.
+	Probes int32 `json:"probes"`
+	// failures is how many of them failed.
+	Failures int32 `json:"failures"`
+	// slow is how many of them were Slow.
+	Slow int32 `json:"slow"`
+}
+
+// EndpointsStatus counts endpoints.
+type EndpointsStatus struct {
+	// target is how many ready endpoints the target Service has on the chosen port.
+	Target int32 `json:"target"`
+	// published is how many ready endpoints the front Service's slices publish.
+	Published int32 `json:"published"`
+}
+
+// ProbeResult is one probe's result.
+type ProbeResult struct {
+	// time is when the probe finished.
+	Time metav1.Time `json:"time"`
+	// endpoint is the probed address and port.
+	// +kubebuilder:validation:MaxLength=64
+	Endpoint string `json:"endpoint"`
+	// outcome is how the breaker counted the probe.
+	Outcome Outcome `json:"outcome"`
+	// latencyMilliseconds is how long the probe took.
+	LatencyMilliseconds int64 `json:"latencyMilliseconds"`
+	// message is a short human description, such as "HTTP 503" or "connection refused".
+	// +kubebuilder:validation:MaxLength=256
+	// +optional
+	Message string `json:"message,omitempty"`
+}
+
+// CircuitBreaker probes a target Service and gates traffic to it cluster-wide: while the
+// breaker is Open, its front Service publishes no ready endpoints, so connections are
+// rejected at once instead of timing out.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=cb;breaker,categories=tripswitch
+// +kubebuilder:printcolumn:name="State",type=string,JSONPath=`.status.state`,description="Breaker state"
+// +kubebuilder:printcolumn:name="Target",type=string,JSONPath=`.spec.target.service`,description="Protected Service"
+// +kubebuilder:printcolumn:name="Front",type=string,JSONPath=`.status.frontService`,description="Front Service that clients call"
+// +kubebuilder:printcolumn:name="Trips",type=integer,JSONPath=`.status.trips`,description="Times opened, all time"
+// +kubebuilder:printcolumn:name="Last Change",type=date,JSONPath=`.status.lastTransitionTime`,description="Time since the last state change"
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:printcolumn:name="Mode",type=string,JSONPath=`.spec.mode`,priority=1,description="Auto, ForceOpen, ForceClosed or Observe"
+// +kubebuilder:printcolumn:name="Gate",type=string,JSONPath=`.status.gateState`,priority=1,description="State applied to traffic"
+// +kubebuilder:printcolumn:name="Failures",type=integer,JSONPath=`.status.consecutiveFailures`,priority=1,description="Consecutive failed probes"
+// +kubebuilder:printcolumn:name="Window Failures",type=integer,JSONPath=`.status.window.failures`,priority=1,description="Failures in the rate window"
+// +kubebuilder:printcolumn:name="Endpoints",type=integer,JSONPath=`.status.endpoints.target`,priority=1,description="Ready target endpoints"
+// +kubebuilder:printcolumn:name="Published",type=integer,JSONPath=`.status.endpoints.published`,priority=1,description="Endpoints published to the front Service"
+// +kubebuilder:validation:XValidation:rule="!has(self.spec.gate) || !has(self.spec.gate.endpointSlice) || (has(self.spec.gate.endpointSlice.service) ? self.spec.gate.endpointSlice.service : self.metadata.name) != self.spec.target.service",message="the front Service (gate.endpointSlice.service, default metadata.name) must differ from target.service"
+// +kubebuilder:validation:XValidation:rule="!has(self.spec.gate) || !has(self.spec.gate.endpointSlice) || has(self.spec.gate.endpointSlice.service) || (size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$'))",message="metadata.name is not a valid Service name; set gate.endpointSlice.service"
+// +kubebuilder:validation:XValidation:rule="!has(self.spec.gate) || !has(self.spec.gate.endpointSlice) || !has(self.spec.gate.endpointSlice.fallback) || has(self.spec.gate.endpointSlice.service) || self.spec.gate.endpointSlice.fallback.service != self.metadata.name",message="gate.endpointSlice.fallback.service must differ from the front Service"
+type CircuitBreaker struct {
+	metav1.TypeMeta `json:",inline"`
+	// metadata is the standard object metadata.
+	// +optional
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// spec describes the breaker.
+	// +required
+	Spec CircuitBreakerSpec `json:"spec"`
+
+	// status is the breaker's observed state.
+	// +optional
+	Status CircuitBreakerStatus `json:"status,omitempty"`
+}
+
+// CircuitBreakerList is a list of CircuitBreakers.
+//
+// +kubebuilder:object:root=true
+type CircuitBreakerList struct {
+	metav1.TypeMeta `json:",inline"`
+	// metadata is the standard list metadata.
+	// +optional
+	metav1.ListMeta `json:"metadata,omitempty"`
+	// items are the CircuitBreakers.
+	Items []CircuitBreaker `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&CircuitBreaker{}, &CircuitBreakerList{})
+}
