@@ -1,0 +1,47 @@
+package main
+
+import (
+	"flag"
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseFlags(t *testing.T) {
+	for _, tt := range []struct {
+		args    []string
+		wantErr string
+		check   func(*options) bool
+	}{
+		{args: nil, check: func(o *options) bool {
+			return o.statusSyncPeriod == 10*time.Second && !o.leaderElect && o.secureMetrics &&
+				o.leaderElectionID == "tripswitch.tripswitch.io" && o.metricsAddr == "0" && o.probeAddr == ":8081"
+		}},
+		{args: []string{"--leader-elect", "--leader-election-id=x", "--status-sync-period=30s", "--metrics-bind-address=:8080", "--metrics-secure=false", "--zap-log-level=debug"},
+			check: func(o *options) bool {
+				return o.leaderElect && o.leaderElectionID == "x" && o.statusSyncPeriod == 30*time.Second &&
+					o.metricsAddr == ":8080" && !o.secureMetrics
+			}},
+		{args: []string{"--status-sync-period=100ms"}, wantErr: "--status-sync-period must be at least 1s"},
+		{args: []string{"--leader-election-id="}, wantErr: "--leader-election-id must not be empty"},
+		{args: []string{"--no-such-flag"}, wantErr: "flag provided but not defined"},
+	} {
+		fs := flag.NewFlagSet("manager", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		o, err := parseFlags(fs, tt.args)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("parseFlags(%q) error = %v, want %q", tt.args, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("parseFlags(%q) error = %v", tt.args, err)
+			continue
+		}
+		if !tt.check(o) {
+			t.Errorf("parseFlags(%q) = %+v, not what was asked", tt.args, o)
+		}
+	}
+}
