@@ -1,0 +1,258 @@
+package envtest_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
+)
+
+// breakerFromYAML builds a CircuitBreaker named name from a spec written in YAML, so that the
+// table below can hold values the Go types could not express (unknown enums, wrong types).
+func breakerFromYAML(namespace, name, specYAML string) *unstructured.Unstructured {
+	spec := map[string]any{}
+	Expect(yaml.Unmarshal([]byte(specYAML), &spec)).To(Succeed())
+	u := &unstructured.Unstructured{Object: map[string]any{"spec": spec}}
+	u.SetAPIVersion(tripswitchv1alpha1.GroupVersion.String())
+	u.SetKind("CircuitBreaker")
+	u.SetNamespace(namespace)
+	u.SetName(name)
+	return u
+}
+
+var _ = Describe("The CircuitBreaker API", func() {
+	var ns string
+	BeforeEach(func() { ns = newNamespace() })
+
+	It("accepts every sample in config/samples", func(ctx SpecContext) {
+		files, err := filepath.Glob(filepath.Join(repoRoot, "config", "samples", "*.yaml"))
+		Expect(err).NotTo(HaveOccurred())
+		created := 0
+		for _, file := range files {
+			if filepath.Base(file) == "kustomization.yaml" {
+				continue
+			}
+			data, err := os.ReadFile(file)
+			Expect(err).NotTo(HaveOccurred())
+			decoder := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
+			for {
+				obj := &unstructured.Unstructured{}
+				if err := decoder.Decode(&obj.Object); errors.Is(err, io.EOF) {
+					break
+				} else {
+					Expect(err).NotTo(HaveOccurred(), file)
+				}
+				if len(obj.Object) == 0 {
+					continue
+				}
+				obj.SetNamespace(ns)
+				Expect(k8sClient.Create(ctx, obj)).To(Succeed(), file)
+				created++
+			}
+		}
+		Expect(created).To(BeNumerically(">=", 4), "every sample file should hold a breaker")
+	})
+
+	It("applies defaults on the server", func(ctx SpecContext) {
+		minimal := breakerFromYAML(ns, "minimal", `{target: {service: backend, port: 80}}`)
+		Expect(k8sClient.Create(ctx, minimal)).To(Succeed())
+		got := &tripswitchv1alpha1.CircuitBreaker{}
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(minimal), got)).To(Succeed())
+		Expect(got.Spec.Mode).To(Equal(tripswitchv1alpha1.ModeAuto))
+		Expect(got.Spec.Probe.Interval).NotTo(BeNil())
+		Expect(got.Spec.Probe.Interval.Duration.String()).To(Equal("1s"))
+		Expect(got.Spec.Gate).NotTo(BeNil())
+		Expect(got.Spec.Gate.EndpointSlice).NotTo(BeNil())
+		Expect(got.Spec.Gate.EndpointSlice.HalfOpenEndpoints).To(BeEquivalentTo(1))
+		// Defaults that depend on another field or on the profile are left to Resolve, so the
+		// server leaves them unset rather than guessing.
+		Expect(got.Spec.Probe.Timeout).To(BeNil())
+		Expect(got.Spec.Trip.ConsecutiveFailures).To(BeNil())
+		Expect(got.Spec.Recovery.OpenDuration).To(BeNil())
+
+		detailed := breakerFromYAML(ns, "detailed", `
+target: {service: backend, port: http}
+probe: {http: {}}
+trip: {failureRate: {percent: 50}}
+recovery: {backoff: {}}
+`)
+		Expect(k8sClient.Create(ctx, detailed)).To(Succeed())
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(detailed), got)).To(Succeed())
+		Expect(got.Spec.Probe.HTTP.Path).To(Equal("/"))
+		Expect(got.Spec.Probe.HTTP.Scheme).To(Equal(tripswitchv1alpha1.SchemeHTTP))
+		Expect(got.Spec.Probe.HTTP.SuccessCodes).To(BeEquivalentTo("200-399"))
+		Expect(got.Spec.Trip.FailureRate.Window).To(BeEquivalentTo(20))
+		Expect(got.Spec.Recovery.Backoff.Factor).To(BeEquivalentTo(2))
+	})
+
+	DescribeTable("rejects an invalid spec with a clear message",
+		func(ctx SpecContext, name, specYAML, wantMessage string) {
+			err := k8sClient.Create(ctx, breakerFromYAML(ns, name, specYAML))
+			Expect(err).To(HaveOccurred())
+			Expect(apierrors.IsInvalid(err)).To(BeTrue(), "want 422 Invalid, got %v", err)
+			Expect(err.Error()).To(ContainSubstring(wantMessage))
+		},
+		Entry("no target", "a", `{mode: Auto}`, `spec.target: Required value`),
+		Entry("two probe kinds", "a", `{target: {service: b, port: 80}, probe: {http: {}, tcp: {}}}`,
+			"probe may set only one of http, tcp or grpc"),
+		Entry("timeout longer than interval", "a", `{target: {service: b, port: 80}, probe: {interval: 1s, timeout: 2s}}`,
+			"probe.timeout must not be longer than probe.interval"),
+		Entry("timeout longer than the default interval", "a", `{target: {service: b, port: 80}, probe: {timeout: 1500ms}}`,
+			"probe.timeout must not be longer than probe.interval"),
+		Entry("interval under 50ms", "a", `{target: {service: b, port: 80}, probe: {interval: 20ms}}`,
+			"probe.interval must be at least 50ms"),
+		Entry("interval that is not a duration", "a", `{target: {service: b, port: 80}, probe: {interval: soon}}`,
+			"spec.probe.interval: Invalid value"),
+		Entry("slowThreshold not under timeout", "a", `{target: {service: b, port: 80}, probe: {timeout: 500ms, slowThreshold: 500ms}}`,
+			"probe.slowThreshold must be shorter than probe.timeout"),
+		Entry("successThreshold above trialProbes", "a",
+			`{target: {service: b, port: 80}, recovery: {halfOpen: {trialProbes: 2, successThreshold: 3}}}`,
+			"halfOpen.successThreshold must not exceed halfOpen.trialProbes"),
+		Entry("explicit front Service equal to target", "a",
+			`{target: {service: b, port: 80}, gate: {endpointSlice: {service: b}}}`,
+			"the front Service (gate.endpointSlice.service, default metadata.name) must differ from target.service"),
+		Entry("breaker named like its target", "backend", `{target: {service: backend, port: 80}}`,
+			"the front Service (gate.endpointSlice.service, default metadata.name) must differ from target.service"),
+		Entry("no gate at all", "a", `{target: {service: b, port: 80}, gate: {}}`,
+			"gate needs endpointSlice, annotations, or both"),
+		Entry("failure rate of 0%", "a", `{target: {service: b, port: 80}, trip: {failureRate: {percent: 0}}}`,
+			"spec.trip.failureRate.percent: Invalid value: 0: spec.trip.failureRate.percent in body should be greater than or equal to 1"),
+		Entry("slow rate over 100%", "a", `{target: {service: b, port: 80}, probe: {slowThreshold: 300ms}, trip: {slowRate: {percent: 101}}}`,
+			"spec.trip.slowRate.percent in body should be less than or equal to 100"),
+		Entry("window smaller than minimumProbes", "a",
+			`{target: {service: b, port: 80}, trip: {failureRate: {percent: 50, window: 5, minimumProbes: 10}}}`,
+			"window must be at least minimumProbes"),
+		Entry("slow rate without a slow threshold", "a", `{target: {service: b, port: 80}, trip: {slowRate: {percent: 50}}}`,
+			"trip.slowRate needs probe.slowThreshold, which says what slow is"),
+		Entry("unknown mode", "a", `{target: {service: b, port: 80}, mode: Sometimes}`,
+			`spec.mode: Unsupported value: "Sometimes"`),
+		Entry("unknown profile", "a", `{target: {service: b, port: 80}, profile: yolo}`,
+			`spec.profile: Unsupported value: "yolo"`),
+		Entry("port number out of range", "a", `{target: {service: b, port: 70000}}`,
+			"port must be a number in 1-65535 or a Service port name"),
+		Entry("port name with capitals", "a", `{target: {service: b, port: HTTP}}`,
+			"port must be a number in 1-65535 or a Service port name"),
+		Entry("status code range written backwards", "a",
+			`{target: {service: b, port: 80}, probe: {http: {successCodes: "399-200"}}}`,
+			"status code ranges must be written low-high, as in 200-399"),
+		Entry("malformed status codes", "a", `{target: {service: b, port: 80}, probe: {http: {neutralCodes: "429,"}}}`,
+			"spec.probe.http.neutralCodes in body should match"),
+		Entry("open duration under 1s", "a", `{target: {service: b, port: 80}, recovery: {openDuration: 500ms}}`,
+			"recovery.openDuration must be at least 1s"),
+		Entry("backoff cap under the open duration", "a",
+			`{target: {service: b, port: 80}, recovery: {openDuration: 5m, backoff: {maxOpenDuration: 1m}}}`,
+			"recovery.backoff.maxOpenDuration must not be shorter than recovery.openDuration"),
+		Entry("fallback equal to the default front Service", "a",
+			`{target: {service: b, port: 80}, gate: {endpointSlice: {fallback: {service: a}}}}`,
+			"gate.endpointSlice.fallback.service must differ from the front Service"),
+		Entry("breaker name that cannot name a Service", "pay.ments", `{target: {service: b, port: 80}}`,
+			"metadata.name is not a valid Service name; set gate.endpointSlice.service"),
+		Entry("HTTP path without a leading slash", "a", `{target: {service: b, port: 80}, probe: {http: {path: healthz}}}`,
+			"spec.probe.http.path in body should match"),
+		Entry("target Service name that is not a DNS label", "a", `{target: {service: Payments, port: 80}}`,
+			"spec.target.service in body should match"),
+	)
+
+	It("defines the kubectl get columns, short names and category as designed", func(ctx SpecContext) {
+		crd := &apiextensionsv1.CustomResourceDefinition{}
+		Expect(k8sClient.Get(ctx, client.ObjectKey{Name: "circuitbreakers.tripswitch.io"}, crd)).To(Succeed())
+		Expect(crd.Spec.Names.ShortNames).To(ConsistOf("cb", "breaker"))
+		Expect(crd.Spec.Names.Categories).To(ConsistOf("tripswitch"))
+		Expect(crd.Spec.Scope).To(Equal(apiextensionsv1.NamespaceScoped))
+		Expect(crd.Spec.Versions).To(HaveLen(1))
+		Expect(crd.Spec.Versions[0].Subresources.Status).NotTo(BeNil())
+
+		// Ask the API server for the Table that `kubectl get cb` renders.
+		ns := newNamespace()
+		Expect(k8sClient.Create(ctx, breakerFromYAML(ns, "tabled", `{target: {service: b, port: 80}}`))).To(Succeed())
+		table := getTable(ctx, ns)
+		type column struct {
+			Name     string
+			Priority int32
+		}
+		var got []column
+		for _, c := range table.ColumnDefinitions {
+			got = append(got, column{c.Name, c.Priority})
+		}
+		Expect(got).To(Equal([]column{
+			{"Name", 0}, {"State", 0}, {"Target", 0}, {"Front", 0}, {"Trips", 0}, {"Last Change", 0}, {"Age", 0},
+			{"Mode", 1}, {"Gate", 1}, {"Failures", 1}, {"Window Failures", 1}, {"Endpoints", 1}, {"Published", 1},
+		}))
+		Expect(table.Rows).To(HaveLen(1))
+		Expect(table.Rows[0].Cells[0]).To(Equal("tabled"))
+		Expect(table.Rows[0].Cells[2]).To(Equal("b"))
+		Expect(table.Rows[0].Cells[7]).To(Equal("Auto"))
+	})
+
+	It("documents every field, so kubectl explain has something to say", func() {
+		data, err := os.ReadFile(filepath.Join(repoRoot, "config", "crd", "bases", "tripswitch.io_circuitbreakers.yaml"))
+		Expect(err).NotTo(HaveOccurred())
+		crd := &apiextensionsv1.CustomResourceDefinition{}
+		Expect(yaml.Unmarshal(data, crd)).To(Succeed())
+		var undocumented []string
+		var walk func(path string, s apiextensionsv1.JSONSchemaProps)
+		walk = func(path string, s apiextensionsv1.JSONSchemaProps) {
+			if strings.TrimSpace(s.Description) == "" {
+				undocumented = append(undocumented, path)
+			}
+			for name, prop := range s.Properties {
+				// apiVersion, kind and metadata are documented by Kubernetes itself.
+				if path == "" && (name == "apiVersion" || name == "kind" || name == "metadata") {
+					continue
+				}
+				walk(path+"."+name, prop)
+			}
+			if s.Items != nil && s.Items.Schema != nil {
+				// A list's items share the list's description.
+				walk(path+"[]", withDescription(*s.Items.Schema, s.Description))
+			}
+		}
+		walk("", *crd.Spec.Versions[0].Schema.OpenAPIV3Schema)
+		sort.Strings(undocumented)
+		Expect(undocumented).To(BeEmpty())
+	})
+})
+
+func withDescription(s apiextensionsv1.JSONSchemaProps, d string) apiextensionsv1.JSONSchemaProps {
+	if s.Description == "" {
+		s.Description = d
+	}
+	return s
+}
+
+// getTable asks the API server for CircuitBreakers in namespace as a meta.k8s.io Table, the
+// representation kubectl get prints.
+func getTable(ctx context.Context, namespace string) *metav1.Table {
+	restCfg := rest.CopyConfig(cfg)
+	restCfg.GroupVersion = &tripswitchv1alpha1.GroupVersion
+	restCfg.APIPath = "/apis"
+	restCfg.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
+	rc, err := rest.RESTClientFor(restCfg)
+	Expect(err).NotTo(HaveOccurred())
+	raw, err := rc.Get().Namespace(namespace).Resource("circuitbreakers").
+		SetHeader("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io").
+		Param("includeObject", "None").
+		DoRaw(ctx)
+	Expect(err).NotTo(HaveOccurred())
+	table := &metav1.Table{}
+	Expect(yaml.Unmarshal(raw, table)).To(Succeed())
+	return table
+}
