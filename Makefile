@@ -1,0 +1,153 @@
+# Image URL used by docker-build, deploy and build-installer.
+IMG ?= ghcr.io/tripswitch/tripswitch:dev
+CONTAINER_TOOL ?= docker
+KUBECTL ?= kubectl
+
+# Recipes run in bash with errexit and pipefail, so a failed command in a pipe fails the target.
+SHELL = /usr/bin/env bash -o pipefail
+.SHELLFLAGS = -ec
+
+LOCALBIN ?= $(CURDIR)/bin
+$(LOCALBIN):
+	mkdir -p $(LOCALBIN)
+
+## Tool versions (pinned; installed into ./bin by the targets below)
+CONTROLLER_TOOLS_VERSION ?= v0.23.0
+KUSTOMIZE_VERSION ?= v5.8.2
+
+CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
+KUSTOMIZE ?= $(LOCALBIN)/kustomize-$(KUSTOMIZE_VERSION)
+
+# envtest needs kube-apiserver and etcd at the Kubernetes version that matches k8s.io/api
+# (v0.37.2 -> 1.37.2). They cannot be downloaded here, so hack/envtest builds them from source.
+ENVTEST_K8S_VERSION ?= $(shell go list -m -f '{{.Version}}' k8s.io/api | sed -e 's/^v0\./1./')
+ENVTEST_ASSETS_DIR ?= $(LOCALBIN)/k8s/$(ENVTEST_K8S_VERSION)
+# A KUBEBUILDER_ASSETS set by the user wins, and then nothing is built.
+ifdef KUBEBUILDER_ASSETS
+ENVTEST_DEP :=
+else
+KUBEBUILDER_ASSETS := $(ENVTEST_ASSETS_DIR)
+ENVTEST_DEP := envtest
+endif
+
+GO_TEST_FLAGS ?= -timeout 45m
+
+.PHONY: all
+all: build
+
+##@ General
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*##"; printf "\nUsage:\n  make \033[36m<target>\033[0m\n"} /^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) } ' $(MAKEFILE_LIST)
+
+##@ Development
+
+.PHONY: manifests
+manifests: controller-gen ## Generate the CRD and RBAC manifests from the Go markers.
+	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./..." output:crd:artifacts:config=config/crd/bases
+
+.PHONY: generate
+generate: controller-gen ## Generate DeepCopy methods for the API types.
+	$(CONTROLLER_GEN) object:headerFile="hack/boilerplate.go.txt" paths="./..."
+
+.PHONY: fmt
+fmt: ## Run go fmt.
+	go fmt ./...
+
+.PHONY: vet
+vet: ## Run go vet.
+	go vet ./...
+
+.PHONY: tidy
+tidy: ## Run go mod tidy on the project and on the envtest tools module.
+	go mod tidy
+	cd hack/envtest && go mod tidy
+
+.PHONY: test
+test: manifests generate fmt vet $(ENVTEST_DEP) ## Run every test, envtest suites included, on a source-built kube-apiserver.
+	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" go test $(GO_TEST_FLAGS) ./... -coverprofile cover.out
+
+.PHONY: verify
+verify: manifests generate fmt tidy ## Fail when generated code, manifests, formatting or go.mod are out of date.
+	@if [ -n "$$(git status --porcelain --untracked-files=all)" ]; then \
+		git status --short; git --no-pager diff --stat; \
+		echo "verify: the tree changed after 'make manifests generate fmt tidy'; run it and commit the result"; \
+		exit 1; \
+	fi
+
+.PHONY: envtest
+envtest: $(ENVTEST_ASSETS_DIR)/kube-apiserver $(ENVTEST_ASSETS_DIR)/etcd ## Build kube-apiserver and etcd for envtest from source (first time ~10 min; a no-op after).
+
+$(ENVTEST_ASSETS_DIR)/kube-apiserver $(ENVTEST_ASSETS_DIR)/etcd: | $(LOCALBIN)
+	@grep -q "k8s.io/kubernetes v$(ENVTEST_K8S_VERSION)" hack/envtest/go.mod || \
+		{ echo "hack/envtest/go.mod must require k8s.io/kubernetes v$(ENVTEST_K8S_VERSION) to match k8s.io/api"; exit 1; }
+	@echo "Building kube-apiserver and etcd $(ENVTEST_K8S_VERSION) from source into $(ENVTEST_ASSETS_DIR); the first build takes about 10 minutes."
+	rm -rf $(ENVTEST_ASSETS_DIR).tmp && mkdir -p $(ENVTEST_ASSETS_DIR).tmp
+	cd hack/envtest && go build -buildvcs=false -trimpath -ldflags='-s -w' -o $(ENVTEST_ASSETS_DIR).tmp/ ./kube-apiserver ./etcd
+	mkdir -p $(ENVTEST_ASSETS_DIR) && mv $(ENVTEST_ASSETS_DIR).tmp/* $(ENVTEST_ASSETS_DIR)/ && rmdir $(ENVTEST_ASSETS_DIR).tmp
+
+##@ Build
+
+.PHONY: build
+build: manifests generate fmt vet ## Build the manager binary into bin/manager.
+	go build -o bin/manager ./cmd/manager
+
+.PHONY: run
+run: manifests generate fmt vet ## Run the manager against the cluster in the current kubeconfig.
+	go run ./cmd/manager
+
+.PHONY: docker-build
+docker-build: ## Build the manager image (needs a container engine).
+	$(CONTAINER_TOOL) build -t $(IMG) .
+
+.PHONY: build-installer
+build-installer: manifests generate kustomize ## Write dist/install.yaml: CRDs, RBAC and the manager Deployment for IMG.
+	mkdir -p dist
+	cd config/manager && $(KUSTOMIZE) edit set image controller=$(IMG)
+	$(KUSTOMIZE) build config/default > dist/install.yaml
+
+##@ Deployment
+
+ifndef ignore-not-found
+  ignore-not-found = false
+endif
+
+.PHONY: install
+install: manifests ## Install the CRDs into the cluster in the current kubeconfig.
+	$(KUBECTL) apply --server-side -f config/crd/bases
+
+.PHONY: uninstall
+uninstall: manifests ## Remove the CRDs (and so every CircuitBreaker) from the cluster. ignore-not-found=true ignores missing ones.
+	$(KUBECTL) delete --ignore-not-found=$(ignore-not-found) -f config/crd/bases
+
+.PHONY: deploy
+deploy: manifests kustomize ## Deploy the manager with image IMG to the cluster in the current kubeconfig.
+	cd config/manager && $(KUSTOMIZE) edit set image controller=$(IMG)
+	$(KUSTOMIZE) build config/default | $(KUBECTL) apply --server-side -f -
+
+.PHONY: undeploy
+undeploy: kustomize ## Remove the manager from the cluster. ignore-not-found=true ignores missing objects.
+	$(KUSTOMIZE) build config/default | $(KUBECTL) delete --ignore-not-found=$(ignore-not-found) -f -
+
+##@ Tools
+
+.PHONY: controller-gen
+controller-gen: $(CONTROLLER_GEN) ## Install controller-gen into ./bin.
+$(CONTROLLER_GEN): | $(LOCALBIN)
+	$(call go-install-tool,$(CONTROLLER_GEN),sigs.k8s.io/controller-tools/cmd/controller-gen,$(CONTROLLER_TOOLS_VERSION))
+
+.PHONY: kustomize
+kustomize: $(KUSTOMIZE) ## Install kustomize into ./bin.
+$(KUSTOMIZE): | $(LOCALBIN)
+	$(call go-install-tool,$(KUSTOMIZE),sigs.k8s.io/kustomize/kustomize/v5,$(KUSTOMIZE_VERSION))
+
+# go-install-tool installs package $(2) at version $(3) as the versioned binary $(1), so a
+# change of pin installs the new version instead of reusing the old one.
+define go-install-tool
+@set -e; \
+echo "Installing $(2)@$(3)"; \
+rm -f "$$(echo "$(1)" | sed "s/-$(3)$$//")"; \
+GOBIN="$(LOCALBIN)" go install $(2)@$(3); \
+mv "$(LOCALBIN)/$$(basename "$$(echo "$(1)" | sed "s/-$(3)$$//")")" "$(1)"
+endef
