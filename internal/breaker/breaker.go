@@ -1,0 +1,307 @@
+package breaker
+
+import (
+	"math"
+	"time"
+
+	"k8s.io/utils/clock"
+)
+
+// Breaker is one circuit breaker's state machine. See the package documentation for the model.
+type Breaker struct {
+	cfg   Config
+	clock clock.PassiveClock
+	seed  uint64
+
+	state      State
+	reason     Reason
+	since      time.Time
+	openUntil  time.Time
+	openStreak int32
+	trips      int64
+	failures   int32 // consecutive
+	successes  int32 // consecutive; in HalfOpen, the successful trials
+
+	// HalfOpen trial slots: admitted counts slots handed out and not given back, pending those
+	// whose outcome has not been recorded yet.
+	admitted, pending int
+
+	win window
+}
+
+// New returns a Closed breaker. seed makes the jitter of open periods reproducible: the same
+// seed and trip number always give the same jitter, also after Restore.
+func New(cfg Config, clk clock.PassiveClock, seed uint64) (*Breaker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Breaker{
+		cfg:   cfg,
+		clock: clk,
+		seed:  seed,
+		since: clk.Now(),
+		win:   newWindow(cfg.windowSize(), cfg.FailureRate.Window, cfg.SlowRate.Window),
+	}, nil
+}
+
+// State is the state machine's state.
+func (b *Breaker) State() State { return b.state }
+
+// Gate is the state traffic should see: the state under Auto, pinned under the other modes.
+func (b *Breaker) Gate() State { return b.cfg.Mode.gateFor(b.state) }
+
+// Config is the configuration in force.
+func (b *Breaker) Config() Config { return b.cfg }
+
+// Window summarises the outcomes the rate rules judge.
+func (b *Breaker) Window() WindowStats { return b.win.stats() }
+
+// NextDeadline is when the breaker next needs Tick, and false when no time-driven change is
+// pending (only Open has one).
+func (b *Breaker) NextDeadline() (time.Time, bool) {
+	if b.state == Open {
+		return b.openUntil, true
+	}
+	return time.Time{}, false
+}
+
+// Admit says whether a probe may be sent now. Closed breakers probe freely and Open ones not at
+// all; a HalfOpen breaker hands out at most TrialProbes trial slots per attempt.
+func (b *Breaker) Admit() bool {
+	switch b.state {
+	case Closed:
+		return true
+	case HalfOpen:
+		if b.admitted < b.cfg.TrialProbes {
+			b.admitted++
+			b.pending++
+			return true
+		}
+	}
+	return false
+}
+
+// Record counts one probe outcome and returns the transition it caused, if any. Outcomes
+// that arrive while Open, or in HalfOpen without an admitted trial slot, are dropped.
+func (b *Breaker) Record(o Outcome) (Transition, bool) {
+	switch b.state {
+	case Open:
+		return Transition{}, false
+	case HalfOpen:
+		return b.recordTrial(o)
+	}
+	if o == Neutral {
+		return Transition{}, false
+	}
+	b.count(o)
+	b.win.push(o)
+	if r := b.tripReason(); r != NoReason {
+		return b.open(r), true
+	}
+	return Transition{}, false
+}
+
+func (b *Breaker) count(o Outcome) {
+	if o == Failure {
+		b.failures = saturatingInc(b.failures)
+		b.successes = 0
+	} else {
+		b.successes = saturatingInc(b.successes)
+		b.failures = 0
+	}
+}
+
+func saturatingInc(n int32) int32 {
+	if n == math.MaxInt32 {
+		return n
+	}
+	return n + 1
+}
+
+// tripReason is the first trip rule that holds, in the order the API lists them.
+func (b *Breaker) tripReason() Reason {
+	if n := b.cfg.ConsecutiveFailures; n > 0 && int(b.failures) >= n {
+		return ConsecutiveFailures
+	}
+	if r := b.cfg.FailureRate; r.enabled() && rateHolds(r, b.win.failureSpan.held, b.win.failureSpan.failures) {
+		return FailureRate
+	}
+	if r := b.cfg.SlowRate; r.enabled() && rateHolds(r, b.win.slowSpan.held, b.win.slowSpan.slow) {
+		return SlowRate
+	}
+	return NoReason
+}
+
+func rateHolds(r RateRule, held, matching int) bool {
+	return held >= r.MinimumProbes && matching*100 >= r.Percent*held
+}
+
+func (b *Breaker) recordTrial(o Outcome) (Transition, bool) {
+	if b.pending == 0 {
+		return Transition{}, false
+	}
+	b.pending--
+	switch o {
+	case Neutral:
+		// No information about the target: give the slot back for another trial.
+		b.admitted--
+		return Transition{}, false
+	case Failure:
+		b.count(o)
+		return b.open(TrialFailed), true
+	}
+	b.count(o)
+	if int(b.successes) >= b.cfg.SuccessThreshold {
+		return b.close(TrialSucceeded), true
+	}
+	return Transition{}, false
+}
+
+// Tick moves an Open breaker whose openUntil has come to HalfOpen. The owner calls it at
+// NextDeadline; calling it at other times does nothing.
+func (b *Breaker) Tick() (Transition, bool) {
+	if b.state != Open {
+		return Transition{}, false
+	}
+	now := b.clock.Now()
+	if now.Before(b.openUntil) {
+		return Transition{}, false
+	}
+	return b.enter(HalfOpen, OpenTimeout, now, func() {
+		b.openUntil = time.Time{}
+		b.failures, b.successes = 0, 0
+	}), true
+}
+
+// Reset closes the breaker, clearing its counters and window, as the tripswitch.io/reset
+// annotation asks. It returns a transition when the state or the gate changed; a breaker that
+// is already Closed only has its counters cleared.
+func (b *Breaker) Reset() (Transition, bool) {
+	defer func() { b.failures, b.successes = 0, 0 }()
+	if b.state == Closed {
+		b.win.clear()
+		return Transition{}, false
+	}
+	return b.close(Reset), true
+}
+
+// Reconfigure applies a new configuration and keeps the state, the counters and the newest
+// outcomes that fit the new window. An Open breaker keeps its openUntil. It returns a Forced
+// transition when the new mode changes the gate.
+func (b *Breaker) Reconfigure(cfg Config) (Transition, bool, error) {
+	if err := cfg.Validate(); err != nil {
+		return Transition{}, false, err
+	}
+	gateFrom := b.Gate()
+	if cfg.windowSize() != len(b.win.ring) || cfg.FailureRate.Window != b.win.failureSpan.size ||
+		cfg.SlowRate.Window != b.win.slowSpan.size {
+		b.win = b.win.resized(cfg.windowSize(), cfg.FailureRate.Window, cfg.SlowRate.Window)
+	}
+	b.cfg = cfg
+	if gateTo := b.Gate(); gateTo != gateFrom {
+		now := b.clock.Now()
+		b.reason = Forced
+		return Transition{From: b.state, To: b.state, GateFrom: gateFrom, GateTo: gateTo, Reason: Forced, At: now}, true, nil
+	}
+	return Transition{}, false, nil
+}
+
+func (b *Breaker) open(r Reason) Transition {
+	now := b.clock.Now()
+	return b.enter(Open, r, now, func() {
+		b.openStreak++
+		b.trips++
+		b.openUntil = now.Add(b.openDuration(b.openStreak, b.trips))
+	})
+}
+
+func (b *Breaker) close(r Reason) Transition {
+	return b.enter(Closed, r, b.clock.Now(), func() {
+		b.openStreak = 0
+		b.openUntil = time.Time{}
+		b.win.clear()
+	})
+}
+
+// enter switches to state to for reason r, running apply in between, and describes the change.
+func (b *Breaker) enter(to State, r Reason, now time.Time, apply func()) Transition {
+	t := Transition{From: b.state, GateFrom: b.Gate(), Reason: r, At: now}
+	apply()
+	b.state, b.reason, b.since = to, r, now
+	b.admitted, b.pending = 0, 0
+	t.To, t.GateTo = to, b.Gate()
+	return t
+}
+
+// openDuration is OpenDuration × factor^(streak−1), capped at MaxOpenDuration, spread by
+// ± JitterPercent with a jitter fixed by the seed and the trip number.
+func (b *Breaker) openDuration(streak int32, trip int64) time.Duration {
+	d := backoff(b.cfg, streak)
+	if p := b.cfg.JitterPercent; p > 0 {
+		d += time.Duration(jitter(b.seed, trip) * float64(d) * float64(p) / 100)
+	}
+	return d
+}
+
+// backoff is the open duration for a streak before jitter. It multiplies step by step and
+// stops at the cap, so it cannot overflow however long the streak.
+func backoff(cfg Config, streak int32) time.Duration {
+	ceiling := cfg.MaxOpenDuration
+	if ceiling == 0 {
+		ceiling = math.MaxInt64
+	}
+	d := cfg.OpenDuration
+	for i := int32(1); i < streak && cfg.BackoffFactor > 1 && d < ceiling; i++ {
+		if d > ceiling/time.Duration(cfg.BackoffFactor) {
+			return ceiling
+		}
+		d *= time.Duration(cfg.BackoffFactor)
+	}
+	return min(d, ceiling)
+}
+
+// jitter is a number in [-1, 1) drawn from (seed, n) by SplitMix64: the same pair always
+// gives the same number, and neighbouring n give unrelated ones.
+func jitter(seed uint64, n int64) float64 {
+	z := seed + uint64(n)*0x9e3779b97f4a7c15
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+	z ^= z >> 31
+	return float64(z>>11)/(1<<53)*2 - 1
+}
+
+// Snapshot returns what CircuitBreaker status holds.
+func (b *Breaker) Snapshot() Snapshot {
+	return Snapshot{
+		State: b.state, Reason: b.reason, Since: b.since, OpenUntil: b.openUntil,
+		OpenStreak: b.openStreak, Trips: b.trips,
+		ConsecutiveFailures: b.failures, ConsecutiveSuccesses: b.successes,
+	}
+}
+
+// Restore resumes from a snapshot read back from status. An Open breaker keeps its
+// openUntil (one without it gets a fresh open period from Since); the rate window starts
+// empty and HalfOpen trial slots are handed out anew.
+func (b *Breaker) Restore(s Snapshot) {
+	b.state, b.reason, b.since = s.State, s.Reason, s.Since
+	b.openStreak, b.trips = max(s.OpenStreak, 0), max(s.Trips, 0)
+	b.failures, b.successes = max(s.ConsecutiveFailures, 0), max(s.ConsecutiveSuccesses, 0)
+	b.openUntil = time.Time{}
+	b.admitted, b.pending = 0, 0
+	b.win.clear()
+	switch b.state {
+	case Open:
+		b.openStreak = max(b.openStreak, 1)
+		b.trips = max(b.trips, 1)
+		b.openUntil = s.OpenUntil
+		if b.openUntil.IsZero() {
+			b.openUntil = s.Since.Add(b.openDuration(b.openStreak, b.trips))
+		}
+	case HalfOpen:
+		b.failures = 0
+	case Closed:
+		b.openStreak = 0
+	default:
+		b.state = Closed
+	}
+}
