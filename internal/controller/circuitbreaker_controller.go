@@ -13,7 +13,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -22,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
+	"github.com/tripswitch/tripswitch/internal/endpoints"
 )
 
 // targetServiceIndex indexes CircuitBreakers by spec.target.service, so that an event on a
@@ -89,22 +89,10 @@ func (r *CircuitBreakerReconciler) reconcileTarget(ctx context.Context, breaker 
 		}
 		return ctrl.Result{}, fmt.Errorf("getting target Service %q: %w", spec.Target.Service, err)
 	}
-	if _, ok := findServicePort(svc, spec.Target.Port); !ok {
-		return ctrl.Result{}, &waitError{reason: tripswitchv1alpha1.ReasonTargetPortNotFound,
-			message: fmt.Sprintf("target Service %q has no port %q", spec.Target.Service, spec.Target.Port.String())}
+	if _, err := endpoints.ServicePort(svc, spec.Target.Port); err != nil {
+		return ctrl.Result{}, &waitError{reason: tripswitchv1alpha1.ReasonTargetPortNotFound, message: "target " + err.Error()}
 	}
 	return ctrl.Result{}, nil
-}
-
-// findServicePort finds a Service port by name or by number.
-func findServicePort(svc *corev1.Service, port intstr.IntOrString) (corev1.ServicePort, bool) {
-	for _, p := range svc.Spec.Ports {
-		if (port.Type == intstr.String && p.Name == port.StrVal) ||
-			(port.Type == intstr.Int && p.Port == port.IntVal) {
-			return p, true
-		}
-	}
-	return corev1.ServicePort{}, false
 }
 
 // summarize sets the state a new breaker starts in and the kstatus conditions. An Open

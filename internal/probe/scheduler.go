@@ -1,0 +1,559 @@
+package probe
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"hash/maphash"
+	"slices"
+	"sync"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/tripswitch/tripswitch/internal/breaker"
+)
+
+// Registration is what the controller tells the scheduler about one breaker.
+type Registration struct {
+	Spec      Spec
+	Interval  time.Duration
+	Endpoints []Endpoint
+	Config    breaker.Config
+	// Restore, when set, resumes a breaker the scheduler has not seen yet from status.
+	Restore *breaker.Snapshot
+	// Seed fixes the breaker's jitter.
+	Seed uint64
+}
+
+// Change is one transition together with the probe that decided it, if one did.
+type Change struct {
+	breaker.Transition
+	Probe *Result
+}
+
+// View is what the controller reads back to write status and apply gates.
+type View struct {
+	Snapshot breaker.Snapshot
+	Gate     breaker.State
+	Window   breaker.WindowStats
+	// LastProbe is the newest result, if any probe finished yet.
+	LastProbe *Result
+	// Changes are the transitions since the previous View, oldest first.
+	Changes []Change
+	// Probes counts results per outcome since the scheduler first saw the breaker.
+	Probes [4]uint64
+}
+
+// Scheduler runs the probes of every registered breaker on one manager. It is a manager
+// Runnable that runs only on the leader: one dispatcher goroutine pops probe slots from a
+// min-heap by due time, and each admitted probe runs in its own goroutine under a global
+// concurrency bound. Outcomes go straight into the breaker engine; the controller hears only
+// of transitions, through OnChange.
+type Scheduler struct {
+	clock   clock.WithDelayedExecution
+	factory *Factory
+	sem     chan struct{}
+	seed    maphash.Seed
+
+	// OnChange is called, outside any lock, when a breaker's engine made a transition. It
+	// must not block.
+	OnChange func(types.NamespacedName)
+
+	mu      sync.Mutex
+	entries map[types.NamespacedName]*entry
+	slots   slotHeap
+	wake    chan struct{}
+	ctx     context.Context // set by Start; probes run under it
+	probes  sync.WaitGroup
+	stats   Stats
+}
+
+// NewScheduler returns a scheduler that runs at most maxConcurrent probes at once.
+func NewScheduler(factory *Factory, clk clock.WithDelayedExecution, maxConcurrent int) *Scheduler {
+	return &Scheduler{
+		clock:   clk,
+		factory: factory,
+		sem:     make(chan struct{}, max(1, maxConcurrent)),
+		seed:    maphash.MakeSeed(),
+		entries: map[types.NamespacedName]*entry{},
+		wake:    make(chan struct{}, 1),
+	}
+}
+
+// NeedLeaderElection keeps probing to the leader: one prober per cluster, and the gate
+// follows one engine.
+func (s *Scheduler) NeedLeaderElection() bool { return true }
+
+// entry is one breaker. Its mutex guards the engine and everything the probes update.
+type entry struct {
+	key types.NamespacedName
+
+	mu       sync.Mutex
+	engine   *breaker.Breaker
+	prober   *proberRef
+	spec     Spec
+	interval time.Duration
+	slots    map[Endpoint]*slot
+	deadline clock.Timer
+	last     *Result
+	changes  []Change
+	probes   [4]uint64
+	removed  bool
+	cancel   context.CancelFunc // cancels this breaker's in-flight probes
+	ctx      context.Context
+}
+
+// proberRef counts a prober's probes in flight, so that a replaced or removed prober is
+// closed only when its last probe has returned and no connection is left behind.
+type proberRef struct {
+	Prober
+	inflight int
+	retired  bool
+}
+
+func (r *proberRef) retire() {
+	r.retired = true
+	if r.inflight == 0 {
+		r.Close()
+	}
+}
+
+type slot struct {
+	entry    *entry
+	ep       Endpoint
+	due      time.Time
+	index    int // in the heap; -1 when out of it
+	inflight bool
+}
+
+// Upsert registers a breaker or updates its probe, endpoints and configuration. A breaker
+// seen for the first time is restored from reg.Restore. It returns the transition that a
+// change of mode caused, which is also queued for View.
+func (s *Scheduler) Upsert(key types.NamespacedName, reg Registration) error {
+	if reg.Interval <= 0 {
+		return errors.New("probe interval must be positive")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.entries[key]
+	if !ok {
+		engine, err := breaker.New(reg.Config, s.clock, reg.Seed)
+		if err != nil {
+			return err
+		}
+		if reg.Restore != nil {
+			engine.Restore(*reg.Restore)
+		}
+		prober, err := s.factory.New(reg.Spec)
+		if err != nil {
+			return err
+		}
+		e = &entry{key: key, engine: engine, prober: &proberRef{Prober: prober}, spec: reg.Spec,
+			interval: reg.Interval, slots: map[Endpoint]*slot{}}
+		e.ctx, e.cancel = context.WithCancel(s.baseContext())
+		s.entries[key] = e
+	}
+
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if ok {
+		t, changed, err := e.engine.Reconfigure(reg.Config)
+		if err != nil {
+			return err
+		}
+		if changed {
+			e.changes = append(e.changes, Change{Transition: t})
+		}
+		if !specEqual(e.spec, reg.Spec) {
+			prober, err := s.factory.New(reg.Spec)
+			if err != nil {
+				return err
+			}
+			e.prober.retire()
+			e.prober, e.spec = &proberRef{Prober: prober}, reg.Spec
+		}
+	}
+	intervalChanged := e.interval != reg.Interval
+	e.interval = reg.Interval
+	s.syncSlots(e, reg.Endpoints, intervalChanged)
+	s.armDeadline(e)
+	s.kick()
+	return nil
+}
+
+func (s *Scheduler) baseContext() context.Context {
+	if s.ctx != nil {
+		return s.ctx
+	}
+	return context.Background()
+}
+
+func specEqual(a, b Spec) bool {
+	if a.Timeout != b.Timeout || a.SlowThreshold != b.SlowThreshold || a.TCP != b.TCP ||
+		(a.HTTP == nil) != (b.HTTP == nil) || (a.GRPC == nil) != (b.GRPC == nil) {
+		return false
+	}
+	if a.GRPC != nil && *a.GRPC != *b.GRPC {
+		return false
+	}
+	if a.HTTP != nil {
+		x, y := a.HTTP, b.HTTP
+		if x.Path != y.Path || x.HTTPS != y.HTTPS || x.Host != y.Host || x.Success != y.Success ||
+			x.Neutral != y.Neutral || x.InsecureSkipVerify != y.InsecureSkipVerify || len(x.Headers) != len(y.Headers) {
+			return false
+		}
+		for k, v := range x.Headers {
+			if !slices.Equal(v, y.Headers[k]) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// syncSlots adds a slot for each new endpoint, at a phase of its own inside the interval, and
+// removes the slots of endpoints that are gone. Callers hold s.mu and e.mu.
+func (s *Scheduler) syncSlots(e *entry, endpoints []Endpoint, rephase bool) {
+	now := s.clock.Now()
+	want := make(map[Endpoint]bool, len(endpoints))
+	for _, ep := range endpoints {
+		want[ep] = true
+		sl, ok := e.slots[ep]
+		if !ok {
+			sl = &slot{entry: e, ep: ep, index: -1}
+			e.slots[ep] = sl
+		}
+		if !ok || rephase {
+			sl.due = now.Add(s.phase(e.key, ep, e.interval))
+			s.place(sl)
+		}
+	}
+	for ep, sl := range e.slots {
+		if !want[ep] {
+			delete(e.slots, ep)
+			s.unplace(sl)
+			e.prober.Forget(ep)
+		}
+	}
+}
+
+// phase spreads probes over the interval: a hash of breaker and endpoint picks the offset,
+// so thousands of breakers with the same interval don't fire in lockstep, and the same
+// endpoint keeps its offset from one update to the next.
+func (s *Scheduler) phase(key types.NamespacedName, ep Endpoint, interval time.Duration) time.Duration {
+	var h maphash.Hash
+	h.SetSeed(s.seed)
+	_, _ = h.WriteString(key.Namespace)
+	_, _ = h.WriteString(key.Name)
+	b, _ := ep.MarshalBinary()
+	_, _ = h.Write(b)
+	return time.Duration(h.Sum64() % uint64(interval))
+}
+
+func (s *Scheduler) place(sl *slot) {
+	if sl.index >= 0 {
+		heap.Fix(&s.slots, sl.index)
+	} else {
+		heap.Push(&s.slots, sl)
+	}
+}
+
+func (s *Scheduler) unplace(sl *slot) {
+	if sl.index >= 0 {
+		heap.Remove(&s.slots, sl.index)
+	}
+}
+
+// kick wakes the dispatcher to look at the heap again.
+func (s *Scheduler) kick() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Remove forgets a breaker: its slots leave the heap, its in-flight probes are cancelled and
+// its prober is closed once they have returned.
+func (s *Scheduler) Remove(key types.NamespacedName) {
+	s.mu.Lock()
+	e, ok := s.entries[key]
+	delete(s.entries, key)
+	if ok {
+		e.mu.Lock()
+		for _, sl := range e.slots {
+			s.unplace(sl)
+		}
+		e.removed = true
+		e.cancel()
+		if e.deadline != nil {
+			e.deadline.Stop()
+		}
+		e.prober.retire()
+		e.mu.Unlock()
+	}
+	s.mu.Unlock()
+}
+
+// View returns the breaker's state and takes its pending changes.
+func (s *Scheduler) View(key types.NamespacedName) (View, bool) {
+	e := s.entry(key)
+	if e == nil {
+		return View{}, false
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	v := View{Snapshot: e.engine.Snapshot(), Gate: e.engine.Gate(), Window: e.engine.Window(), Changes: e.changes,
+		Probes: e.probes}
+	if e.last != nil {
+		last := *e.last
+		v.LastProbe = &last
+	}
+	e.changes = nil
+	return v, true
+}
+
+// Reset closes the breaker, as the tripswitch.io/reset annotation asks.
+func (s *Scheduler) Reset(key types.NamespacedName) bool {
+	e := s.entry(key)
+	if e == nil {
+		return false
+	}
+	e.mu.Lock()
+	if t, ok := e.engine.Reset(); ok {
+		e.changes = append(e.changes, Change{Transition: t})
+	}
+	s.armDeadline(e)
+	e.mu.Unlock()
+	return true
+}
+
+func (s *Scheduler) entry(key types.NamespacedName) *entry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.entries[key]
+}
+
+// armDeadline sets the timer for the engine's next deadline, the end of an Open period.
+// Callers hold e.mu.
+func (s *Scheduler) armDeadline(e *entry) {
+	if e.deadline != nil {
+		e.deadline.Stop()
+		e.deadline = nil
+	}
+	at, ok := e.engine.NextDeadline()
+	if !ok {
+		return
+	}
+	e.deadline = s.clock.AfterFunc(max(0, at.Sub(s.clock.Now())), func() { s.tick(e) })
+}
+
+// tick moves an Open breaker to HalfOpen at its deadline and sends the first trial at once,
+// rather than at its endpoint's next turn, so recovery is not delayed by up to an interval.
+func (s *Scheduler) tick(e *entry) {
+	s.mu.Lock()
+	e.mu.Lock()
+	if e.removed {
+		e.mu.Unlock()
+		s.mu.Unlock()
+		return
+	}
+	t, ok := e.engine.Tick()
+	if ok {
+		e.changes = append(e.changes, Change{Transition: t})
+		if first := e.firstSlot(); first != nil {
+			first.due = s.clock.Now()
+			s.place(first)
+			s.kick()
+		}
+	}
+	s.armDeadline(e)
+	e.mu.Unlock()
+	s.mu.Unlock()
+	if ok {
+		s.changed(e.key)
+	}
+}
+
+// firstSlot is the slot due soonest.
+func (e *entry) firstSlot() *slot {
+	var first *slot
+	for _, sl := range e.slots {
+		if first == nil || sl.due.Before(first.due) {
+			first = sl
+		}
+	}
+	return first
+}
+
+func (s *Scheduler) changed(key types.NamespacedName) {
+	if s.OnChange != nil {
+		s.OnChange(key)
+	}
+}
+
+// Start runs the dispatcher until ctx ends, then waits for the probes in flight.
+func (s *Scheduler) Start(ctx context.Context) error {
+	s.mu.Lock()
+	s.ctx = ctx
+	for _, e := range s.entries {
+		// Entries registered before Start get contexts that end with the scheduler.
+		e.mu.Lock()
+		e.cancel()
+		e.ctx, e.cancel = context.WithCancel(ctx)
+		e.mu.Unlock()
+	}
+	s.mu.Unlock()
+	log.FromContext(ctx).Info("Starting probe scheduler", "maxConcurrentProbes", cap(s.sem))
+
+	timer := s.clock.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		wait := s.dispatchDue(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C():
+			default:
+			}
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+		case <-s.wake:
+		case <-timer.C():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	s.probes.Wait()
+	s.mu.Lock()
+	for key := range s.entries {
+		s.mu.Unlock()
+		s.Remove(key)
+		s.mu.Lock()
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// dispatchDue starts every probe that is due and returns how long to wait for the next one.
+func (s *Scheduler) dispatchDue(ctx context.Context) time.Duration {
+	for ctx.Err() == nil {
+		s.mu.Lock()
+		if s.slots.Len() == 0 {
+			s.mu.Unlock()
+			return time.Hour
+		}
+		now := s.clock.Now()
+		sl := s.slots[0]
+		if wait := sl.due.Sub(now); wait > 0 {
+			s.mu.Unlock()
+			return wait
+		}
+		due := sl.due
+		// Next turn: skip the turns that were missed rather than bunching them up.
+		e := sl.entry
+		sl.due = due.Add(e.interval)
+		if !sl.due.After(now) {
+			sl.due = now.Add(e.interval - now.Sub(due)%e.interval)
+		}
+		heap.Fix(&s.slots, sl.index)
+		s.mu.Unlock()
+
+		s.dispatch(ctx, sl, due)
+	}
+	return 0
+}
+
+// dispatch starts one probe if the endpoint has none in flight and the engine admits it. It
+// blocks while the concurrency bound is reached, so a saturated manager probes late rather
+// than piling up goroutines.
+func (s *Scheduler) dispatch(ctx context.Context, sl *slot, due time.Time) {
+	select {
+	case s.sem <- struct{}{}:
+	case <-ctx.Done():
+		return
+	}
+	e := sl.entry
+	e.mu.Lock()
+	if e.removed || sl.inflight || !e.engine.Admit() {
+		e.mu.Unlock()
+		<-s.sem
+		return
+	}
+	sl.inflight = true
+	ref := e.prober
+	ref.inflight++
+	probeCtx := e.ctx
+	e.mu.Unlock()
+
+	s.stats.observeLateness(s.clock.Since(due))
+	s.probes.Add(1)
+	go func() {
+		defer s.probes.Done()
+		r := ref.Probe(probeCtx, sl.ep)
+		<-s.sem
+		s.record(sl, ref, r)
+	}()
+}
+
+// record feeds a result to the engine and tells the controller about a transition.
+func (s *Scheduler) record(sl *slot, ref *proberRef, r Result) {
+	e := sl.entry
+	e.mu.Lock()
+	sl.inflight = false
+	ref.inflight--
+	if ref.retired {
+		if ref.inflight == 0 {
+			ref.Close()
+		}
+		e.mu.Unlock()
+		return
+	}
+	if e.removed {
+		e.mu.Unlock()
+		return
+	}
+	s.stats.completed.Add(1)
+	e.last = &r
+	e.probes[r.Outcome]++
+	t, changed := e.engine.Record(r.Outcome)
+	if changed {
+		result := r
+		e.changes = append(e.changes, Change{Transition: t, Probe: &result})
+		s.armDeadline(e)
+	}
+	e.mu.Unlock()
+	if changed {
+		s.changed(e.key)
+	}
+}
+
+// slotHeap orders slots by due time.
+type slotHeap []*slot
+
+func (h slotHeap) Len() int           { return len(h) }
+func (h slotHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h slotHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+func (h *slotHeap) Push(x any) {
+	sl := x.(*slot)
+	sl.index = len(*h)
+	*h = append(*h, sl)
+}
+func (h *slotHeap) Pop() any {
+	old := *h
+	sl := old[len(old)-1]
+	old[len(old)-1] = nil
+	sl.index = -1
+	*h = old[:len(old)-1]
+	return sl
+}

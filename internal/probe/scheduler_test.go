@@ -1,0 +1,286 @@
+package probe
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	"go.uber.org/goleak"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+
+	"github.com/tripswitch/tripswitch/internal/breaker"
+)
+
+// recorder is an HTTP backend that logs when each request arrived and can be switched
+// between healthy and failing.
+type recorder struct {
+	mu       sync.Mutex
+	arrivals []time.Time
+	failing  atomic.Bool
+	delay    time.Duration
+	inflight atomic.Int32
+	peak     atomic.Int32
+}
+
+func (rec *recorder) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	n := rec.inflight.Add(1)
+	defer rec.inflight.Add(-1)
+	for p := rec.peak.Load(); n > p && !rec.peak.CompareAndSwap(p, n); p = rec.peak.Load() {
+	}
+	rec.mu.Lock()
+	rec.arrivals = append(rec.arrivals, time.Now())
+	rec.mu.Unlock()
+	time.Sleep(rec.delay)
+	if rec.failing.Load() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+}
+
+func (rec *recorder) count() int {
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	return len(rec.arrivals)
+}
+
+func (rec *recorder) times() []time.Time {
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	return append([]time.Time(nil), rec.arrivals...)
+}
+
+func registration(t *testing.T, interval time.Duration, eps ...Endpoint) Registration {
+	return Registration{
+		Spec:      httpSpec(t, func(s *Spec) { s.HTTP.Path = "/"; s.Timeout = min(time.Second, interval) }),
+		Interval:  interval,
+		Endpoints: eps,
+		Config:    breaker.Config{ConsecutiveFailures: 3, OpenDuration: time.Hour, TrialProbes: 1, SuccessThreshold: 1},
+	}
+}
+
+// startScheduler runs a scheduler until the test ends.
+func startScheduler(t *testing.T, maxConcurrent int) *Scheduler {
+	t.Helper()
+	s := NewScheduler(NewFactory(nil, clock.RealClock{}), clock.RealClock{}, maxConcurrent)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = s.Start(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return s
+}
+
+func key(i int) types.NamespacedName {
+	return types.NamespacedName{Namespace: "shop", Name: fmt.Sprintf("b%d", i)}
+}
+
+func TestSchedulerSpreadsProbesAcrossTheInterval(t *testing.T) {
+	g := NewWithT(t)
+	rec := &recorder{}
+	ep, _ := serve(t, "127.0.0.1", rec)
+	s := startScheduler(t, 64)
+	const breakers, interval = 50, 500 * time.Millisecond
+	start := time.Now()
+	for i := range breakers {
+		g.Expect(s.Upsert(key(i), registration(t, interval, ep))).To(Succeed())
+	}
+	g.Eventually(rec.count, 5*time.Second).Should(BeNumerically(">=", 3*breakers))
+
+	// Every breaker probes once per interval: the first round fills the whole interval, as
+	// phases; the largest gap between neighbours is small, not half the circle.
+	var phases []float64
+	for _, at := range rec.times()[:breakers] {
+		phases = append(phases, float64(at.Sub(start)%interval)/float64(interval))
+	}
+	sort.Float64s(phases)
+	maxGap := 1 - phases[len(phases)-1] + phases[0]
+	for i := 1; i < len(phases); i++ {
+		maxGap = max(maxGap, phases[i]-phases[i-1])
+	}
+	g.Expect(maxGap).To(BeNumerically("<", 0.3), "probes bunch up: phases %v", phases)
+
+	// And keeps that rhythm: 200 more probes take about two seconds at 100 per second.
+	before, t0 := rec.count(), time.Now()
+	g.Eventually(rec.count, 5*time.Second).Should(BeNumerically(">=", before+200))
+	g.Expect(time.Since(t0)).To(BeNumerically("~", 2*time.Second, 400*time.Millisecond))
+}
+
+func TestSchedulerRespectsTheConcurrencyBound(t *testing.T) {
+	g := NewWithT(t)
+	rec := &recorder{delay: 100 * time.Millisecond}
+	ep, _ := serve(t, "127.0.0.1", rec)
+	s := startScheduler(t, 3)
+	for i := range 20 {
+		g.Expect(s.Upsert(key(i), registration(t, 200*time.Millisecond, ep))).To(Succeed())
+	}
+	g.Eventually(rec.count, 5*time.Second).Should(BeNumerically(">=", 30))
+	g.Expect(rec.peak.Load()).To(BeEquivalentTo(3), "the bound should be reached and never exceeded")
+	g.Expect(s.Stats().LatenessQuantile(0.99)).To(BeNumerically(">", 50*time.Millisecond),
+		"a saturated scheduler probes late instead of exceeding its bound")
+}
+
+func TestSchedulerOpenBreakerSendsNoProbes(t *testing.T) {
+	g := NewWithT(t)
+	rec := &recorder{}
+	rec.failing.Store(true)
+	ep, _ := serve(t, "127.0.0.1", rec)
+	s := startScheduler(t, 8)
+	var notified atomic.Int32
+	s.OnChange = func(k types.NamespacedName) {
+		if k == key(1) {
+			notified.Add(1)
+		}
+	}
+	g.Expect(s.Upsert(key(1), registration(t, 50*time.Millisecond, ep))).To(Succeed())
+
+	g.Eventually(notified.Load).Should(BeEquivalentTo(1))
+	v, ok := s.View(key(1))
+	g.Expect(ok).To(BeTrue())
+	g.Expect(v.Snapshot.State).To(Equal(breaker.Open))
+	g.Expect(v.Changes).To(HaveLen(1))
+	g.Expect(v.Changes[0].Reason).To(Equal(breaker.ConsecutiveFailures))
+	g.Expect(v.Changes[0].Probe.Message).To(Equal("HTTP 503"))
+	g.Expect(v.LastProbe.Endpoint).To(Equal(ep))
+	g.Expect(v.Probes[breaker.Failure]).To(BeEquivalentTo(3))
+
+	g.Consistently(rec.count, time.Second).Should(Equal(3), "an Open breaker must not probe")
+	g.Expect(notified.Load()).To(BeEquivalentTo(1), "steady Open state must not notify the controller")
+	v, _ = s.View(key(1))
+	g.Expect(v.Changes).To(BeEmpty(), "View takes the changes it returns")
+}
+
+func TestSchedulerRecoversThroughAnImmediateTrial(t *testing.T) {
+	g := NewWithT(t)
+	rec := &recorder{}
+	rec.failing.Store(true)
+	ep, _ := serve(t, "127.0.0.1", rec)
+	s := startScheduler(t, 8)
+	reg := registration(t, 2*time.Second, ep)
+	reg.Config.ConsecutiveFailures = 1
+	reg.Config.OpenDuration = time.Second
+	g.Expect(s.Upsert(key(1), reg)).To(Succeed())
+
+	var changes []Change
+	collect := func() []Change {
+		v, _ := s.View(key(1))
+		changes = append(changes, v.Changes...)
+		return changes
+	}
+	g.Eventually(collect, 5*time.Second).Should(HaveLen(1))
+	rec.failing.Store(false)
+	g.Eventually(collect, 5*time.Second).Should(HaveLen(3))
+	g.Expect([]breaker.Reason{changes[0].Reason, changes[1].Reason, changes[2].Reason}).To(Equal(
+		[]breaker.Reason{breaker.ConsecutiveFailures, breaker.OpenTimeout, breaker.TrialSucceeded}))
+	g.Expect(changes[1].At.Sub(changes[0].At)).To(BeNumerically("~", time.Second, 100*time.Millisecond),
+		"HalfOpen comes by timer at openUntil")
+	g.Expect(changes[2].At.Sub(changes[1].At)).To(BeNumerically("<", 300*time.Millisecond),
+		"the first trial goes out at once, not at the endpoint's next turn 2s later")
+}
+
+func TestSchedulerFollowsEndpointChanges(t *testing.T) {
+	g := NewWithT(t)
+	a, b := &recorder{}, &recorder{}
+	epA, _ := serve(t, "127.0.0.1", a)
+	epB, _ := serve(t, "127.0.0.2", b)
+	s := startScheduler(t, 8)
+	g.Expect(s.Upsert(key(1), registration(t, 50*time.Millisecond, epA))).To(Succeed())
+	g.Eventually(a.count).Should(BeNumerically(">=", 2))
+	g.Expect(b.count()).To(BeZero())
+
+	g.Expect(s.Upsert(key(1), registration(t, 50*time.Millisecond, epB))).To(Succeed())
+	g.Eventually(b.count).Should(BeNumerically(">=", 2))
+	seenA := a.count()
+	g.Consistently(a.count, 500*time.Millisecond).Should(BeNumerically("<=", seenA+1), "a removed endpoint is not probed")
+
+	s.Remove(key(1))
+	seenB := b.count()
+	g.Consistently(b.count, 500*time.Millisecond).Should(BeNumerically("<=", seenB+1), "a removed breaker is not probed")
+	_, ok := s.View(key(1))
+	g.Expect(ok).To(BeFalse())
+}
+
+func TestSchedulerResumesAnOpenBreakerFromStatus(t *testing.T) {
+	g := NewWithT(t)
+	rec := &recorder{}
+	ep, _ := serve(t, "127.0.0.1", rec)
+	s := startScheduler(t, 8)
+	reg := registration(t, 50*time.Millisecond, ep)
+	openUntil := time.Now().Add(700 * time.Millisecond)
+	reg.Restore = &breaker.Snapshot{State: breaker.Open, Reason: breaker.ConsecutiveFailures, Since: time.Now(),
+		OpenUntil: openUntil, OpenStreak: 2, Trips: 5}
+	g.Expect(s.Upsert(key(1), reg)).To(Succeed())
+
+	g.Consistently(rec.count, 500*time.Millisecond).Should(BeZero(), "no probe before openUntil")
+	g.Eventually(func() breaker.State { v, _ := s.View(key(1)); return v.Snapshot.State }).Should(Equal(breaker.Closed))
+	v, _ := s.View(key(1))
+	g.Expect(v.Snapshot.Trips).To(BeEquivalentTo(5))
+	g.Expect(rec.times()[0]).To(BeTemporally(">=", openUntil))
+}
+
+func TestSchedulerLeavesNoGoroutineBehind(t *testing.T) {
+	g := NewWithT(t)
+	rec := &recorder{}
+	httpEP, _ := serve(t, "127.0.0.1", rec)
+	tcpL := listenOn(t, "127.0.0.1")
+	t.Cleanup(func() { _ = tcpL.Close() })
+	go func() {
+		for {
+			c, err := tcpL.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	}()
+	tcpEP := netip.MustParseAddrPort(tcpL.Addr().String())
+	hang := &recorder{delay: 5 * time.Second}
+	hangEP, _ := serve(t, "127.0.0.3", hang)
+
+	baseline := goleak.IgnoreCurrent()
+	ctx, cancel := context.WithCancel(context.Background())
+	s := NewScheduler(NewFactory(nil, clock.RealClock{}), clock.RealClock{}, 8)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = s.Start(ctx)
+	}()
+
+	g.Expect(s.Upsert(key(1), registration(t, 50*time.Millisecond, httpEP))).To(Succeed())
+	tcpReg := registration(t, 50*time.Millisecond, tcpEP)
+	tcpReg.Spec = Spec{Timeout: time.Second, TCP: true}
+	g.Expect(s.Upsert(key(2), tcpReg)).To(Succeed())
+	hangReg := registration(t, time.Second, hangEP)
+	g.Expect(s.Upsert(key(3), hangReg)).To(Succeed())
+	g.Eventually(func() int { return rec.count() + hang.count() }).Should(BeNumerically(">=", 3))
+	g.Eventually(hang.count, 3*time.Second).Should(BeNumerically(">=", 1))
+
+	// Removing every breaker, one with a probe still in flight, leaves nothing of theirs
+	// running: only the scheduler itself and the test servers' own goroutines remain.
+	for i := 1; i <= 3; i++ {
+		s.Remove(key(i))
+	}
+	g.Eventually(func() error {
+		return goleak.Find(baseline,
+			goleak.IgnoreTopFunction("github.com/tripswitch/tripswitch/internal/probe.(*Scheduler).Start"),
+			goleak.IgnoreAnyFunction("github.com/tripswitch/tripswitch/internal/probe.(*recorder).ServeHTTP"))
+	}, 3*time.Second).Should(Succeed())
+
+	// So does stopping the scheduler.
+	g.Expect(s.Upsert(key(4), registration(t, 50*time.Millisecond, httpEP))).To(Succeed())
+	g.Eventually(rec.count).Should(BeNumerically(">=", rec.count()+2))
+	cancel()
+	<-done
+	g.Eventually(func() error { return goleak.Find(baseline) }, 10*time.Second).Should(Succeed())
+}
