@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -94,23 +93,6 @@ func NewFactory(dial DialFunc, clk clock.PassiveClock) *Factory {
 	return &Factory{dial: dial, clock: clk}
 }
 
-// transport is tuned for many endpoints with one small request each per interval: idle
-// connections are kept per endpoint without a global cap, and buffers are small because probe
-// requests and the bounded response reads are.
-func (f *Factory) transport(tlsConfig *tls.Config) *http.Transport {
-	return &http.Transport{
-		DialContext:         f.dial,
-		TLSClientConfig:     tlsConfig,
-		DisableCompression:  true,
-		MaxIdleConns:        0,
-		MaxIdleConnsPerHost: 2,
-		IdleConnTimeout:     90 * time.Second,
-		ReadBufferSize:      1 << 10,
-		WriteBufferSize:     512,
-		ForceAttemptHTTP2:   false,
-	}
-}
-
 // New returns a prober for spec.
 func (f *Factory) New(spec Spec) (Prober, error) {
 	if spec.Timeout <= 0 {
@@ -118,18 +100,15 @@ func (f *Factory) New(spec Spec) (Prober, error) {
 	}
 	switch {
 	case spec.HTTP != nil:
-		// Each HTTP prober has a transport of its own, so that closing it, or forgetting an
-		// endpoint, really closes its keep-alive connections: a shared pool can't be pruned
-		// by breaker. The TLS settings are per breaker, too.
-		var tlsConfig *tls.Config
+		p := &httpProber{spec: spec, http: spec.HTTP, clock: f.clock, dial: f.dial, idle: map[Endpoint]net.Conn{}}
 		if spec.HTTP.HTTPS {
-			tlsConfig = &tls.Config{
+			p.tlsConfig = &tls.Config{
 				ServerName:         spec.HTTP.Host,
 				InsecureSkipVerify: spec.HTTP.InsecureSkipVerify, //nolint:gosec // only when the user asks for it
 				MinVersion:         tls.VersionTLS12,
 			}
 		}
-		return &httpProber{spec: spec, http: spec.HTTP, clock: f.clock, transport: f.transport(tlsConfig)}, nil
+		return p, nil
 	case spec.TCP:
 		return &tcpProber{spec: spec, dial: f.dial, clock: f.clock}, nil
 	case spec.GRPC != nil:
@@ -149,6 +128,10 @@ func finish(spec Spec, clk clock.PassiveClock, ep Endpoint, start time.Time, out
 	return Result{Endpoint: ep, Outcome: outcome, Latency: latency, Message: msg, Time: now}
 }
 
+func isConnReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
 // describe turns a dial or request error into a short message for status.lastProbe.
 func describe(err error, timeout time.Duration) string {
 	var netErr net.Error
@@ -157,7 +140,7 @@ func describe(err error, timeout time.Duration) string {
 		return "timeout after " + timeout.String()
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "connection refused"
-	case errors.Is(err, syscall.ECONNRESET):
+	case isConnReset(err):
 		return "connection reset"
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
 		return "no route to host"
@@ -182,59 +165,6 @@ func describe(err error, timeout time.Duration) string {
 	}
 	return msg
 }
-
-type httpProber struct {
-	spec      Spec
-	http      *HTTPSpec
-	clock     clock.PassiveClock
-	transport *http.Transport
-}
-
-func (p *httpProber) Probe(ctx context.Context, ep Endpoint) Result {
-	start := p.clock.Now()
-	ctx, cancel := context.WithTimeout(ctx, p.spec.Timeout)
-	defer cancel()
-
-	scheme := "http://"
-	if p.http.HTTPS {
-		scheme = "https://"
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+ep.String()+p.http.Path, nil)
-	if err != nil {
-		return finish(p.spec, p.clock, ep, start, breaker.Failure, "invalid request: "+err.Error())
-	}
-	for name, values := range p.http.Headers {
-		req.Header[name] = values
-	}
-	if req.Header.Get("User-Agent") == "" {
-		req.Header.Set("User-Agent", "tripswitch-probe")
-	}
-	if p.http.Host != "" {
-		req.Host = p.http.Host
-	}
-	resp, err := p.transport.RoundTrip(req)
-	if err != nil {
-		return finish(p.spec, p.clock, ep, start, breaker.Failure, describe(err, p.spec.Timeout))
-	}
-	// Drain a little so the connection can be reused; a longer body closes it instead.
-	_, _ = io.CopyN(io.Discard, resp.Body, maxBody)
-	_ = resp.Body.Close()
-
-	msg := "HTTP " + strconv.Itoa(resp.StatusCode)
-	switch {
-	case p.http.Neutral.Has(resp.StatusCode):
-		return finish(p.spec, p.clock, ep, start, breaker.Neutral, msg)
-	case p.http.Success.Has(resp.StatusCode):
-		return finish(p.spec, p.clock, ep, start, breaker.Success, msg)
-	}
-	return finish(p.spec, p.clock, ep, start, breaker.Failure, msg)
-}
-
-// Forget closes every idle connection: the transport cannot close one host's alone, and the
-// others reconnect on their next probe. Endpoints leave rarely.
-func (p *httpProber) Forget(Endpoint) { p.transport.CloseIdleConnections() }
-
-func (p *httpProber) Close() { p.transport.CloseIdleConnections() }
 
 type tcpProber struct {
 	spec  Spec

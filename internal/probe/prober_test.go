@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	. "github.com/onsi/gomega"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -246,4 +247,48 @@ func TestAddressMap(t *testing.T) {
 	if r := probeOnce(t, f, httpSpec(t), ep); r.Outcome != breaker.Success || r.Endpoint != ep {
 		t.Fatalf("mapped probe: %+v", r)
 	}
+}
+
+func TestHTTPProbeSurvivesTheEndpointClosingIdleConnections(t *testing.T) {
+	g := NewWithT(t)
+	var opened, closed atomic.Int32
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/close" {
+			w.Header().Set("Connection", "close")
+		}
+	}))
+	srv.Listener = listenOn(t, "127.0.0.1")
+	srv.Config.IdleTimeout = 50 * time.Millisecond
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			opened.Add(1)
+		case http.StateClosed:
+			closed.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	ep := netip.MustParseAddrPort(srv.Listener.Addr().String())
+	p, err := NewFactory(nil, clock.RealClock{}).New(httpSpec(t, func(s *Spec) { s.HTTP.Path = "/" }))
+	g.Expect(err).NotTo(HaveOccurred())
+	defer p.Close()
+
+	g.Expect(p.Probe(context.Background(), ep).Outcome).To(Equal(breaker.Success))
+	g.Eventually(closed.Load).Should(BeEquivalentTo(1), "the server closes the idle connection")
+	// The kept connection is dead; the probe must retry on a new one, not report a failure.
+	r := p.Probe(context.Background(), ep)
+	g.Expect(r.Outcome).To(Equal(breaker.Success), "%+v", r)
+	g.Expect(opened.Load()).To(BeEquivalentTo(2))
+
+	// A response that asks to close is honoured: the next probe opens a new connection.
+	closeSpec := httpSpec(t, func(s *Spec) { s.HTTP.Path = "/close" })
+	pc, err := NewFactory(nil, clock.RealClock{}).New(closeSpec)
+	g.Expect(err).NotTo(HaveOccurred())
+	defer pc.Close()
+	before := opened.Load()
+	for range 3 {
+		g.Expect(pc.Probe(context.Background(), ep).Outcome).To(Equal(breaker.Success))
+	}
+	g.Expect(opened.Load() - before).To(BeEquivalentTo(3))
 }
