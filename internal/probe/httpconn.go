@@ -29,9 +29,7 @@ type httpProber struct {
 	clock     clock.PassiveClock
 	dial      DialFunc
 	tlsConfig *tls.Config // nil for plain HTTP
-
-	mu   sync.Mutex
-	idle map[Endpoint]net.Conn
+	idle      connCache[net.Conn]
 }
 
 var (
@@ -72,8 +70,12 @@ func (p *httpProber) Probe(ctx context.Context, ep Endpoint) Result {
 // roundTrip sends the GET and returns the status code. The connection goes back to the idle
 // map only when the response was read to its end and allows reuse.
 func (p *httpProber) roundTrip(ctx context.Context, ep Endpoint, mayReuse bool) (int, error) {
-	conn, reused := p.takeIdle(ep, mayReuse)
-	if conn == nil {
+	conn, reused := p.idle.take(ep)
+	if reused && !mayReuse {
+		_ = conn.Close()
+		reused = false
+	}
+	if !reused {
 		var err error
 		if conn, err = p.connect(ctx, ep); err != nil {
 			return 0, err
@@ -82,7 +84,8 @@ func (p *httpProber) roundTrip(ctx context.Context, ep Endpoint, mayReuse bool) 
 	keep := false
 	defer func() {
 		if keep {
-			p.putIdle(ep, conn)
+			_ = conn.SetDeadline(time.Time{})
+			p.idle.put(ep, conn)
 		} else {
 			_ = conn.Close()
 		}
@@ -178,50 +181,6 @@ func (p *httpProber) request(ctx context.Context, ep Endpoint) (*http.Request, e
 	return req, nil
 }
 
-func (p *httpProber) takeIdle(ep Endpoint, mayReuse bool) (net.Conn, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	conn, ok := p.idle[ep]
-	if !ok {
-		return nil, false
-	}
-	delete(p.idle, ep)
-	if !mayReuse {
-		_ = conn.Close()
-		return nil, false
-	}
-	return conn, true
-}
+func (p *httpProber) Forget(ep Endpoint) { p.idle.forget(ep) }
 
-// putIdle keeps one idle connection per endpoint; a second one, from overlapping probes, is
-// closed. A closed prober keeps nothing.
-func (p *httpProber) putIdle(ep Endpoint, conn net.Conn) {
-	_ = conn.SetDeadline(time.Time{})
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if _, taken := p.idle[ep]; taken || p.idle == nil {
-		_ = conn.Close()
-		return
-	}
-	p.idle[ep] = conn
-}
-
-func (p *httpProber) Forget(ep Endpoint) {
-	p.mu.Lock()
-	conn, ok := p.idle[ep]
-	delete(p.idle, ep)
-	p.mu.Unlock()
-	if ok {
-		_ = conn.Close()
-	}
-}
-
-func (p *httpProber) Close() {
-	p.mu.Lock()
-	idle := p.idle
-	p.idle = nil
-	p.mu.Unlock()
-	for _, conn := range idle {
-		_ = conn.Close()
-	}
-}
+func (p *httpProber) Close() { p.idle.close() }

@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"sync"
 	"syscall"
 	"time"
 
@@ -100,7 +99,7 @@ func (f *Factory) New(spec Spec) (Prober, error) {
 	}
 	switch {
 	case spec.HTTP != nil:
-		p := &httpProber{spec: spec, http: spec.HTTP, clock: f.clock, dial: f.dial, idle: map[Endpoint]net.Conn{}}
+		p := &httpProber{spec: spec, http: spec.HTTP, clock: f.clock, dial: f.dial}
 		if spec.HTTP.HTTPS {
 			p.tlsConfig = &tls.Config{
 				ServerName:         spec.HTTP.Host,
@@ -112,7 +111,7 @@ func (f *Factory) New(spec Spec) (Prober, error) {
 	case spec.TCP:
 		return &tcpProber{spec: spec, dial: f.dial, clock: f.clock}, nil
 	case spec.GRPC != nil:
-		return &grpcProber{spec: spec, dial: f.dial, clock: f.clock, conns: map[Endpoint]*grpc.ClientConn{}}, nil
+		return &grpcProber{spec: spec, dial: f.dial, clock: f.clock}, nil
 	}
 	return nil, errors.New("probe spec names no probe kind")
 }
@@ -194,28 +193,19 @@ type grpcProber struct {
 	dial  DialFunc
 	clock clock.PassiveClock
 
-	mu    sync.Mutex
-	conns map[Endpoint]*grpc.ClientConn
+	conns connCache[*grpc.ClientConn]
 }
 
 func (p *grpcProber) conn(ep Endpoint) (*grpc.ClientConn, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if c, ok := p.conns[ep]; ok {
-		return c, nil
-	}
-	// passthrough: the endpoint is an address already, with nothing to resolve.
-	c, err := grpc.NewClient("passthrough:///"+ep.String(),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-			return p.dial(ctx, "tcp", addr)
-		}),
-	)
-	if err != nil {
-		return nil, err
-	}
-	p.conns[ep] = c
-	return c, nil
+	return p.conns.get(ep, func() (*grpc.ClientConn, error) {
+		// passthrough: the endpoint is an address already, with nothing to resolve.
+		return grpc.NewClient("passthrough:///"+ep.String(),
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+				return p.dial(ctx, "tcp", addr)
+			}),
+		)
+	})
 }
 
 func (p *grpcProber) Probe(ctx context.Context, ep Endpoint) Result {
@@ -256,22 +246,6 @@ func describeGRPC(err error, timeout time.Duration) string {
 	return "gRPC " + s.Code().String() + ": " + msg
 }
 
-func (p *grpcProber) Forget(ep Endpoint) {
-	p.mu.Lock()
-	c, ok := p.conns[ep]
-	delete(p.conns, ep)
-	p.mu.Unlock()
-	if ok {
-		_ = c.Close()
-	}
-}
+func (p *grpcProber) Forget(ep Endpoint) { p.conns.forget(ep) }
 
-func (p *grpcProber) Close() {
-	p.mu.Lock()
-	conns := p.conns
-	p.conns = map[Endpoint]*grpc.ClientConn{}
-	p.mu.Unlock()
-	for _, c := range conns {
-		_ = c.Close()
-	}
-}
+func (p *grpcProber) Close() { p.conns.close() }
