@@ -7,12 +7,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -21,6 +23,7 @@ import (
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/controller"
+	"github.com/tripswitch/tripswitch/internal/probe"
 )
 
 // options are the manager's command-line settings.
@@ -33,6 +36,8 @@ type options struct {
 	leaderElectionID        string
 	leaderElectionNamespace string
 	statusSyncPeriod        time.Duration
+	maxConcurrentProbes     int
+	probeAddressMap         string
 	zap                     zap.Options
 }
 
@@ -52,12 +57,25 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 		"Namespace of the leader election Lease; defaults to the namespace the manager runs in.")
 	fs.DurationVar(&o.statusSyncPeriod, "status-sync-period", 10*time.Second,
 		"Longest time between status writes that only refresh counters; transitions are written at once.")
+	fs.IntVar(&o.maxConcurrentProbes, "max-concurrent-probes", 256,
+		"Most probes in flight at once, across all breakers; past it, probes start late rather than pile up.")
+	fs.StringVar(&o.probeAddressMap, "probe-address-map", "",
+		"For local development only: dial endpoints in one prefix at the same offset in another, "+
+			"such as 192.0.2.0/24=127.0.0.0/24, so that EndpointSlices with documentation addresses reach loopback servers.")
 	o.zap.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if o.statusSyncPeriod < time.Second {
 		return nil, fmt.Errorf("--status-sync-period must be at least 1s, got %s", o.statusSyncPeriod)
+	}
+	if o.maxConcurrentProbes < 1 {
+		return nil, fmt.Errorf("--max-concurrent-probes must be at least 1, got %d", o.maxConcurrentProbes)
+	}
+	if o.probeAddressMap != "" {
+		if _, err := probe.ParseAddressMap(o.probeAddressMap); err != nil {
+			return nil, fmt.Errorf("--probe-address-map: %w", err)
+		}
 	}
 	if o.leaderElectionID == "" {
 		return nil, errors.New("--leader-election-id must not be empty")
@@ -110,6 +128,17 @@ func run(o *options) error {
 	})
 	if err != nil {
 		return fmt.Errorf("creating manager: %w", err)
+	}
+
+	var dial probe.DialFunc
+	if o.probeAddressMap != "" {
+		m, _ := probe.ParseAddressMap(o.probeAddressMap)
+		dial = m.Dialer((&net.Dialer{}).DialContext)
+		ctrl.Log.WithName("setup").Info("Probe addresses are rewritten; this is for local development only", "map", o.probeAddressMap)
+	}
+	scheduler := probe.NewScheduler(probe.NewFactory(dial, clock.RealClock{}), clock.RealClock{}, o.maxConcurrentProbes)
+	if err := mgr.Add(scheduler); err != nil {
+		return fmt.Errorf("adding the probe scheduler: %w", err)
 	}
 
 	if err := (&controller.CircuitBreakerReconciler{

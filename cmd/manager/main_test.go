@@ -26,6 +26,11 @@ func TestParseFlags(t *testing.T) {
 		{args: []string{"--status-sync-period=100ms"}, wantErr: "--status-sync-period must be at least 1s"},
 		{args: []string{"--leader-election-id="}, wantErr: "--leader-election-id must not be empty"},
 		{args: []string{"--no-such-flag"}, wantErr: "flag provided but not defined"},
+		{args: []string{"--max-concurrent-probes=0"}, wantErr: "--max-concurrent-probes must be at least 1"},
+		{args: []string{"--probe-address-map=192.0.2.0/24"}, wantErr: "--probe-address-map"},
+		{args: []string{"--probe-address-map=192.0.2.0/24=127.0.0.0/24", "--max-concurrent-probes=10"}, check: func(o *options) bool {
+			return o.probeAddressMap == "192.0.2.0/24=127.0.0.0/24" && o.maxConcurrentProbes == 10
+		}},
 	} {
 		fs := flag.NewFlagSet("manager", flag.ContinueOnError)
 		fs.SetOutput(io.Discard)
