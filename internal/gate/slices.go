@@ -1,0 +1,194 @@
+// Package gate computes what a breaker publishes: the EndpointSlices of its front Service for
+// a gate state. It is pure; the controller applies the result.
+package gate
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
+	"github.com/tripswitch/tripswitch/internal/breaker"
+	"github.com/tripswitch/tripswitch/internal/endpoints"
+)
+
+// MaxEndpointsPerSlice is the API's limit on endpoints in one EndpointSlice.
+const MaxEndpointsPerSlice = 1000
+
+// BreakerLabel names the breaker on the slices it owns.
+const BreakerLabel = "tripswitch.io/breaker"
+
+// Input is everything the front slices depend on.
+type Input struct {
+	Namespace, Breaker, Front string
+	Owner                     metav1.OwnerReference
+	// State is the gate state: what traffic should see.
+	State breaker.State
+	// Target are the target Service's slices; GatedPort is the name of the probed port.
+	Target    []discoveryv1.EndpointSlice
+	GatedPort string
+	// HalfOpenEndpoints is how many ready endpoints HalfOpen publishes.
+	HalfOpenEndpoints int
+	// Fallback, when HasFallback, are the fallback Service's slices, of which FallbackPort
+	// is published under the gated port's name while Open.
+	HasFallback  bool
+	Fallback     []discoveryv1.EndpointSlice
+	FallbackPort string
+}
+
+// Slices returns the front Service's slices for in, with deterministic names and order, and
+// how many ready endpoints they publish.
+func Slices(in Input) ([]discoveryv1.EndpointSlice, int) {
+	var groups []group
+	switch {
+	case in.State == breaker.Open && in.HasFallback:
+		groups = groupsOf(in.Fallback, func(ports []discoveryv1.EndpointPort) ([]discoveryv1.EndpointPort, bool) {
+			for _, p := range ports {
+				if ptr.Deref(p.Name, "") == in.FallbackPort && p.Port != nil {
+					return []discoveryv1.EndpointPort{{Name: ptr.To(in.GatedPort), Port: p.Port, Protocol: p.Protocol,
+						AppProtocol: p.AppProtocol}}, true
+				}
+			}
+			return nil, false
+		})
+	default:
+		groups = groupsOf(in.Target, func(ports []discoveryv1.EndpointPort) ([]discoveryv1.EndpointPort, bool) {
+			return ports, true
+		})
+		switch in.State {
+		case breaker.HalfOpen:
+			groups = keepReady(groups, in.HalfOpenEndpoints)
+		case breaker.Open:
+			for _, g := range groups {
+				for i := range g.endpoints {
+					// Neither ready nor serving: kube-proxy rejects new connections at once, and
+					// the endpoints stay visible to whoever looks at the slice.
+					g.endpoints[i].Conditions = discoveryv1.EndpointConditions{
+						Ready: ptr.To(false), Serving: ptr.To(false), Terminating: ptr.To(false)}
+				}
+			}
+		}
+	}
+
+	var out []discoveryv1.EndpointSlice
+	published := 0
+	for _, g := range groups {
+		for start := 0; start < len(g.endpoints); start += MaxEndpointsPerSlice {
+			chunk := g.endpoints[start:min(start+MaxEndpointsPerSlice, len(g.endpoints))]
+			for _, ep := range chunk {
+				if endpoints.IsReady(ep) {
+					published++
+				}
+			}
+			out = append(out, in.slice(len(out), g.addressType, g.ports, chunk))
+		}
+	}
+	if len(out) == 0 {
+		// Always one slice, even an empty one, so that the front Service visibly has no
+		// endpoints rather than nobody managing them.
+		at, ports := discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort(nil)
+		if len(groups) > 0 {
+			at, ports = groups[0].addressType, groups[0].ports
+		}
+		out = append(out, in.slice(0, at, ports, nil))
+	}
+	return out, published
+}
+
+func (in Input) slice(i int, at discoveryv1.AddressType, ports []discoveryv1.EndpointPort,
+	eps []discoveryv1.Endpoint) discoveryv1.EndpointSlice {
+	return discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      fmt.Sprintf("%s-tripswitch-%d", in.Front, i),
+			Namespace: in.Namespace,
+			Labels: map[string]string{
+				discoveryv1.LabelServiceName: in.Front,
+				discoveryv1.LabelManagedBy:   tripswitchv1alpha1.ManagedBy,
+				BreakerLabel:                 in.Breaker,
+			},
+			OwnerReferences: []metav1.OwnerReference{in.Owner},
+		},
+		AddressType: at,
+		Ports:       ports,
+		Endpoints:   slices.Clone(eps),
+	}
+}
+
+// group is the endpoints that share an address family and a port list, so they can share
+// slices.
+type group struct {
+	addressType discoveryv1.AddressType
+	ports       []discoveryv1.EndpointPort
+	key         string
+	endpoints   []discoveryv1.Endpoint
+}
+
+// groupsOf merges source slices by address family and (mapped) ports, drops duplicates by
+// first address and sorts, so that the output doesn't depend on how the source was sliced.
+func groupsOf(src []discoveryv1.EndpointSlice, mapPorts func([]discoveryv1.EndpointPort) ([]discoveryv1.EndpointPort, bool)) []group {
+	byKey := map[string]*group{}
+	for i := range src {
+		s := &src[i]
+		if s.AddressType != discoveryv1.AddressTypeIPv4 && s.AddressType != discoveryv1.AddressTypeIPv6 {
+			continue
+		}
+		ports, ok := mapPorts(s.Ports)
+		if !ok {
+			continue
+		}
+		key := string(s.AddressType) + "|" + portsKey(ports)
+		g := byKey[key]
+		if g == nil {
+			g = &group{addressType: s.AddressType, ports: ports, key: key}
+			byKey[key] = g
+		}
+		for _, ep := range s.Endpoints {
+			if len(ep.Addresses) == 0 {
+				continue
+			}
+			g.endpoints = append(g.endpoints, discoveryv1.Endpoint{
+				Addresses: ep.Addresses, Conditions: ep.Conditions, Hostname: ep.Hostname, TargetRef: ep.TargetRef,
+				NodeName: ep.NodeName, Zone: ep.Zone, Hints: ep.Hints,
+			})
+		}
+	}
+	groups := make([]group, 0, len(byKey))
+	for _, g := range byKey {
+		slices.SortFunc(g.endpoints, func(a, b discoveryv1.Endpoint) int { return cmp.Compare(a.Addresses[0], b.Addresses[0]) })
+		g.endpoints = slices.CompactFunc(g.endpoints, func(a, b discoveryv1.Endpoint) bool { return a.Addresses[0] == b.Addresses[0] })
+		groups = append(groups, *g)
+	}
+	slices.SortFunc(groups, func(a, b group) int { return cmp.Compare(a.key, b.key) })
+	return groups
+}
+
+func portsKey(ports []discoveryv1.EndpointPort) string {
+	parts := make([]string, 0, len(ports))
+	for _, p := range ports {
+		parts = append(parts, fmt.Sprintf("%s/%d/%s", ptr.Deref(p.Name, ""), ptr.Deref(p.Port, 0),
+			ptr.Deref(p.Protocol, corev1.ProtocolTCP)))
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ",")
+}
+
+// keepReady keeps the first n ready endpoints across all groups, in group order.
+func keepReady(groups []group, n int) []group {
+	for i := range groups {
+		var kept []discoveryv1.Endpoint
+		for _, ep := range groups[i].endpoints {
+			if n > 0 && endpoints.IsReady(ep) {
+				kept = append(kept, ep)
+				n--
+			}
+		}
+		groups[i].endpoints = kept
+	}
+	return groups
+}

@@ -1,0 +1,134 @@
+package gate
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/tripswitch/tripswitch/internal/breaker"
+)
+
+func port(name string, n int32) discoveryv1.EndpointPort {
+	return discoveryv1.EndpointPort{Name: ptr.To(name), Port: ptr.To(n), Protocol: ptr.To(corev1.ProtocolTCP)}
+}
+
+func ep(addr string, ready bool) discoveryv1.Endpoint {
+	return discoveryv1.Endpoint{Addresses: []string{addr}, Zone: ptr.To("zone-a"),
+		Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(ready), Serving: ptr.To(ready)}}
+}
+
+func src(at discoveryv1.AddressType, ports []discoveryv1.EndpointPort, eps ...discoveryv1.Endpoint) discoveryv1.EndpointSlice {
+	return discoveryv1.EndpointSlice{AddressType: at, Ports: ports, Endpoints: eps}
+}
+
+var (
+	httpPort = []discoveryv1.EndpointPort{port("http", 8080)}
+	target   = []discoveryv1.EndpointSlice{
+		src(discoveryv1.AddressTypeIPv4, httpPort, ep("10.0.0.3", true), ep("10.0.0.1", true), ep("10.0.0.2", false)),
+		src(discoveryv1.AddressTypeIPv6, httpPort, ep("fd00::1", true)),
+		src(discoveryv1.AddressTypeFQDN, httpPort, ep("db.example", true)),
+	}
+)
+
+func input(state breaker.State) Input {
+	return Input{Namespace: "shop", Breaker: "payments", Front: "payments", State: state, Target: target,
+		GatedPort: "http", HalfOpenEndpoints: 1}
+}
+
+// summary is "family ports: address(ready,serving) ..." per slice, for readable wants.
+func summary(out []discoveryv1.EndpointSlice) []string {
+	var s []string
+	for _, sl := range out {
+		line := fmt.Sprintf("%s %s %s", sl.Name, sl.AddressType, portsKey(sl.Ports))
+		for _, e := range sl.Endpoints {
+			line += fmt.Sprintf(" %s(%v,%v)", e.Addresses[0], ptr.Deref(e.Conditions.Ready, true), ptr.Deref(e.Conditions.Serving, true))
+		}
+		s = append(s, line)
+	}
+	return s
+}
+
+func TestSlices(t *testing.T) {
+	fallback := []discoveryv1.EndpointSlice{src(discoveryv1.AddressTypeIPv4,
+		[]discoveryv1.EndpointPort{port("web", 9090), port("metrics", 9100)}, ep("10.9.0.1", true), ep("10.9.0.2", true))}
+	for _, tt := range []struct {
+		name      string
+		in        Input
+		want      []string
+		published int
+	}{
+		{"closed mirrors every endpoint of both families, with conditions", input(breaker.Closed), []string{
+			"payments-tripswitch-0 IPv4 http/8080/TCP 10.0.0.1(true,true) 10.0.0.2(false,false) 10.0.0.3(true,true)",
+			"payments-tripswitch-1 IPv6 http/8080/TCP fd00::1(true,true)",
+		}, 3},
+		{"half-open publishes halfOpenEndpoints ready endpoints", input(breaker.HalfOpen), []string{
+			"payments-tripswitch-0 IPv4 http/8080/TCP 10.0.0.1(true,true)",
+		}, 1},
+		{"open publishes no ready and no serving endpoint", input(breaker.Open), []string{
+			"payments-tripswitch-0 IPv4 http/8080/TCP 10.0.0.1(false,false) 10.0.0.2(false,false) 10.0.0.3(false,false)",
+			"payments-tripswitch-1 IPv6 http/8080/TCP fd00::1(false,false)",
+		}, 0},
+		{"open with a fallback publishes the fallback's port under the gated port's name", func() Input {
+			in := input(breaker.Open)
+			in.HasFallback, in.Fallback, in.FallbackPort = true, fallback, "web"
+			return in
+		}(), []string{"payments-tripswitch-0 IPv4 http/9090/TCP 10.9.0.1(true,true) 10.9.0.2(true,true)"}, 2},
+		{"closed ignores the fallback", func() Input {
+			in := input(breaker.Closed)
+			in.HasFallback, in.Fallback, in.FallbackPort, in.Target = true, fallback, "web", target[:1]
+			return in
+		}(), []string{"payments-tripswitch-0 IPv4 http/8080/TCP 10.0.0.1(true,true) 10.0.0.2(false,false) 10.0.0.3(true,true)"}, 2},
+		{"no target endpoints still give one empty slice", func() Input {
+			in := input(breaker.Closed)
+			in.Target = nil
+			return in
+		}(), []string{"payments-tripswitch-0 IPv4 "}, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			out, published := Slices(tt.in)
+			if diff := cmp.Diff(tt.want, summary(out)); diff != "" {
+				t.Errorf("slices (-want +got):\n%s", diff)
+			}
+			if published != tt.published {
+				t.Errorf("published = %d, want %d", published, tt.published)
+			}
+			for _, sl := range out {
+				if sl.Labels[discoveryv1.LabelServiceName] != "payments" || sl.Labels[discoveryv1.LabelManagedBy] != "tripswitch.io" ||
+					sl.Labels[BreakerLabel] != "payments" || sl.Namespace != "shop" {
+					t.Errorf("slice %s labels %v", sl.Name, sl.Labels)
+				}
+				for _, e := range sl.Endpoints {
+					if ptr.Deref(e.Zone, "") != "zone-a" {
+						t.Errorf("zone not mirrored on %v", e.Addresses)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestSlicesSplitsAtTheAPILimitAndIgnoresSourceSlicing(t *testing.T) {
+	var eps []discoveryv1.Endpoint
+	for i := range 1200 {
+		eps = append(eps, ep(fmt.Sprintf("10.1.%d.%d", i/250, i%250+1), true))
+	}
+	one := input(breaker.Closed)
+	one.Target = []discoveryv1.EndpointSlice{src(discoveryv1.AddressTypeIPv4, httpPort, eps...)}
+	many := input(breaker.Closed)
+	many.Target = nil
+	for i := 0; i < len(eps); i += 100 {
+		many.Target = append(many.Target, src(discoveryv1.AddressTypeIPv4, httpPort, eps[i:i+100]...))
+	}
+	a, pa := Slices(one)
+	b, pb := Slices(many)
+	if len(a) != 2 || len(a[0].Endpoints) != 1000 || len(a[1].Endpoints) != 200 || pa != 1200 {
+		t.Fatalf("want 1000+200 endpoints in two slices, got %d slices, %d published", len(a), pa)
+	}
+	if diff := cmp.Diff(a, b); diff != "" || pa != pb {
+		t.Errorf("output depends on how the target was sliced:\n%s", diff)
+	}
+}
