@@ -143,6 +143,8 @@ func run(o *options) error {
 
 	if err := (&controller.CircuitBreakerReconciler{
 		Client:           mgr.GetClient(),
+		Scheduler:        scheduler,
+		Recorder:         mgr.GetEventRecorder("tripswitch"),
 		StatusSyncPeriod: o.statusSyncPeriod,
 	}).SetupWithManager(ctx, mgr); err != nil {
 		return fmt.Errorf("setting up the CircuitBreaker controller: %w", err)

@@ -211,8 +211,20 @@ func (b *Breaker) open(r Reason) Transition {
 	return b.enter(Open, r, now, func() {
 		b.openStreak++
 		b.trips++
-		b.openUntil = now.Add(b.openDuration(b.openStreak, b.trips))
+		b.openUntil = b.roundUp(now.Add(b.openDuration(b.openStreak, b.trips)))
 	})
+}
+
+// roundUp lengthens t to the configured granularity; an Open period is never shortened.
+func (b *Breaker) roundUp(t time.Time) time.Time {
+	g := b.cfg.Granularity
+	if g <= 0 {
+		return t
+	}
+	if r := t.Truncate(g); !r.Equal(t) {
+		return r.Add(g)
+	}
+	return t
 }
 
 func (b *Breaker) close(r Reason) Transition {
@@ -295,7 +307,7 @@ func (b *Breaker) Restore(s Snapshot) {
 		b.trips = max(b.trips, 1)
 		b.openUntil = s.OpenUntil
 		if b.openUntil.IsZero() {
-			b.openUntil = s.Since.Add(b.openDuration(b.openStreak, b.trips))
+			b.openUntil = b.roundUp(s.Since.Add(b.openDuration(b.openStreak, b.trips)))
 		}
 	case HalfOpen:
 		b.failures = 0

@@ -268,6 +268,17 @@ func TestJitterStaysWithinBoundsAndSpreads(t *testing.T) {
 	}
 }
 
+func TestGranularityRoundsOpenUntilUp(t *testing.T) {
+	clk := testingclock.NewFakeClock(t0.Add(300 * time.Millisecond))
+	b, _ := New(base(func(c *Config) { c.Granularity = time.Second }), clk, 1)
+	for range 3 {
+		b.Record(Failure)
+	}
+	if until, _ := b.NextDeadline(); !until.Equal(t0.Add(61 * time.Second)) {
+		t.Fatalf("openUntil %v, want now+60s rounded up to the second (%v)", until, t0.Add(61*time.Second))
+	}
+}
+
 func TestBackoffNeverOverflows(t *testing.T) {
 	cfg := base(func(c *Config) { c.BackoffFactor, c.MaxOpenDuration = 10, 0 })
 	for _, streak := range []int32{1, 2, 20, 1 << 30} {
@@ -314,6 +325,7 @@ func TestConfigValidate(t *testing.T) {
 		{base(func(c *Config) { c.SuccessThreshold = 2 }), "successThreshold"},
 		{base(func(c *Config) { c.Mode = 7 }), "mode"},
 		{base(func(c *Config) { c.BackoffFactor = -1 }), "factor"},
+		{base(func(c *Config) { c.Granularity = -1 }), "granularity"},
 	} {
 		if err := tt.cfg.Validate(); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("Validate(%+v) = %v, want an error about %q", tt.cfg, err, tt.want)

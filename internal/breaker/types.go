@@ -172,6 +172,9 @@ type Config struct {
 	MaxOpenDuration time.Duration
 	// JitterPercent spreads each open period by up to ± this share.
 	JitterPercent int
+	// Granularity, when positive, rounds openUntil up to a multiple of it, so that a store
+	// with that precision (Kubernetes keeps whole seconds) holds exactly the engine's value.
+	Granularity time.Duration
 
 	// TrialProbes is how many trial outcomes one HalfOpen attempt admits.
 	TrialProbes int
@@ -199,6 +202,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxOpenDuration != 0 && c.MaxOpenDuration < c.OpenDuration {
 		errs = append(errs, fmt.Errorf("maxOpenDuration %s is shorter than openDuration %s", c.MaxOpenDuration, c.OpenDuration))
+	}
+	if c.Granularity < 0 {
+		errs = append(errs, fmt.Errorf("granularity %s is negative", c.Granularity))
 	}
 	if c.JitterPercent < 0 || c.JitterPercent > 50 {
 		errs = append(errs, fmt.Errorf("jitterPercent %d is not in 0..50", c.JitterPercent))

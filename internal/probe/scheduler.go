@@ -7,6 +7,7 @@ import (
 	"hash/maphash"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -51,16 +52,14 @@ type View struct {
 // Runnable that runs only on the leader: one dispatcher goroutine pops probe slots from a
 // min-heap by due time, and each admitted probe runs in its own goroutine under a global
 // concurrency bound. Outcomes go straight into the breaker engine; the controller hears only
-// of transitions, through OnChange.
+// of transitions, through SetOnChange.
 type Scheduler struct {
 	clock   clock.WithDelayedExecution
 	factory *Factory
 	sem     chan struct{}
 	seed    maphash.Seed
 
-	// OnChange is called, outside any lock, when a breaker's engine made a transition. It
-	// must not block.
-	OnChange func(types.NamespacedName)
+	onChange atomic.Pointer[func(types.NamespacedName)]
 
 	mu      sync.Mutex
 	entries map[types.NamespacedName]*entry
@@ -388,9 +387,13 @@ func (e *entry) firstSlot() *slot {
 	return first
 }
 
+// SetOnChange sets the function called, outside any lock, when a breaker's engine made a
+// transition on its own (a probe or a deadline). It must not block.
+func (s *Scheduler) SetOnChange(f func(types.NamespacedName)) { s.onChange.Store(&f) }
+
 func (s *Scheduler) changed(key types.NamespacedName) {
-	if s.OnChange != nil {
-		s.OnChange(key)
+	if f := s.onChange.Load(); f != nil {
+		(*f)(key)
 	}
 }
 

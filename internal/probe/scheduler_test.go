@@ -138,11 +138,11 @@ func TestSchedulerOpenBreakerSendsNoProbes(t *testing.T) {
 	ep, _ := serve(t, "127.0.0.1", rec)
 	s := startScheduler(t, 8)
 	var notified atomic.Int32
-	s.OnChange = func(k types.NamespacedName) {
+	s.SetOnChange(func(k types.NamespacedName) {
 		if k == key(1) {
 			notified.Add(1)
 		}
-	}
+	})
 	g.Expect(s.Upsert(key(1), registration(t, 50*time.Millisecond, ep))).To(Succeed())
 
 	g.Eventually(notified.Load).Should(BeEquivalentTo(1))

@@ -5,6 +5,7 @@ package envtest_test
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -19,6 +20,7 @@ import (
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -30,6 +32,7 @@ import (
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/controller"
+	"github.com/tripswitch/tripswitch/internal/probe"
 )
 
 var (
@@ -104,9 +107,19 @@ func startManager(opts managerOptions) (stop func()) {
 	})
 	Expect(err).NotTo(HaveOccurred())
 
+	// Target slices hold documentation addresses (the API refuses loopback ones); the probes
+	// reach the loopback servers behind them.
+	addressMap, err := probe.ParseAddressMap("192.0.2.0/24=127.0.0.0/24")
+	Expect(err).NotTo(HaveOccurred())
+	scheduler := probe.NewScheduler(probe.NewFactory(addressMap.Dialer((&net.Dialer{}).DialContext), clock.RealClock{}),
+		clock.RealClock{}, 64)
+	Expect(mgr.Add(scheduler)).To(Succeed())
+
 	ctx, cancel := context.WithCancel(context.Background())
 	Expect((&controller.CircuitBreakerReconciler{
 		Client:           mgr.GetClient(),
+		Scheduler:        scheduler,
+		Recorder:         mgr.GetEventRecorder("tripswitch"),
 		StatusSyncPeriod: opts.statusSyncPeriod,
 	}).SetupWithManager(ctx, mgr)).To(Succeed())
 

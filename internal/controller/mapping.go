@@ -1,0 +1,166 @@
+package controller
+
+import (
+	"fmt"
+	"hash/fnv"
+	"net/http"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
+	"github.com/tripswitch/tripswitch/internal/breaker"
+	"github.com/tripswitch/tripswitch/internal/probe"
+)
+
+// engineConfig maps a resolved spec onto the breaker engine's configuration.
+func engineConfig(spec *tripswitchv1alpha1.CircuitBreakerSpec) breaker.Config {
+	rate := func(r *tripswitchv1alpha1.RateRule) breaker.RateRule {
+		if r == nil {
+			return breaker.RateRule{}
+		}
+		return breaker.RateRule{Percent: int(r.Percent), Window: int(r.Window), MinimumProbes: int(ptr.Deref(r.MinimumProbes, r.Window))}
+	}
+	rec := spec.Recovery
+	c := breaker.Config{
+		ConsecutiveFailures: int(ptr.Deref(spec.Trip.ConsecutiveFailures, 0)),
+		FailureRate:         rate(spec.Trip.FailureRate),
+		SlowRate:            rate(spec.Trip.SlowRate),
+		OpenDuration:        rec.OpenDuration.Duration,
+		MaxOpenDuration:     rec.OpenDuration.Duration,
+		BackoffFactor:       1,
+		TrialProbes:         int(ptr.Deref(rec.HalfOpen.TrialProbes, 1)),
+		SuccessThreshold:    int(ptr.Deref(rec.HalfOpen.SuccessThreshold, 1)),
+		Mode:                engineMode(spec.Mode),
+		// Status keeps whole seconds; openUntil must read back exactly as the engine holds it.
+		Granularity: time.Second,
+	}
+	if b := rec.Backoff; b != nil {
+		c.BackoffFactor = int(b.Factor)
+		c.MaxOpenDuration = b.MaxOpenDuration.Duration
+		c.JitterPercent = int(b.JitterPercent)
+	}
+	return c
+}
+
+func engineMode(m tripswitchv1alpha1.Mode) breaker.Mode {
+	switch m {
+	case tripswitchv1alpha1.ModeForceOpen:
+		return breaker.ForceOpen
+	case tripswitchv1alpha1.ModeForceClosed:
+		return breaker.ForceClosed
+	case tripswitchv1alpha1.ModeObserve:
+		return breaker.Observe
+	}
+	return breaker.Auto
+}
+
+// probeSpec maps a resolved spec onto a probe. Status codes are validated at admission too;
+// a parse error here means the CRD's rules and the parser disagree.
+func probeSpec(spec *tripswitchv1alpha1.CircuitBreakerSpec) (probe.Spec, error) {
+	p := spec.Probe
+	out := probe.Spec{Timeout: p.Timeout.Duration}
+	if p.SlowThreshold != nil {
+		out.SlowThreshold = p.SlowThreshold.Duration
+	}
+	switch {
+	case p.TCP != nil:
+		out.TCP = true
+	case p.GRPC != nil:
+		out.GRPC = &probe.GRPCSpec{Service: p.GRPC.Service}
+	default:
+		h := p.HTTP
+		success, err := probe.ParseCodes(string(h.SuccessCodes))
+		if err != nil {
+			return probe.Spec{}, fmt.Errorf("probe.http.successCodes: %w", err)
+		}
+		neutral, err := probe.ParseCodes(string(h.NeutralCodes))
+		if err != nil {
+			return probe.Spec{}, fmt.Errorf("probe.http.neutralCodes: %w", err)
+		}
+		headers := http.Header{}
+		for _, hd := range h.Headers {
+			headers.Add(hd.Name, hd.Value)
+		}
+		out.HTTP = &probe.HTTPSpec{Path: h.Path, HTTPS: h.Scheme == tripswitchv1alpha1.SchemeHTTPS, Host: h.Host,
+			Headers: headers, Success: success, Neutral: neutral, InsecureSkipVerify: h.InsecureSkipVerify}
+	}
+	return out, nil
+}
+
+// seedFor fixes a breaker's jitter by its UID, so that every leader computes the same
+// open periods and breakers that tripped together don't all retry together.
+func seedFor(cb *tripswitchv1alpha1.CircuitBreaker) uint64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(cb.UID))
+	return h.Sum64()
+}
+
+var apiStates = map[breaker.State]tripswitchv1alpha1.State{
+	breaker.Closed: tripswitchv1alpha1.StateClosed, breaker.Open: tripswitchv1alpha1.StateOpen,
+	breaker.HalfOpen: tripswitchv1alpha1.StateHalfOpen,
+}
+
+var apiOutcomes = map[breaker.Outcome]tripswitchv1alpha1.Outcome{
+	breaker.Success: tripswitchv1alpha1.OutcomeSuccess, breaker.Failure: tripswitchv1alpha1.OutcomeFailure,
+	breaker.Slow: tripswitchv1alpha1.OutcomeSlow, breaker.Neutral: tripswitchv1alpha1.OutcomeNeutral,
+}
+
+// snapshotFromStatus reads back what a previous leader wrote, or nil for a new breaker.
+func snapshotFromStatus(st *tripswitchv1alpha1.CircuitBreakerStatus) *breaker.Snapshot {
+	if st.State == "" {
+		return nil
+	}
+	s := &breaker.Snapshot{
+		Reason:               breaker.ParseReason(st.Reason),
+		OpenStreak:           st.OpenStreak,
+		Trips:                st.Trips,
+		ConsecutiveFailures:  st.ConsecutiveFailures,
+		ConsecutiveSuccesses: st.ConsecutiveSuccesses,
+	}
+	for engine, api := range apiStates {
+		if api == st.State {
+			s.State = engine
+		}
+	}
+	if st.LastTransitionTime != nil {
+		s.Since = st.LastTransitionTime.Time
+	}
+	if st.OpenUntil != nil {
+		s.OpenUntil = st.OpenUntil.Time
+	}
+	return s
+}
+
+// applyView writes the engine's view into status.
+func applyView(st *tripswitchv1alpha1.CircuitBreakerStatus, v probe.View) {
+	s := v.Snapshot
+	st.State = apiStates[s.State]
+	st.GateState = apiStates[v.Gate]
+	st.Reason = s.Reason.String()
+	st.LastTransitionTime = timePtr(s.Since)
+	st.OpenUntil = nil
+	if s.State == breaker.Open {
+		st.OpenUntil = timePtr(s.OpenUntil)
+	}
+	st.Trips, st.OpenStreak = s.Trips, s.OpenStreak
+	st.ConsecutiveFailures, st.ConsecutiveSuccesses = s.ConsecutiveFailures, s.ConsecutiveSuccesses
+	st.Window = &tripswitchv1alpha1.WindowStatus{Probes: int32(v.Window.Probes), Failures: int32(v.Window.Failures),
+		Slow: int32(v.Window.Slow)}
+	if p := v.LastProbe; p != nil {
+		st.LastProbe = &tripswitchv1alpha1.ProbeResult{Time: metav1.NewTime(p.Time.Truncate(time.Second)),
+			Endpoint: p.Endpoint.String(), Outcome: apiOutcomes[p.Outcome], LatencyMilliseconds: p.Latency.Milliseconds(),
+			Message: p.Message}
+	}
+}
+
+// timePtr converts to the second precision that metav1.Time keeps in the API, so that a
+// value read back compares equal to the one written.
+func timePtr(t time.Time) *metav1.Time {
+	if t.IsZero() {
+		return nil
+	}
+	mt := metav1.NewTime(t.Truncate(time.Second))
+	return &mt
+}

@@ -1,0 +1,146 @@
+package envtest_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
+)
+
+// backend is an HTTP server on a loopback address 127.0.0.N that answers 200 or, while
+// failing, 503. In EndpointSlices it appears as 192.0.2.N, which the manager's dialer maps back.
+type backend struct {
+	n       int
+	port    int32
+	failing atomic.Bool
+	hits    atomic.Int64
+}
+
+// nextHost hands each backend its own loopback address, so that stories never share one.
+var nextHost atomic.Int32
+
+func newBackend() *backend { return newBackends(1)[0] }
+
+// newBackends starts n backends on n loopback addresses that share one port, as the pods
+// behind one Service port do.
+func newBackends(n int) []*backend {
+	var out []*backend
+	var port int32
+	for len(out) < n {
+		b := &backend{n: int(nextHost.Add(1)%250) + 2, port: port}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.%d:%d", b.n, port))
+		if err != nil && port != 0 && len(out) > 0 {
+			continue // that address has the port taken already: try the next address
+		}
+		Expect(err).NotTo(HaveOccurred())
+		port = int32(l.Addr().(*net.TCPAddr).Port)
+		b.port = port
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			b.hits.Add(1)
+			if b.failing.Load() {
+				w.WriteHeader(http.StatusServiceUnavailable)
+			}
+		})}
+		go func() { _ = srv.Serve(l) }()
+		DeferCleanup(srv.Close)
+		out = append(out, b)
+	}
+	return out
+}
+
+// address is what the backend looks like in an EndpointSlice.
+func (b *backend) address() string { return "192.0.2." + strconv.Itoa(b.n) }
+
+// createTarget creates a Service with a selector (so deletion can hand it back) and port
+// "http", and its EndpointSlice listing the backends, all on one target port.
+func createTarget(ctx context.Context, ns, name string, port int32, backends ...*backend) {
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: corev1.ServiceSpec{
+			Selector: map[string]string{"app": name},
+			Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(port)}},
+		},
+	}
+	Expect(k8sClient.Create(ctx, svc)).To(Succeed())
+	var addrs []string
+	for _, b := range backends {
+		addrs = append(addrs, b.address())
+	}
+	writeSlice(ctx, ns, name, name+"-abcde", port, addrs...)
+}
+
+// writeSlice creates or replaces a target EndpointSlice with ready endpoints, as the
+// EndpointSlice controller would (envtest runs none).
+func writeSlice(ctx context.Context, ns, service, name string, port int32, addrs ...string) {
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{
+			discoveryv1.LabelServiceName: service, discoveryv1.LabelManagedBy: "endpointslice-controller.k8s.io"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To(port), Protocol: ptr.To(corev1.ProtocolTCP)}},
+	}
+	for _, a := range addrs {
+		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{Addresses: []string{a},
+			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true)}})
+	}
+	existing := &discoveryv1.EndpointSlice{}
+	if err := k8sClient.Get(ctx, client.ObjectKeyFromObject(slice), existing); err == nil {
+		existing.Endpoints = slice.Endpoints
+		Expect(k8sClient.Update(ctx, existing)).To(Succeed())
+		return
+	}
+	Expect(k8sClient.Create(ctx, slice)).To(Succeed())
+}
+
+// frontEndpoints counts the endpoints that the breaker's slices publish for front: ready,
+// serving, and all.
+type frontEndpoints struct{ Ready, Serving, All, Slices int }
+
+func front(ctx context.Context, ns, name string) func(Gomega) frontEndpoints {
+	return func(g Gomega) frontEndpoints {
+		var list discoveryv1.EndpointSliceList
+		g.Expect(k8sClient.List(ctx, &list, client.InNamespace(ns), client.MatchingLabels{
+			discoveryv1.LabelServiceName: name, discoveryv1.LabelManagedBy: tripswitchv1alpha1.ManagedBy})).To(Succeed())
+		var out frontEndpoints
+		out.Slices = len(list.Items)
+		for _, s := range list.Items {
+			for _, e := range s.Endpoints {
+				out.All++
+				if ptr.Deref(e.Conditions.Ready, true) {
+					out.Ready++
+				}
+				if ptr.Deref(e.Conditions.Serving, true) {
+					out.Serving++
+				}
+			}
+		}
+		return out
+	}
+}
+
+// status reads a breaker's status.
+func status(ctx context.Context, ns, name string) func(Gomega) tripswitchv1alpha1.CircuitBreakerStatus {
+	return func(g Gomega) tripswitchv1alpha1.CircuitBreakerStatus {
+		cb := &tripswitchv1alpha1.CircuitBreaker{}
+		g.Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, cb)).To(Succeed())
+		return cb.Status
+	}
+}
+
+// createBreaker creates a breaker from a YAML spec.
+func createBreaker(ctx context.Context, ns, name, specYAML string) {
+	GinkgoHelper()
+	Expect(k8sClient.Create(ctx, breakerFromYAML(ns, name, specYAML))).To(Succeed())
+}
