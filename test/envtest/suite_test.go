@@ -5,7 +5,9 @@ package envtest_test
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
@@ -81,9 +83,22 @@ func newNamespace() string {
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "story-"}}
 	Expect(k8sClient.Create(context.Background(), ns)).To(Succeed())
 	DeferCleanup(func(ctx SpecContext) {
+		// Delete the story's breakers too, so that later stories' managers finalize them
+		// instead of probing backends that are gone.
+		Expect(k8sClient.DeleteAllOf(ctx, &tripswitchv1alpha1.CircuitBreaker{}, client.InNamespace(ns.Name))).To(Succeed())
 		Expect(client.IgnoreNotFound(k8sClient.Delete(ctx, ns))).To(Succeed())
 	})
 	return ns.Name
+}
+
+// loopbackOnly dials loopback addresses and refuses every other one, so that no story can
+// send a packet off this machine, whatever addresses its slices hold.
+func loopbackOnly(ctx context.Context, network, address string) (net.Conn, error) {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil || !ap.Addr().IsLoopback() {
+		return nil, fmt.Errorf("test dialer refuses %s: not a loopback address", address)
+	}
+	return (&net.Dialer{}).DialContext(ctx, network, address)
 }
 
 // managerOptions let a story tune the manager it starts.
@@ -111,8 +126,7 @@ func startManager(opts managerOptions) (stop func()) {
 	// reach the loopback servers behind them.
 	addressMap, err := probe.ParseAddressMap("192.0.2.0/24=127.0.0.0/24")
 	Expect(err).NotTo(HaveOccurred())
-	scheduler := probe.NewScheduler(probe.NewFactory(addressMap.Dialer((&net.Dialer{}).DialContext), clock.RealClock{}),
-		clock.RealClock{}, 64)
+	scheduler := probe.NewScheduler(probe.NewFactory(addressMap.Dialer(loopbackOnly), clock.RealClock{}), clock.RealClock{}, 64)
 	Expect(mgr.Add(scheduler)).To(Succeed())
 
 	ctx, cancel := context.WithCancel(context.Background())
