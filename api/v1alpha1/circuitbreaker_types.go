@@ -447,7 +447,10 @@ type FallbackReference struct {
 	Port *intstr.IntOrString `json:"port,omitempty"`
 }
 
-// AnnotatedObjectReference names an object in the breaker's namespace.
+// AnnotatedObjectReference names an object in the breaker's namespace. The kinds are a fixed
+// list, because the operator needs permission to patch each: Ingress (networking.k8s.io/v1),
+// Service (v1), and HTTPRoute or GRPCRoute (gateway.networking.k8s.io/v1).
+// +kubebuilder:validation:XValidation:rule="(self.apiVersion == 'networking.k8s.io/v1' && self.kind == 'Ingress') || (self.apiVersion == 'v1' && self.kind == 'Service') || (self.apiVersion == 'gateway.networking.k8s.io/v1' && (self.kind == 'HTTPRoute' || self.kind == 'GRPCRoute'))",message="annotations can target Ingress (networking.k8s.io/v1), Service (v1), HTTPRoute or GRPCRoute (gateway.networking.k8s.io/v1)"
 type AnnotatedObjectReference struct {
 	// apiVersion of the object, for example networking.k8s.io/v1.
 	// +kubebuilder:validation:MinLength=1
@@ -532,6 +535,13 @@ type CircuitBreakerStatus struct {
 	// lastProbe is the most recent probe result.
 	// +optional
 	LastProbe *ProbeResult `json:"lastProbe,omitempty"`
+
+	// annotatedObjects are the objects that carry the breaker's annotations now, so that
+	// the annotations can be removed when an object leaves spec.gate.annotations.
+	// +kubebuilder:validation:MaxItems=16
+	// +listType=atomic
+	// +optional
+	AnnotatedObjects []AnnotatedObjectReference `json:"annotatedObjects,omitempty"`
 
 	// lastResetToken is the last value of the tripswitch.io/reset annotation that was acted on.
 	// +kubebuilder:validation:MaxLength=256

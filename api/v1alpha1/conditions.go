@@ -6,6 +6,9 @@ const (
 	ConditionReady       = "Ready"
 	ConditionReconciling = "Reconciling"
 	ConditionStalled     = "Stalled"
+	// ConditionAnnotationsApplied says whether every object in spec.gate.annotations carries
+	// the breaker's state. A missing object makes it False without failing the breaker.
+	ConditionAnnotationsApplied = "AnnotationsApplied"
 )
 
 // Condition reasons.
@@ -29,6 +32,8 @@ const (
 	ReasonFrontServiceHasSelector = "FrontServiceHasSelector"
 	// ReasonFrontServicePortMismatch: an adopted front Service lacks the target port's name.
 	ReasonFrontServicePortMismatch = "FrontServicePortMismatch"
+	// ReasonAnnotatedObjectNotFound: an object listed in spec.gate.annotations does not exist.
+	ReasonAnnotatedObjectNotFound = "AnnotatedObjectNotFound"
 	// ReasonReconcileError: an API call failed; the reconcile is retried with backoff.
 	ReasonReconcileError = "ReconcileError"
 )

@@ -158,6 +158,11 @@ func (in *CircuitBreakerStatus) DeepCopyInto(out *CircuitBreakerStatus) {
 		*out = new(ProbeResult)
 		(*in).DeepCopyInto(*out)
 	}
+	if in.AnnotatedObjects != nil {
+		in, out := &in.AnnotatedObjects, &out.AnnotatedObjects
+		*out = make([]AnnotatedObjectReference, len(*in))
+		copy(*out, *in)
+	}
 	if in.Conditions != nil {
 		in, out := &in.Conditions, &out.Conditions
 		*out = make([]v1.Condition, len(*in))

@@ -101,6 +101,11 @@ func (r *CircuitBreakerReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	if err == nil && spec.Gate.EndpointSlice != nil {
 		err = r.reconcileEndpointSliceGate(ctx, cb, &spec, tgt, view.Gate)
 	}
+	if engineErr == nil {
+		if annotationErr := r.reconcileAnnotationGate(ctx, cb, &spec); err == nil {
+			err = annotationErr
+		}
+	}
 	r.summarize(cb, err)
 
 	if patchErr := r.patchStatus(ctx, original, cb); patchErr != nil {

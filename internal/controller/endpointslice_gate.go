@@ -217,6 +217,11 @@ func (r *CircuitBreakerReconciler) finalize(ctx context.Context, cb *tripswitchv
 			return err
 		}
 	}
+	for _, ref := range cb.Status.AnnotatedObjects {
+		if _, err := r.applyAnnotations(ctx, cb, ref, nil); err != nil {
+			return err
+		}
+	}
 	patch := client.MergeFrom(cb.DeepCopy())
 	controllerutil.RemoveFinalizer(cb, tripswitchv1alpha1.Finalizer)
 	if err := r.Patch(ctx, cb, patch); client.IgnoreNotFound(err) != nil {

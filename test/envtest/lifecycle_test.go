@@ -9,6 +9,7 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
@@ -250,5 +251,51 @@ var _ = Describe("A breaker's life", func() {
 		mu.Lock()
 		defer mu.Unlock()
 		Expect(firstReady).To(BeTemporally(">=", openUntil), "the front slice showed a ready endpoint before openUntil")
+	})
+})
+
+var _ = Describe("The annotation gate", func() {
+	It("sets and clears the state annotations, and reports a missing object", func(ctx SpecContext) {
+		ns := newNamespace()
+		startManager(managerOptions{})
+		b := newBackend()
+		createTarget(ctx, ns, "shop-backend", b.port, b)
+		ingress := func(name string) *networkingv1.Ingress {
+			return &networkingv1.Ingress{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+				Spec: networkingv1.IngressSpec{DefaultBackend: &networkingv1.IngressBackend{
+					Service: &networkingv1.IngressServiceBackend{Name: "shop", Port: networkingv1.ServiceBackendPort{Number: 80}}}}}
+		}
+		Expect(k8sClient.Create(ctx, ingress("shop"))).To(Succeed())
+		annotations := func(name string) func(Gomega) map[string]string {
+			return func(g Gomega) map[string]string {
+				ing := &networkingv1.Ingress{}
+				g.Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, ing)).To(Succeed())
+				return ing.Annotations
+			}
+		}
+		createBreaker(ctx, ns, "shop", `{target: {service: shop-backend, port: http},
+			probe: {interval: 100ms, timeout: 100ms}, trip: {consecutiveFailures: 2}, recovery: {openDuration: 1h},
+			gate: {annotations: [{apiVersion: networking.k8s.io/v1, kind: Ingress, name: shop},
+			                     {apiVersion: networking.k8s.io/v1, kind: Ingress, name: later}]}}`)
+		Eventually(annotations("shop")).Should(And(HaveKeyWithValue(tripswitchv1alpha1.StateAnnotation, "Closed"),
+			HaveKeyWithValue(tripswitchv1alpha1.BreakerAnnotation, "shop")))
+		Eventually(status(ctx, ns, "shop")).Should(HaveField("Conditions", ContainElement(And(
+			HaveField("Type", tripswitchv1alpha1.ConditionAnnotationsApplied), HaveField("Status", metav1.ConditionFalse),
+			HaveField("Reason", tripswitchv1alpha1.ReasonAnnotatedObjectNotFound), HaveField("Message", ContainSubstring("Ingress/later"))))))
+		Expect(apierrors.IsNotFound(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "later"}, &networkingv1.Ingress{}))).
+			To(BeTrue(), "a missing object is never created")
+		Expect(front(ctx, ns, "shop")(Default).Slices).To(BeZero(), "an annotation-only breaker owns no slices")
+
+		b.failing.Store(true)
+		Eventually(annotations("shop")).Should(HaveKeyWithValue(tripswitchv1alpha1.StateAnnotation, "Open"))
+		Expect(k8sClient.Create(ctx, ingress("later"))).To(Succeed())
+		patchBreaker(ctx, ns, "shop", func(cb *tripswitchv1alpha1.CircuitBreaker) { cb.Labels = map[string]string{"nudge": "1"} })
+		Eventually(annotations("later")).Should(HaveKeyWithValue(tripswitchv1alpha1.StateAnnotation, "Open"))
+
+		// An object that leaves the list loses the annotations; deletion clears the rest.
+		patchBreaker(ctx, ns, "shop", func(cb *tripswitchv1alpha1.CircuitBreaker) { cb.Spec.Gate.Annotations = cb.Spec.Gate.Annotations[1:] })
+		Eventually(annotations("shop")).ShouldNot(Or(HaveKey(tripswitchv1alpha1.StateAnnotation), HaveKey(tripswitchv1alpha1.BreakerAnnotation)))
+		Expect(k8sClient.Delete(ctx, breakerFromYAML(ns, "shop", `{}`))).To(Succeed())
+		Eventually(annotations("later")).ShouldNot(HaveKey(tripswitchv1alpha1.StateAnnotation))
 	})
 })

@@ -1,0 +1,106 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
+)
+
+// fieldManager owns the annotations tripswitch applies, so that removing them is applying
+// without them.
+const fieldManager = "tripswitch"
+
+// The annotation gate may patch exactly the kinds that the API's CEL rule admits.
+// +kubebuilder:rbac:groups=networking.k8s.io,resources=ingresses,verbs=get;patch
+// +kubebuilder:rbac:groups=gateway.networking.k8s.io,resources=httproutes;grpcroutes,verbs=get;patch
+
+// reconcileAnnotationGate puts tripswitch.io/state and tripswitch.io/breaker on every listed
+// object with server-side apply, and takes them off objects that left the list. A listed
+// object that doesn't exist is reported in the AnnotationsApplied condition and retried when
+// the breaker is next reconciled; it is never created.
+func (r *CircuitBreakerReconciler) reconcileAnnotationGate(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker,
+	spec *tripswitchv1alpha1.CircuitBreakerSpec) error {
+	var want []tripswitchv1alpha1.AnnotatedObjectReference
+	if spec.Gate != nil {
+		want = spec.Gate.Annotations
+	}
+	state := string(cb.Status.GateState)
+	var applied []tripswitchv1alpha1.AnnotatedObjectReference
+	var missing []string
+	for _, ref := range want {
+		found, err := r.applyAnnotations(ctx, cb, ref, map[string]string{
+			tripswitchv1alpha1.StateAnnotation: state, tripswitchv1alpha1.BreakerAnnotation: cb.Name})
+		if err != nil {
+			return err
+		}
+		if !found {
+			missing = append(missing, ref.Kind+"/"+ref.Name)
+			continue
+		}
+		applied = append(applied, ref)
+	}
+	for _, ref := range cb.Status.AnnotatedObjects {
+		if !slices.Contains(want, ref) {
+			if _, err := r.applyAnnotations(ctx, cb, ref, nil); err != nil {
+				return err
+			}
+		}
+	}
+	cb.Status.AnnotatedObjects = applied
+	switch {
+	case len(want) == 0:
+		meta.RemoveStatusCondition(&cb.Status.Conditions, tripswitchv1alpha1.ConditionAnnotationsApplied)
+	case len(missing) > 0:
+		setCondition(&cb.Status, tripswitchv1alpha1.ConditionAnnotationsApplied, metav1.ConditionFalse,
+			tripswitchv1alpha1.ReasonAnnotatedObjectNotFound, "not found: "+strings.Join(missing, ", "), cb.Generation)
+	default:
+		setCondition(&cb.Status, tripswitchv1alpha1.ConditionAnnotationsApplied, metav1.ConditionTrue,
+			tripswitchv1alpha1.ReasonReconciled, fmt.Sprintf("%d objects carry the state", len(applied)), cb.Generation)
+	}
+	return nil
+}
+
+// applyAnnotations makes annotations exactly what tripswitch owns on the object; nil removes
+// them. It reads the object first, live, so that apply never creates one, and skips the
+// write when nothing would change. It reports whether the object exists.
+func (r *CircuitBreakerReconciler) applyAnnotations(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker,
+	ref tripswitchv1alpha1.AnnotatedObjectReference, annotations map[string]string) (bool, error) {
+	gv, err := schema.ParseGroupVersion(ref.APIVersion)
+	if err != nil {
+		return false, fmt.Errorf("annotated object %s/%s: %w", ref.Kind, ref.Name, err)
+	}
+	obj := &unstructured.Unstructured{}
+	obj.SetGroupVersionKind(gv.WithKind(ref.Kind))
+	if err := r.Get(ctx, client.ObjectKey{Namespace: cb.Namespace, Name: ref.Name}, obj); err != nil {
+		if apierrors.IsNotFound(err) || meta.IsNoMatchError(err) {
+			return false, nil
+		}
+		return false, fmt.Errorf("getting %s %q: %w", ref.Kind, ref.Name, err)
+	}
+	have := obj.GetAnnotations()
+	current := have[tripswitchv1alpha1.StateAnnotation] == annotations[tripswitchv1alpha1.StateAnnotation] &&
+		have[tripswitchv1alpha1.BreakerAnnotation] == annotations[tripswitchv1alpha1.BreakerAnnotation]
+	if current {
+		return true, nil
+	}
+	intent := &unstructured.Unstructured{}
+	intent.SetGroupVersionKind(gv.WithKind(ref.Kind))
+	intent.SetNamespace(cb.Namespace)
+	intent.SetName(ref.Name)
+	intent.SetAnnotations(annotations)
+	if err := r.Apply(ctx, client.ApplyConfigurationFromUnstructured(intent), client.FieldOwner(fieldManager),
+		client.ForceOwnership); err != nil {
+		return true, fmt.Errorf("applying annotations to %s %q: %w", ref.Kind, ref.Name, err)
+	}
+	return true, nil
+}
