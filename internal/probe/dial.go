@@ -67,3 +67,15 @@ func (m AddressMap) Dialer(next DialFunc) DialFunc {
 		return next(ctx, network, address)
 	}
 }
+
+// LoopbackOnly wraps next so that it refuses every destination outside 127.0.0.0/8 and ::1.
+// Tests and the local demo put it under an AddressMap, so that whatever addresses their slices
+// hold, no probe leaves the machine.
+func LoopbackOnly(next DialFunc) DialFunc {
+	return func(ctx context.Context, network, address string) (net.Conn, error) {
+		if ap, err := netip.ParseAddrPort(address); err != nil || !ap.Addr().IsLoopback() {
+			return nil, fmt.Errorf("refusing to dial %s: only loopback addresses are allowed here", address)
+		}
+		return next(ctx, network, address)
+	}
+}

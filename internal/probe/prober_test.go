@@ -221,6 +221,20 @@ func TestGRPCProbe(t *testing.T) {
 	check(breaker.Success, "gRPC health SERVING") // a forgotten endpoint reconnects
 }
 
+func TestLoopbackOnly(t *testing.T) {
+	dial := LoopbackOnly(func(context.Context, string, string) (net.Conn, error) { return nil, nil })
+	for _, addr := range []string{"127.0.0.9:80", "[::1]:80"} {
+		if _, err := dial(context.Background(), "tcp", addr); err != nil {
+			t.Errorf("LoopbackOnly refused %s: %v", addr, err)
+		}
+	}
+	for _, addr := range []string{"192.0.2.1:80", "10.0.0.1:80", "[2001:db8::1]:80", "example.com:80"} {
+		if _, err := dial(context.Background(), "tcp", addr); err == nil {
+			t.Errorf("LoopbackOnly let %s through", addr)
+		}
+	}
+}
+
 func TestAddressMap(t *testing.T) {
 	m, err := ParseAddressMap("192.0.2.0/24=127.0.0.0/24")
 	if err != nil {

@@ -5,9 +5,7 @@ package envtest_test
 
 import (
 	"context"
-	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
@@ -91,16 +89,6 @@ func newNamespace() string {
 	return ns.Name
 }
 
-// loopbackOnly dials loopback addresses and refuses every other one, so that no story can
-// send a packet off this machine, whatever addresses its slices hold.
-func loopbackOnly(ctx context.Context, network, address string) (net.Conn, error) {
-	ap, err := netip.ParseAddrPort(address)
-	if err != nil || !ap.Addr().IsLoopback() {
-		return nil, fmt.Errorf("test dialer refuses %s: not a loopback address", address)
-	}
-	return (&net.Dialer{}).DialContext(ctx, network, address)
-}
-
 // managerOptions let a story tune the manager it starts.
 type managerOptions struct {
 	statusSyncPeriod time.Duration
@@ -123,10 +111,10 @@ func startManager(opts managerOptions) (stop func()) {
 	Expect(err).NotTo(HaveOccurred())
 
 	// Target slices hold documentation addresses (the API refuses loopback ones); the probes
-	// reach the loopback servers behind them.
+	// reach the loopback servers behind them, and any other address is refused.
 	addressMap, err := probe.ParseAddressMap("192.0.2.0/24=127.0.0.0/24")
 	Expect(err).NotTo(HaveOccurred())
-	scheduler := probe.NewScheduler(probe.NewFactory(addressMap.Dialer(loopbackOnly), clock.RealClock{}), clock.RealClock{}, 64)
+	scheduler := probe.NewScheduler(probe.NewFactory(addressMap.Dialer(probe.LoopbackOnly((&net.Dialer{}).DialContext)), clock.RealClock{}), clock.RealClock{}, 64)
 	Expect(mgr.Add(scheduler)).To(Succeed())
 
 	ctx, cancel := context.WithCancel(context.Background())
