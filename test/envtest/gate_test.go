@@ -67,14 +67,13 @@ var _ = Describe("The EndpointSlice gate", func() {
 			probe: {interval: 1s, timeout: 200ms}, trip: {consecutiveFailures: 1},
 			recovery: {openDuration: 2s, halfOpen: {trialProbes: 2, successThreshold: 2}}}`)
 		Eventually(status(ctx, ns, "inventory")).Should(HaveField("State", tripswitchv1alpha1.StateOpen))
+		Eventually(front(ctx, ns, "inventory")).Should(And(HaveField("Slices", 1), HaveField("Ready", 0)))
+		seen := watchFront(ctx, ns, "inventory")
 		for _, b := range bs {
 			b.failing.Store(false)
 		}
-		Eventually(func(g Gomega) frontEndpoints {
-			g.Expect(status(ctx, ns, "inventory")(g).State).To(Equal(tripswitchv1alpha1.StateHalfOpen))
-			return front(ctx, ns, "inventory")(g)
-		}, 10*time.Second, 20*time.Millisecond).Should(Equal(frontEndpoints{Ready: 1, Serving: 1, All: 1, Slices: 1}))
 		Eventually(front(ctx, ns, "inventory"), 10*time.Second).Should(Equal(frontEndpoints{Ready: 3, Serving: 3, All: 3, Slices: 1}))
+		Eventually(seen).Should(Equal([]int{0, 1, 3}), "Open publishes none, HalfOpen one endpoint, then Closed all three")
 		st := status(ctx, ns, "inventory")(Default)
 		Expect(st.State).To(Equal(tripswitchv1alpha1.StateClosed))
 		Expect(st.Reason).To(Equal("TrialSucceeded"))

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -143,4 +145,43 @@ func status(ctx context.Context, ns, name string) func(Gomega) tripswitchv1alpha
 func createBreaker(ctx context.Context, ns, name, specYAML string) {
 	GinkgoHelper()
 	Expect(k8sClient.Create(ctx, breakerFromYAML(ns, name, specYAML))).To(Succeed())
+}
+
+// watchFront records, from a watch, every distinct count of ready endpoints that the front
+// Service's first slice shows, in order, starting with its state when the watch began.
+// Polling could miss a state that lasts milliseconds; a watch sees every update.
+func watchFront(ctx context.Context, ns, name string) func() []int {
+	watcher, err := client.NewWithWatch(cfg, client.Options{Scheme: scheme})
+	Expect(err).NotTo(HaveOccurred())
+	w, err := watcher.Watch(ctx, &discoveryv1.EndpointSliceList{}, client.InNamespace(ns),
+		client.MatchingLabels{discoveryv1.LabelServiceName: name, discoveryv1.LabelManagedBy: tripswitchv1alpha1.ManagedBy})
+	Expect(err).NotTo(HaveOccurred())
+	DeferCleanup(w.Stop)
+	var mu sync.Mutex
+	var seen []int
+	go func() {
+		defer GinkgoRecover()
+		for ev := range w.ResultChan() {
+			slice, ok := ev.Object.(*discoveryv1.EndpointSlice)
+			if !ok || slice.Name != name+"-tripswitch-0" {
+				continue
+			}
+			n := 0
+			for _, e := range slice.Endpoints {
+				if ptr.Deref(e.Conditions.Ready, true) {
+					n++
+				}
+			}
+			mu.Lock()
+			if len(seen) == 0 || seen[len(seen)-1] != n {
+				seen = append(seen, n)
+			}
+			mu.Unlock()
+		}
+	}()
+	return func() []int {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(seen)
+	}
 }
