@@ -63,10 +63,10 @@ type target struct {
 }
 
 // +kubebuilder:rbac:groups=tripswitch.io,resources=circuitbreakers,verbs=get;list;watch;update;patch
-// +kubebuilder:rbac:groups=tripswitch.io,resources=circuitbreakers/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=tripswitch.io,resources=circuitbreakers/status,verbs=get;patch
 // +kubebuilder:rbac:groups=tripswitch.io,resources=circuitbreakers/finalizers,verbs=update
-// +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch;create;update;patch
-// +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch;create;update;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile gets the breaker, runs the ordered sub-steps on a working copy, writes status
