@@ -18,11 +18,13 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/controller"
+	"github.com/tripswitch/tripswitch/internal/metrics"
 	"github.com/tripswitch/tripswitch/internal/probe"
 )
 
@@ -141,9 +143,14 @@ func run(o *options) error {
 		return fmt.Errorf("adding the probe scheduler: %w", err)
 	}
 
+	recorder, err := metrics.NewRecorder(crmetrics.Registry)
+	if err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
 	if err := (&controller.CircuitBreakerReconciler{
 		Client:           mgr.GetClient(),
 		Scheduler:        scheduler,
+		Metrics:          recorder,
 		Recorder:         mgr.GetEventRecorder("tripswitch"),
 		StatusSyncPeriod: o.statusSyncPeriod,
 	}).SetupWithManager(ctx, mgr); err != nil {

@@ -25,13 +25,14 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
-	"sigs.k8s.io/controller-runtime/pkg/recorder"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/breaker"
 	"github.com/tripswitch/tripswitch/internal/endpoints"
+	"github.com/tripswitch/tripswitch/internal/metrics"
 	"github.com/tripswitch/tripswitch/internal/probe"
 )
 
@@ -45,6 +46,8 @@ type CircuitBreakerReconciler struct {
 	client.Client
 	Scheduler *probe.Scheduler
 	Recorder  recorder.EventRecorder
+	// Metrics, when set, records state and transitions and is dropped with the breaker.
+	Metrics *metrics.Recorder
 	// Clock is injected so that tests control the status write economy.
 	Clock clock.PassiveClock
 	// StatusSyncPeriod bounds how often steady-state counters are written to status.
@@ -77,8 +80,7 @@ func (r *CircuitBreakerReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	if err := r.Get(ctx, req.NamespacedName, cb); err != nil {
 		if apierrors.IsNotFound(err) {
 			// Deleted without our finalizer (for example with the CRD): stop probing.
-			r.Scheduler.Remove(req.NamespacedName)
-			r.lastSync.Delete(req.NamespacedName)
+			r.forget(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -119,6 +121,15 @@ func (r *CircuitBreakerReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		return result, nil
 	}
 	return result, err
+}
+
+// forget drops everything kept in memory for a breaker that is gone.
+func (r *CircuitBreakerReconciler) forget(key types.NamespacedName) {
+	r.Scheduler.Remove(key)
+	r.lastSync.Delete(key)
+	if r.Metrics != nil {
+		r.Metrics.Delete(key.Namespace, key.Name)
+	}
 }
 
 // waitError is a condition the breaker waits out, level-triggered by a watch, such as a
@@ -189,8 +200,14 @@ func (r *CircuitBreakerReconciler) reconcileEngine(ctx context.Context, cb *trip
 	view, _ := r.Scheduler.View(key)
 	for _, change := range view.Changes {
 		r.announce(ctx, cb, change)
+		if r.Metrics != nil {
+			r.Metrics.Transition(cb.Namespace, cb.Name, change.From.String(), change.To.String(), change.Reason.String())
+		}
 	}
 	applyView(&cb.Status, view)
+	if r.Metrics != nil {
+		r.Metrics.SetState(cb.Namespace, cb.Name, string(cb.Status.State))
+	}
 	if cb.Status.Endpoints == nil {
 		cb.Status.Endpoints = &tripswitchv1alpha1.EndpointsStatus{}
 	}
@@ -302,6 +319,11 @@ func (r *CircuitBreakerReconciler) SetupWithManager(ctx context.Context, mgr ctr
 	}
 	// Transitions decided by probes or deadlines come from the scheduler, straight into the
 	// work queue: no API call until the engine has something to say.
+	if r.Metrics != nil {
+		r.Scheduler.SetProbeObservers(func(key types.NamespacedName) probe.ProbeObserver {
+			return r.Metrics.Breaker(key.Namespace, key.Name)
+		})
+	}
 	transitions := source.Func(func(_ context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
 		r.Scheduler.SetOnChange(func(key types.NamespacedName) { q.Add(reconcile.Request{NamespacedName: key}) })
 		return nil

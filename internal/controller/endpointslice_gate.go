@@ -206,9 +206,7 @@ func mergeLabels(have, want map[string]string) map[string]string {
 // tripswitch's slices deleted. A target without a selector leaves the front Service with a
 // last mirror of its endpoints that nothing deletes.
 func (r *CircuitBreakerReconciler) finalize(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker) error {
-	key := client.ObjectKeyFromObject(cb)
-	r.Scheduler.Remove(key)
-	r.lastSync.Delete(key)
+	r.forget(client.ObjectKeyFromObject(cb))
 	if !controllerutil.ContainsFinalizer(cb, tripswitchv1alpha1.Finalizer) {
 		return nil
 	}

@@ -17,6 +17,13 @@ import (
 	"github.com/tripswitch/tripswitch/internal/breaker"
 )
 
+// ProbeObserver hears every probe result of one breaker, such as its metrics. It is called
+// from probe goroutines and must be cheap and safe for concurrent use.
+type ProbeObserver interface {
+	// ObserveProbe gets the outcome as its breaker.Outcome number.
+	ObserveProbe(outcome int, latency time.Duration)
+}
+
 // Registration is what the controller tells the scheduler about one breaker.
 type Registration struct {
 	Spec      Spec
@@ -59,7 +66,8 @@ type Scheduler struct {
 	sem     chan struct{}
 	seed    maphash.Seed
 
-	onChange atomic.Pointer[func(types.NamespacedName)]
+	onChange  atomic.Pointer[func(types.NamespacedName)]
+	observers atomic.Pointer[func(types.NamespacedName) ProbeObserver]
 
 	mu      sync.Mutex
 	entries map[types.NamespacedName]*entry
@@ -101,6 +109,7 @@ type entry struct {
 	changes  []Change
 	probes   [4]uint64
 	removed  bool
+	observer ProbeObserver      // nil when nobody listens
 	cancel   context.CancelFunc // cancels this breaker's in-flight probes
 	ctx      context.Context
 }
@@ -152,6 +161,9 @@ func (s *Scheduler) Upsert(key types.NamespacedName, reg Registration) error {
 		}
 		e = &entry{key: key, engine: engine, prober: &proberRef{Prober: prober}, spec: reg.Spec,
 			interval: reg.Interval, slots: map[Endpoint]*slot{}}
+		if f := s.observers.Load(); f != nil {
+			e.observer = (*f)(key)
+		}
 		e.ctx, e.cancel = context.WithCancel(s.baseContext())
 		s.entries[key] = e
 	}
@@ -387,6 +399,9 @@ func (e *entry) firstSlot() *slot {
 	return first
 }
 
+// SetProbeObservers sets the function that makes each newly registered breaker's observer.
+func (s *Scheduler) SetProbeObservers(f func(types.NamespacedName) ProbeObserver) { s.observers.Store(&f) }
+
 // SetOnChange sets the function called, outside any lock, when a breaker's engine made a
 // transition on its own (a probe or a deadline). It must not block.
 func (s *Scheduler) SetOnChange(f func(types.NamespacedName)) { s.onChange.Store(&f) }
@@ -524,6 +539,9 @@ func (s *Scheduler) record(sl *slot, ref *proberRef, r Result) {
 		return
 	}
 	s.stats.completed.Add(1)
+	if e.observer != nil {
+		e.observer.ObserveProbe(int(r.Outcome), r.Latency)
+	}
 	e.last = &r
 	e.probes[r.Outcome]++
 	t, changed := e.engine.Record(r.Outcome)

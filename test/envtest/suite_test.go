@@ -4,6 +4,7 @@
 package envtest_test
 
 import (
+	"cmp"
 	"context"
 	"net"
 	"os"
@@ -28,10 +29,12 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/controller"
+	"github.com/tripswitch/tripswitch/internal/metrics"
 	"github.com/tripswitch/tripswitch/internal/probe"
 )
 
@@ -92,6 +95,8 @@ func newNamespace() string {
 // managerOptions let a story tune the manager it starts.
 type managerOptions struct {
 	statusSyncPeriod time.Duration
+	// metricsAddr, when set, serves metrics there over plain HTTP.
+	metricsAddr string
 }
 
 // startManager starts a manager process equivalent, with the CircuitBreaker controller, and
@@ -103,7 +108,7 @@ func startManager(opts managerOptions) (stop func()) {
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 scheme,
-		Metrics:                metricsserver.Options{BindAddress: "0"},
+		Metrics:                metricsserver.Options{BindAddress: cmp.Or(opts.metricsAddr, "0")},
 		HealthProbeBindAddress: "0",
 		// Stories start several managers in one process, one after another.
 		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
@@ -117,10 +122,14 @@ func startManager(opts managerOptions) (stop func()) {
 	scheduler := probe.NewScheduler(probe.NewFactory(addressMap.Dialer(probe.LoopbackOnly((&net.Dialer{}).DialContext)), clock.RealClock{}), clock.RealClock{}, 64)
 	Expect(mgr.Add(scheduler)).To(Succeed())
 
+	recorder, err := metrics.NewRecorder(crmetrics.Registry)
+	Expect(err).NotTo(HaveOccurred())
+
 	ctx, cancel := context.WithCancel(context.Background())
 	Expect((&controller.CircuitBreakerReconciler{
 		Client:           mgr.GetClient(),
 		Scheduler:        scheduler,
+		Metrics:          recorder,
 		Recorder:         mgr.GetEventRecorder("tripswitch"),
 		StatusSyncPeriod: opts.statusSyncPeriod,
 	}).SetupWithManager(ctx, mgr)).To(Succeed())

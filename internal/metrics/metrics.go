@@ -1,0 +1,167 @@
+// Package metrics records tripswitch's Prometheus metrics, as the design's table names them.
+// Labels stay small: a breaker's namespace and name, plus a state, outcome or reason.
+package metrics
+
+import (
+	"errors"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metric names, exported for the dashboard test that checks every query against them.
+const (
+	StateName              = "tripswitch_breaker_state"
+	TransitionsName        = "tripswitch_breaker_transitions_total"
+	TripsName              = "tripswitch_breaker_trips_total"
+	RecoveriesName         = "tripswitch_breaker_recoveries_total"
+	ProbesName             = "tripswitch_probes_total"
+	ProbeDurationName      = "tripswitch_probe_duration_seconds"
+	ObserverGuardName      = "tripswitch_observer_guard_active"
+	stateClosed, stateOpen = "closed", "open"
+	stateHalfOpen          = "half_open"
+)
+
+// States are the state label's values.
+var States = []string{stateClosed, stateOpen, stateHalfOpen}
+
+// Outcomes are the outcome label's values.
+var Outcomes = []string{"success", "failure", "slow", "neutral"}
+
+// Recorder holds the metrics. Build it with NewRecorder against the registry to serve them
+// from, such as controller-runtime's metrics.Registry, or a fresh one in tests.
+type Recorder struct {
+	state         *prometheus.GaugeVec
+	transitions   *prometheus.CounterVec
+	trips         *prometheus.CounterVec
+	recoveries    *prometheus.CounterVec
+	probes        *prometheus.CounterVec
+	probeDuration *prometheus.HistogramVec
+	guard         prometheus.Gauge
+}
+
+// NewRecorder registers the metrics with reg. Registering twice with one registry (a second
+// manager in one process, as tests do) reuses the collectors already there.
+func NewRecorder(reg prometheus.Registerer) (*Recorder, error) {
+	r := &Recorder{
+		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: StateName,
+			Help: "1 for the breaker's current state (closed, open, half_open), 0 for the others."},
+			[]string{"namespace", "name", "state"}),
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: TransitionsName,
+			Help: "Breaker state transitions, by from, to and reason."},
+			[]string{"namespace", "name", "from", "to", "reason"}),
+		trips: prometheus.NewCounterVec(prometheus.CounterOpts{Name: TripsName,
+			Help: "Times the breaker opened."}, []string{"namespace", "name"}),
+		recoveries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: RecoveriesName,
+			Help: "Times the breaker closed after a successful HalfOpen trial."}, []string{"namespace", "name"}),
+		probes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ProbesName,
+			Help: "Probe results, by outcome (success, failure, slow, neutral)."}, []string{"namespace", "name", "outcome"}),
+		probeDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: ProbeDurationName,
+			Help: "How long probes took, successful or not.",
+			// 100µs to 10s: loopback and in-zone probes up to the longest timeout.
+			Buckets: prometheus.ExponentialBucketsRange(0.0001, 10, 16)}, []string{"namespace", "name"}),
+		guard: prometheus.NewGauge(prometheus.GaugeOpts{Name: ObserverGuardName,
+			Help: "1 while the observer guard holds transitions back because too many breakers would trip at once."}),
+	}
+	r.state = register(reg, r.state)
+	r.transitions = register(reg, r.transitions)
+	r.trips = register(reg, r.trips)
+	r.recoveries = register(reg, r.recoveries)
+	r.probes = register(reg, r.probes)
+	r.probeDuration = register(reg, r.probeDuration)
+	r.guard = register(reg, r.guard)
+	return r, nil
+}
+
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	if err := reg.Register(c); err != nil {
+		var already prometheus.AlreadyRegisteredError
+		if errors.As(err, &already) {
+			if existing, ok := already.ExistingCollector.(C); ok {
+				return existing
+			}
+		}
+		panic(err) // a programming error: two different metrics with one name
+	}
+	return c
+}
+
+// SetState sets the state gauge: 1 for state ("Closed", "Open" or "HalfOpen"), 0 for the others.
+func (r *Recorder) SetState(namespace, name, state string) {
+	current := labelOf(state)
+	for _, s := range States {
+		v := 0.0
+		if s == current {
+			v = 1
+		}
+		r.state.WithLabelValues(namespace, name, s).Set(v)
+	}
+}
+
+// Transition counts one transition; into Open it is a trip, from HalfOpen to Closed a recovery.
+func (r *Recorder) Transition(namespace, name, from, to, reason string) {
+	r.transitions.WithLabelValues(namespace, name, labelOf(from), labelOf(to), reason).Inc()
+	switch {
+	case to == "Open" && from != "Open":
+		r.trips.WithLabelValues(namespace, name).Inc()
+	case from == "HalfOpen" && to == "Closed":
+		r.recoveries.WithLabelValues(namespace, name).Inc()
+	}
+}
+
+// SetObserverGuard reports whether the observer guard is holding transitions.
+func (r *Recorder) SetObserverGuard(active bool) {
+	if active {
+		r.guard.Set(1)
+	} else {
+		r.guard.Set(0)
+	}
+}
+
+// Delete removes every series of a breaker, when the breaker is deleted.
+func (r *Recorder) Delete(namespace, name string) {
+	labels := prometheus.Labels{"namespace": namespace, "name": name}
+	r.state.DeletePartialMatch(labels)
+	r.transitions.DeletePartialMatch(labels)
+	r.trips.DeletePartialMatch(labels)
+	r.recoveries.DeletePartialMatch(labels)
+	r.probes.DeletePartialMatch(labels)
+	r.probeDuration.DeletePartialMatch(labels)
+}
+
+// Breaker returns the probe metrics of one breaker with their labels resolved, so that
+// recording a probe costs no label lookup.
+func (r *Recorder) Breaker(namespace, name string) *BreakerMetrics {
+	m := &BreakerMetrics{duration: r.probeDuration.WithLabelValues(namespace, name)}
+	for i, o := range Outcomes {
+		m.outcomes[i] = r.probes.WithLabelValues(namespace, name, o)
+	}
+	// Initialize the counters of both trip kinds, so that increase() sees the first trip.
+	r.trips.WithLabelValues(namespace, name)
+	r.recoveries.WithLabelValues(namespace, name)
+	return m
+}
+
+// BreakerMetrics are one breaker's probe metrics.
+type BreakerMetrics struct {
+	outcomes [4]prometheus.Counter // indexed like Outcomes and breaker.Outcome
+	duration prometheus.Observer
+}
+
+// ObserveProbe counts one probe; outcome indexes Outcomes.
+func (m *BreakerMetrics) ObserveProbe(outcome int, latency time.Duration) {
+	if outcome >= 0 && outcome < len(m.outcomes) {
+		m.outcomes[outcome].Inc()
+	}
+	m.duration.Observe(latency.Seconds())
+}
+
+func labelOf(state string) string {
+	switch state {
+	case "Open":
+		return stateOpen
+	case "HalfOpen":
+		return stateHalfOpen
+	}
+	return stateClosed
+}

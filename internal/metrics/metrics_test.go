@@ -1,0 +1,91 @@
+package metrics
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func TestRecorder(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	r, err := NewRecorder(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewRecorder(reg); err != nil {
+		t.Fatalf("a second recorder on one registry must reuse its collectors: %v", err)
+	}
+	b := r.Breaker("shop", "payments")
+	b.ObserveProbe(0, 3*time.Millisecond)
+	b.ObserveProbe(1, 500*time.Millisecond)
+	b.ObserveProbe(1, time.Second)
+	r.SetState("shop", "payments", "Open")
+	r.Transition("shop", "payments", "Closed", "Open", "ConsecutiveFailures")
+	r.Transition("shop", "payments", "Open", "HalfOpen", "OpenTimeout")
+	r.Transition("shop", "payments", "HalfOpen", "Closed", "TrialSucceeded")
+	r.Transition("shop", "payments", "Closed", "Closed", "Forced") // a gate-only change: no trip
+	r.Breaker("shop", "other").ObserveProbe(0, time.Millisecond)
+	r.SetState("shop", "other", "Closed")
+
+	want := `
+# HELP tripswitch_breaker_state 1 for the breaker's current state (closed, open, half_open), 0 for the others.
+# TYPE tripswitch_breaker_state gauge
+tripswitch_breaker_state{name="other",namespace="shop",state="closed"} 1
+tripswitch_breaker_state{name="other",namespace="shop",state="half_open"} 0
+tripswitch_breaker_state{name="other",namespace="shop",state="open"} 0
+tripswitch_breaker_state{name="payments",namespace="shop",state="closed"} 0
+tripswitch_breaker_state{name="payments",namespace="shop",state="half_open"} 0
+tripswitch_breaker_state{name="payments",namespace="shop",state="open"} 1
+# HELP tripswitch_breaker_trips_total Times the breaker opened.
+# TYPE tripswitch_breaker_trips_total counter
+tripswitch_breaker_trips_total{name="other",namespace="shop"} 0
+tripswitch_breaker_trips_total{name="payments",namespace="shop"} 1
+# HELP tripswitch_breaker_recoveries_total Times the breaker closed after a successful HalfOpen trial.
+# TYPE tripswitch_breaker_recoveries_total counter
+tripswitch_breaker_recoveries_total{name="other",namespace="shop"} 0
+tripswitch_breaker_recoveries_total{name="payments",namespace="shop"} 1
+# HELP tripswitch_probes_total Probe results, by outcome (success, failure, slow, neutral).
+# TYPE tripswitch_probes_total counter
+tripswitch_probes_total{name="other",namespace="shop",outcome="failure"} 0
+tripswitch_probes_total{name="other",namespace="shop",outcome="neutral"} 0
+tripswitch_probes_total{name="other",namespace="shop",outcome="slow"} 0
+tripswitch_probes_total{name="other",namespace="shop",outcome="success"} 1
+tripswitch_probes_total{name="payments",namespace="shop",outcome="failure"} 2
+tripswitch_probes_total{name="payments",namespace="shop",outcome="neutral"} 0
+tripswitch_probes_total{name="payments",namespace="shop",outcome="slow"} 0
+tripswitch_probes_total{name="payments",namespace="shop",outcome="success"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), StateName, TripsName, RecoveriesName, ProbesName); err != nil {
+		t.Error(err)
+	}
+	if n := testutil.CollectAndCount(r.transitions); n != 4 {
+		t.Errorf("%d transition series, want 4", n)
+	}
+	if n := testutil.CollectAndCount(r.probeDuration); n != 2 {
+		t.Errorf("%d histogram series, want 2", n)
+	}
+
+	r.Delete("shop", "payments")
+	if n := testutil.CollectAndCount(r.transitions); n != 0 {
+		t.Errorf("%d transition series left after deleting the only breaker with transitions", n)
+	}
+	for _, c := range []prometheus.Collector{r.state, r.trips, r.recoveries, r.probes, r.probeDuration} {
+		if n := testutil.CollectAndCount(c); n == 0 {
+			t.Error("the other breaker's series must stay")
+		}
+	}
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP tripswitch_breaker_trips_total Times the breaker opened.
+# TYPE tripswitch_breaker_trips_total counter
+tripswitch_breaker_trips_total{name="other",namespace="shop"} 0
+`), TripsName); err != nil {
+		t.Errorf("payments' series should be gone: %v", err)
+	}
+	b.ObserveProbe(0, time.Millisecond) // a probe in flight at deletion must not bring a series back
+	if n := testutil.CollectAndCount(r.probes); n != 4 {
+		t.Errorf("%d probe series after deletion, want the other breaker's 4", n)
+	}
+}
