@@ -14,9 +14,11 @@ $(LOCALBIN):
 ## Tool versions (pinned; installed into ./bin by the targets below)
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 KUSTOMIZE_VERSION ?= v5.8.2
+PROMTOOL_VERSION ?= v0.316.0
 
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 KUSTOMIZE ?= $(LOCALBIN)/kustomize-$(KUSTOMIZE_VERSION)
+PROMTOOL ?= $(LOCALBIN)/promtool-$(PROMTOOL_VERSION)
 
 # envtest needs kube-apiserver and etcd at the Kubernetes version that matches k8s.io/api
 # (v0.37.2 -> 1.37.2). They cannot be downloaded here, so hack/envtest builds them from source.
@@ -65,8 +67,8 @@ tidy: ## Run go mod tidy on the project and on the envtest tools module.
 	cd hack/envtest && go mod tidy
 
 .PHONY: test
-test: manifests generate fmt vet $(ENVTEST_DEP) ## Run every test, envtest suites included, on a source-built kube-apiserver.
-	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" go test $(GO_TEST_FLAGS) ./... -coverprofile cover.out
+test: manifests generate fmt vet $(ENVTEST_DEP) promtool ## Run every test: envtest suites on a source-built kube-apiserver, and promtool on the alerts.
+	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" PROMTOOL="$(PROMTOOL)" go test $(GO_TEST_FLAGS) ./... -coverprofile cover.out
 
 .PHONY: verify
 verify: controller-gen ## Fail when generated code, manifests, formatting or go.mod are out of date (run on a committed tree).
@@ -137,6 +139,14 @@ $(CONTROLLER_GEN): | $(LOCALBIN)
 kustomize: $(KUSTOMIZE) ## Install kustomize into ./bin.
 $(KUSTOMIZE): | $(LOCALBIN)
 	$(call go-install-tool,$(KUSTOMIZE),sigs.k8s.io/kustomize/kustomize/v5,$(KUSTOMIZE_VERSION))
+
+.PHONY: promtool
+promtool: $(PROMTOOL) ## Install promtool into ./bin (built from source, about 3 minutes the first time).
+$(PROMTOOL): | $(LOCALBIN)
+	@echo "Installing github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)"
+	@# remove_all_sd leaves out the service-discovery plugins, whose dependencies the module proxy does not serve.
+	GOBIN="$(LOCALBIN)" GOFLAGS="$$GOFLAGS -tags=remove_all_sd" go install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
+	mv "$(LOCALBIN)/promtool" "$(PROMTOOL)"
 
 # go-install-tool installs package $(2) at version $(3) as the versioned binary $(1), so a
 # change of pin installs the new version instead of reusing the old one.

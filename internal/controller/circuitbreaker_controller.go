@@ -207,6 +207,7 @@ func (r *CircuitBreakerReconciler) reconcileEngine(ctx context.Context, cb *trip
 	applyView(&cb.Status, view)
 	if r.Metrics != nil {
 		r.Metrics.SetState(cb.Namespace, cb.Name, string(cb.Status.State))
+		r.Metrics.SetInfo(cb.Namespace, cb.Name, spec.Target.Service, cb.FrontServiceName())
 	}
 	if cb.Status.Endpoints == nil {
 		cb.Status.Endpoints = &tripswitchv1alpha1.EndpointsStatus{}

@@ -18,6 +18,7 @@ const (
 	ProbesName             = "tripswitch_probes_total"
 	ProbeDurationName      = "tripswitch_probe_duration_seconds"
 	ObserverGuardName      = "tripswitch_observer_guard_active"
+	InfoName               = "tripswitch_breaker_info"
 	stateClosed, stateOpen = "closed", "open"
 	stateHalfOpen          = "half_open"
 )
@@ -38,6 +39,7 @@ type Recorder struct {
 	probes        *prometheus.CounterVec
 	probeDuration *prometheus.HistogramVec
 	guard         prometheus.Gauge
+	info          *prometheus.GaugeVec
 }
 
 // NewRecorder registers the metrics with reg. Registering twice with one registry (a second
@@ -60,6 +62,9 @@ func NewRecorder(reg prometheus.Registerer) (*Recorder, error) {
 			Help: "How long probes took, successful or not.",
 			// 100µs to 10s: loopback and in-zone probes up to the longest timeout.
 			Buckets: prometheus.ExponentialBucketsRange(0.0001, 10, 16)}, []string{"namespace", "name"}),
+		info: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: InfoName,
+			Help: "Always 1: the breaker's target and front Service, to join onto its other series in alerts and dashboards."},
+			[]string{"namespace", "name", "target", "front"}),
 		guard: prometheus.NewGauge(prometheus.GaugeOpts{Name: ObserverGuardName,
 			Help: "1 while the observer guard holds transitions back because too many breakers would trip at once."}),
 	}
@@ -70,6 +75,7 @@ func NewRecorder(reg prometheus.Registerer) (*Recorder, error) {
 	r.probes = register(reg, r.probes)
 	r.probeDuration = register(reg, r.probeDuration)
 	r.guard = register(reg, r.guard)
+	r.info = register(reg, r.info)
 	return r, nil
 }
 
@@ -96,6 +102,12 @@ func (r *Recorder) SetState(namespace, name, state string) {
 		}
 		r.state.WithLabelValues(namespace, name, s).Set(v)
 	}
+}
+
+// SetInfo records the breaker's target and front Service, replacing what it recorded before.
+func (r *Recorder) SetInfo(namespace, name, target, front string) {
+	r.info.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "name": name})
+	r.info.WithLabelValues(namespace, name, target, front).Set(1)
 }
 
 // Transition counts one transition; into Open it is a trip, from HalfOpen to Closed a recovery.
@@ -127,6 +139,7 @@ func (r *Recorder) Delete(namespace, name string) {
 	r.recoveries.DeletePartialMatch(labels)
 	r.probes.DeletePartialMatch(labels)
 	r.probeDuration.DeletePartialMatch(labels)
+	r.info.DeletePartialMatch(labels)
 }
 
 // Breaker returns the probe metrics of one breaker with their labels resolved, so that

@@ -23,6 +23,8 @@ func TestRecorder(t *testing.T) {
 	b.ObserveProbe(1, 500*time.Millisecond)
 	b.ObserveProbe(1, time.Second)
 	r.SetState("shop", "payments", "Open")
+	r.SetInfo("shop", "payments", "old-backend", "payments")
+	r.SetInfo("shop", "payments", "payments-backend", "payments")
 	r.Transition("shop", "payments", "Closed", "Open", "ConsecutiveFailures")
 	r.Transition("shop", "payments", "Open", "HalfOpen", "OpenTimeout")
 	r.Transition("shop", "payments", "HalfOpen", "Closed", "TrialSucceeded")
@@ -58,7 +60,12 @@ tripswitch_probes_total{name="payments",namespace="shop",outcome="neutral"} 0
 tripswitch_probes_total{name="payments",namespace="shop",outcome="slow"} 0
 tripswitch_probes_total{name="payments",namespace="shop",outcome="success"} 1
 `
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), StateName, TripsName, RecoveriesName, ProbesName); err != nil {
+	want += `
+# HELP tripswitch_breaker_info Always 1: the breaker's target and front Service, to join onto its other series in alerts and dashboards.
+# TYPE tripswitch_breaker_info gauge
+tripswitch_breaker_info{front="payments",name="payments",namespace="shop",target="payments-backend"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), StateName, TripsName, RecoveriesName, ProbesName, InfoName); err != nil {
 		t.Error(err)
 	}
 	if n := testutil.CollectAndCount(r.transitions); n != 4 {
