@@ -34,8 +34,9 @@ var _ = Describe("The EndpointSlice gate", func() {
 			b.failing.Store(true)
 		}
 		Eventually(front(ctx, ns, "payments")).Should(Equal(frontEndpoints{Ready: 0, Serving: 0, All: 2, Slices: 1}))
+		// The slice changes first and status follows in the same reconcile, one write later.
+		Eventually(status(ctx, ns, "payments")).Should(HaveField("State", tripswitchv1alpha1.StateOpen))
 		st := status(ctx, ns, "payments")(Default)
-		Expect(st.State).To(Equal(tripswitchv1alpha1.StateOpen))
 		Expect(st.GateState).To(Equal(tripswitchv1alpha1.StateOpen))
 		Expect(st.Reason).To(Equal("ConsecutiveFailures"))
 		Expect(st.Trips).To(BeEquivalentTo(1))
@@ -74,8 +75,8 @@ var _ = Describe("The EndpointSlice gate", func() {
 		}
 		Eventually(front(ctx, ns, "inventory"), 10*time.Second).Should(Equal(frontEndpoints{Ready: 3, Serving: 3, All: 3, Slices: 1}))
 		Eventually(seen).Should(Equal([]int{0, 1, 3}), "Open publishes none, HalfOpen one endpoint, then Closed all three")
+		Eventually(status(ctx, ns, "inventory")).Should(HaveField("State", tripswitchv1alpha1.StateClosed))
 		st := status(ctx, ns, "inventory")(Default)
-		Expect(st.State).To(Equal(tripswitchv1alpha1.StateClosed))
 		Expect(st.Reason).To(Equal("TrialSucceeded"))
 		Expect(st.OpenStreak).To(BeZero())
 	})

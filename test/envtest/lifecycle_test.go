@@ -59,7 +59,7 @@ var _ = Describe("A breaker's life", func() {
 				}
 				return addrs
 			}).Should(Equal([]string{fmt.Sprintf("%s:%d", bs[1].address(), bs[1].port)}))
-			Expect(status(ctx, ns, "payments")(Default).State).To(Equal(tripswitchv1alpha1.StateOpen))
+			Eventually(status(ctx, ns, "payments")).Should(HaveField("State", tripswitchv1alpha1.StateOpen))
 		})
 
 		It("lets ForceOpen and ForceClosed pin the gate, and Observe never touch it", func(ctx SpecContext) {
