@@ -15,10 +15,12 @@ $(LOCALBIN):
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 KUSTOMIZE_VERSION ?= v5.8.2
 PROMTOOL_VERSION ?= v0.316.0
+CRD_REF_DOCS_VERSION ?= v0.3.0
 
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 KUSTOMIZE ?= $(LOCALBIN)/kustomize-$(KUSTOMIZE_VERSION)
 PROMTOOL ?= $(LOCALBIN)/promtool-$(PROMTOOL_VERSION)
+CRD_REF_DOCS ?= $(LOCALBIN)/crd-ref-docs-$(CRD_REF_DOCS_VERSION)
 
 # envtest needs kube-apiserver and etcd at the Kubernetes version that matches k8s.io/api
 # (v0.37.2 -> 1.37.2). They cannot be downloaded here, so hack/envtest builds them from source.
@@ -53,6 +55,10 @@ manifests: controller-gen ## Generate the CRD and RBAC manifests from the Go mar
 generate: controller-gen ## Generate DeepCopy methods for the API types.
 	$(CONTROLLER_GEN) object:headerFile="hack/boilerplate.go.txt" paths="./..."
 
+.PHONY: api-docs
+api-docs: crd-ref-docs ## Generate the API reference, docs/api.md, from the Go types.
+	$(CRD_REF_DOCS) --source-path=./api --config=hack/crd-ref-docs/config.yaml --renderer=markdown --output-path=docs/api.md
+
 .PHONY: fmt
 fmt: ## Run go fmt.
 	go fmt ./...
@@ -71,7 +77,7 @@ test: manifests generate fmt vet $(ENVTEST_DEP) promtool ## Run every test: envt
 	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" PROMTOOL="$(PROMTOOL)" go test $(GO_TEST_FLAGS) ./... -coverprofile cover.out
 
 .PHONY: verify
-verify: controller-gen ## Fail when generated code, manifests, formatting or go.mod are out of date (run on a committed tree).
+verify: controller-gen crd-ref-docs ## Fail when generated code, manifests, API docs, formatting or go.mod are out of date (run on a committed tree).
 	hack/verify.sh
 
 .PHONY: envtest
@@ -139,6 +145,11 @@ $(CONTROLLER_GEN): | $(LOCALBIN)
 kustomize: $(KUSTOMIZE) ## Install kustomize into ./bin.
 $(KUSTOMIZE): | $(LOCALBIN)
 	$(call go-install-tool,$(KUSTOMIZE),sigs.k8s.io/kustomize/kustomize/v5,$(KUSTOMIZE_VERSION))
+
+.PHONY: crd-ref-docs
+crd-ref-docs: $(CRD_REF_DOCS) ## Install crd-ref-docs into ./bin.
+$(CRD_REF_DOCS): | $(LOCALBIN)
+	$(call go-install-tool,$(CRD_REF_DOCS),github.com/elastic/crd-ref-docs,$(CRD_REF_DOCS_VERSION))
 
 .PHONY: promtool
 promtool: $(PROMTOOL) ## Install promtool into ./bin (built from source, about 3 minutes the first time).

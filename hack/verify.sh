@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# verify.sh fails when generated code, manifests, formatting or go.mod are not what the
+# verify.sh fails when generated code, manifests, the API reference, formatting or go.mod are not what the
 # generators make of the sources. It catches both a stale generated file that was committed
 # and a hand edit that is not committed yet (which regenerating would silently undo).
 set -euo pipefail
@@ -14,7 +14,7 @@ fingerprint() {
 }
 
 before=$(fingerprint)
-make --no-print-directory manifests generate fmt tidy
+make --no-print-directory manifests generate api-docs fmt tidy
 after=$(fingerprint)
 
 if [[ "$before" != "$after" ]]; then
