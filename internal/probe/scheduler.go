@@ -400,7 +400,9 @@ func (e *entry) firstSlot() *slot {
 }
 
 // SetProbeObservers sets the function that makes each newly registered breaker's observer.
-func (s *Scheduler) SetProbeObservers(f func(types.NamespacedName) ProbeObserver) { s.observers.Store(&f) }
+func (s *Scheduler) SetProbeObservers(f func(types.NamespacedName) ProbeObserver) {
+	s.observers.Store(&f)
+}
 
 // SetOnChange sets the function called, outside any lock, when a breaker's engine made a
 // transition on its own (a probe or a deadline). It must not block.
