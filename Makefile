@@ -73,7 +73,7 @@ tidy: ## Run go mod tidy on the project and on the envtest tools module.
 	cd hack/envtest && go mod tidy
 
 .PHONY: test
-test: manifests generate fmt vet $(ENVTEST_DEP) promtool ## Run every test: envtest suites on a source-built kube-apiserver, and promtool on the alerts.
+test: manifests generate fmt vet build-installer $(ENVTEST_DEP) promtool ## Run every test: envtest suites on a source-built kube-apiserver, and promtool on the alerts.
 	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" PROMTOOL="$(PROMTOOL)" go test $(GO_TEST_FLAGS) ./... -coverprofile cover.out
 
 .PHONY: verify

@@ -1,0 +1,50 @@
+package envtest_test
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+var _ = Describe("The installer, dist/install.yaml", func() {
+	It("is accepted by the API server, object by object, in a server-side dry run", func(ctx SpecContext) {
+		data, err := os.ReadFile(filepath.Join(repoRoot, "dist", "install.yaml"))
+		Expect(err).NotTo(HaveOccurred(), "run `make build-installer` (make test does) to write dist/install.yaml")
+		decoder := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
+		kinds := map[string]int{}
+		for {
+			obj := &unstructured.Unstructured{}
+			if err := decoder.Decode(&obj.Object); errors.Is(err, io.EOF) {
+				break
+			} else {
+				Expect(err).NotTo(HaveOccurred())
+			}
+			if len(obj.Object) == 0 {
+				continue
+			}
+			kinds[obj.GetKind()]++
+			if obj.GetKind() == "Namespace" {
+				// A dry run creates nothing, and the namespaced objects need their namespace.
+				err := k8sClient.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: obj.GetName()}})
+				Expect(client.IgnoreAlreadyExists(err)).To(Succeed())
+			}
+			err := k8sClient.Apply(ctx, client.ApplyConfigurationFromUnstructured(obj), client.FieldOwner("install-test"),
+				client.ForceOwnership, client.DryRunAll)
+			Expect(err).NotTo(HaveOccurred(), "%s %s", obj.GetKind(), obj.GetName())
+			Expect(apierrors.IsInvalid(err)).To(BeFalse())
+		}
+		Expect(kinds).To(Equal(map[string]int{"Namespace": 1, "CustomResourceDefinition": 1, "ServiceAccount": 1, "Role": 1,
+			"RoleBinding": 1, "ClusterRole": 5, "ClusterRoleBinding": 2, "Service": 1, "Deployment": 1}))
+	})
+})
