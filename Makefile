@@ -39,6 +39,12 @@ GO_TEST_FLAGS ?= -timeout 45m
 .PHONY: all
 all: build
 
+##@ Demo
+
+.PHONY: demo
+demo: build $(ENVTEST_DEP) ## Watch a breaker trip and recover on a local control plane (DEMO_KEEP=1 leaves it running).
+	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" go run ./hack/demo -manager bin/manager
+
 ##@ General
 
 .PHONY: help
