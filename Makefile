@@ -114,8 +114,7 @@ docker-build: ## Build the manager image (needs a container engine).
 .PHONY: build-installer
 build-installer: manifests generate kustomize ## Write dist/install.yaml: CRDs, RBAC and the manager Deployment for IMG.
 	mkdir -p dist
-	cd config/manager && $(KUSTOMIZE) edit set image controller=$(IMG)
-	$(KUSTOMIZE) build config/default > dist/install.yaml
+	$(call kustomize-build-with-image) > dist/install.yaml
 
 ##@ Deployment
 
@@ -133,8 +132,7 @@ uninstall: manifests ## Remove the CRDs (and so every CircuitBreaker) from the c
 
 .PHONY: deploy
 deploy: manifests kustomize ## Deploy the manager with image IMG to the cluster in the current kubeconfig.
-	cd config/manager && $(KUSTOMIZE) edit set image controller=$(IMG)
-	$(KUSTOMIZE) build config/default | $(KUBECTL) apply --server-side -f -
+	$(call kustomize-build-with-image) | $(KUBECTL) apply --server-side -f -
 
 .PHONY: undeploy
 undeploy: kustomize ## Remove the manager from the cluster. ignore-not-found=true ignores missing objects.
@@ -164,6 +162,14 @@ $(PROMTOOL): | $(LOCALBIN)
 	@# remove_all_sd leaves out the service-discovery plugins, whose dependencies the module proxy does not serve.
 	GOBIN="$(LOCALBIN)" GOFLAGS="$$GOFLAGS -tags=remove_all_sd" go install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
 	mv "$(LOCALBIN)/promtool" "$(PROMTOOL)"
+
+# kustomize-build-with-image builds config/default with image IMG, from a copy of config/ so
+# that the committed kustomization is never edited.
+define kustomize-build-with-image
+tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && cp -r config "$$tmp/" && \
+	(cd "$$tmp/config/manager" && $(KUSTOMIZE) edit set image controller=$(IMG)) && \
+	$(KUSTOMIZE) build "$$tmp/config/default"
+endef
 
 # go-install-tool installs package $(2) at version $(3) as the versioned binary $(1), so a
 # change of pin installs the new version instead of reusing the old one.

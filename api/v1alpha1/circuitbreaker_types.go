@@ -506,7 +506,7 @@ type CircuitBreakerStatus struct {
 
 	// trips counts how many times the breaker has opened, all time.
 	// +optional
-	Trips int64 `json:"trips,omitempty"`
+	Trips int64 `json:"trips"`
 
 	// openStreak counts reopens since the last Close; it drives backoff.
 	// +optional
