@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 
@@ -69,6 +70,23 @@ var _ = Describe("The CircuitBreaker API", func() {
 			}
 		}
 		Expect(created).To(BeNumerically(">=", 4), "every sample file should hold a breaker")
+	})
+
+	It("accepts every CircuitBreaker example in the README", func(ctx SpecContext) {
+		readme, err := os.ReadFile(filepath.Join(repoRoot, "README.md"))
+		Expect(err).NotTo(HaveOccurred())
+		examples := 0
+		for _, block := range regexp.MustCompile("(?s)```yaml\n(.*?)```").FindAllStringSubmatch(string(readme), -1) {
+			if !strings.Contains(block[1], "kind: CircuitBreaker") {
+				continue
+			}
+			obj := &unstructured.Unstructured{}
+			Expect(yaml.Unmarshal([]byte(block[1]), &obj.Object)).To(Succeed())
+			obj.SetNamespace(ns)
+			Expect(k8sClient.Create(ctx, obj)).To(Succeed(), block[1])
+			examples++
+		}
+		Expect(examples).To(BeNumerically(">=", 1))
 	})
 
 	It("applies defaults on the server", func(ctx SpecContext) {
