@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"hash/maphash"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -453,12 +454,11 @@ func (s *Scheduler) Start(ctx context.Context) error {
 	}
 	s.probes.Wait()
 	s.mu.Lock()
-	for key := range s.entries {
-		s.mu.Unlock()
-		s.Remove(key)
-		s.mu.Lock()
-	}
+	keys := slices.Collect(maps.Keys(s.entries))
 	s.mu.Unlock()
+	for _, key := range keys {
+		s.Remove(key)
+	}
 	return nil
 }
 
