@@ -113,14 +113,14 @@ func (r *CircuitBreakerReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	if patchErr := r.patchStatus(ctx, original, cb); patchErr != nil {
 		return ctrl.Result{}, patchErr
 	}
-	result := ctrl.Result{RequeueAfter: r.StatusSyncPeriod}
 	var wait *waitError
-	if errors.As(err, &wait) {
-		// Waiting on another object is not a failure to retry with backoff: a watch on it
-		// brings the breaker back.
-		return result, nil
+	if err != nil && !errors.As(err, &wait) {
+		// A failed API call: retry with the work queue's backoff.
+		return ctrl.Result{}, err
 	}
-	return result, err
+	// Waiting on another object is no failure to retry with backoff either: a watch on it
+	// brings the breaker back. Either way, come back to refresh the counters.
+	return ctrl.Result{RequeueAfter: r.StatusSyncPeriod}, nil
 }
 
 // forget drops everything kept in memory for a breaker that is gone.
