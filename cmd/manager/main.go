@@ -14,17 +14,14 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/controller"
-	"github.com/tripswitch/tripswitch/internal/metrics"
 	"github.com/tripswitch/tripswitch/internal/probe"
 )
 
@@ -138,22 +135,11 @@ func run(o *options) error {
 		dial = m.Dialer((&net.Dialer{}).DialContext)
 		ctrl.Log.WithName("setup").Info("Probe addresses are rewritten; this is for local development only", "map", o.probeAddressMap)
 	}
-	scheduler := probe.NewScheduler(probe.NewFactory(dial, clock.RealClock{}), clock.RealClock{}, o.maxConcurrentProbes)
-	if err := mgr.Add(scheduler); err != nil {
-		return fmt.Errorf("adding the probe scheduler: %w", err)
-	}
-
-	recorder, err := metrics.NewRecorder(crmetrics.Registry)
-	if err != nil {
-		return fmt.Errorf("registering metrics: %w", err)
-	}
-	if err := (&controller.CircuitBreakerReconciler{
-		Client:           mgr.GetClient(),
-		Scheduler:        scheduler,
-		Metrics:          recorder,
-		Recorder:         mgr.GetEventRecorder("tripswitch"),
-		StatusSyncPeriod: o.statusSyncPeriod,
-	}).SetupWithManager(ctx, mgr); err != nil {
+	if err := controller.Setup(ctx, mgr, controller.Options{
+		Dial:                dial,
+		MaxConcurrentProbes: o.maxConcurrentProbes,
+		StatusSyncPeriod:    o.statusSyncPeriod,
+	}); err != nil {
 		return fmt.Errorf("setting up the CircuitBreaker controller: %w", err)
 	}
 

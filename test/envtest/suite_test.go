@@ -21,7 +21,6 @@ import (
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
-	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -29,12 +28,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/controller"
-	"github.com/tripswitch/tripswitch/internal/metrics"
 	"github.com/tripswitch/tripswitch/internal/probe"
 )
 
@@ -119,20 +116,12 @@ func startManager(opts managerOptions) (stop func()) {
 	// reach the loopback servers behind them, and any other address is refused.
 	addressMap, err := probe.ParseAddressMap("192.0.2.0/24=127.0.0.0/24")
 	Expect(err).NotTo(HaveOccurred())
-	scheduler := probe.NewScheduler(probe.NewFactory(addressMap.Dialer(probe.LoopbackOnly((&net.Dialer{}).DialContext)), clock.RealClock{}), clock.RealClock{}, 64)
-	Expect(mgr.Add(scheduler)).To(Succeed())
-
-	recorder, err := metrics.NewRecorder(crmetrics.Registry)
-	Expect(err).NotTo(HaveOccurred())
-
 	ctx, cancel := context.WithCancel(context.Background())
-	Expect((&controller.CircuitBreakerReconciler{
-		Client:           mgr.GetClient(),
-		Scheduler:        scheduler,
-		Metrics:          recorder,
-		Recorder:         mgr.GetEventRecorder("tripswitch"),
-		StatusSyncPeriod: opts.statusSyncPeriod,
-	}).SetupWithManager(ctx, mgr)).To(Succeed())
+	Expect(controller.Setup(ctx, mgr, controller.Options{
+		Dial:                addressMap.Dialer(probe.LoopbackOnly((&net.Dialer{}).DialContext)),
+		MaxConcurrentProbes: 64,
+		StatusSyncPeriod:    opts.statusSyncPeriod,
+	})).To(Succeed())
 
 	done := make(chan struct{})
 	go func() {

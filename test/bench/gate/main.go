@@ -30,7 +30,6 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
-	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -141,14 +140,10 @@ func run(n int, steady, syncPeriod time.Duration) error {
 	}
 	m, _ := probe.ParseAddressMap("192.0.2.0/24=127.0.0.0/24")
 	dial := m.Dialer(probe.LoopbackOnly((&net.Dialer{}).DialContext))
-	scheduler := probe.NewScheduler(probe.NewFactory(dial, clock.RealClock{}), clock.RealClock{}, 256)
-	if err := mgr.Add(scheduler); err != nil {
-		return err
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := (&controller.CircuitBreakerReconciler{Client: mgr.GetClient(), Scheduler: scheduler,
-		Recorder: mgr.GetEventRecorder("tripswitch"), StatusSyncPeriod: syncPeriod}).SetupWithManager(ctx, mgr); err != nil {
+	if err := controller.Setup(ctx, mgr, controller.Options{Dial: dial, MaxConcurrentProbes: 256,
+		StatusSyncPeriod: syncPeriod}); err != nil {
 		return err
 	}
 	go func() { _ = mgr.Start(ctx) }()
