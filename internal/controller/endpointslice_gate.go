@@ -27,7 +27,7 @@ import (
 func (r *CircuitBreakerReconciler) reconcileEndpointSliceGate(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker,
 	spec *tripswitchv1alpha1.CircuitBreakerSpec, tgt *target, gateState breaker.State) error {
 	es := spec.Gate.EndpointSlice
-	if _, err := r.claimFrontService(ctx, cb, es.Service, tgt); err != nil {
+	if err := r.claimFrontService(ctx, cb, es.Service, tgt); err != nil {
 		return err
 	}
 	in := gate.Input{
@@ -69,7 +69,7 @@ func ownerRef(cb *tripswitchv1alpha1.CircuitBreaker) metav1.OwnerReference {
 // adopts a selectorless one, and refuses one with a selector or one that another breaker
 // gates.
 func (r *CircuitBreakerReconciler) claimFrontService(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker,
-	name string, tgt *target) (*corev1.Service, error) {
+	name string, tgt *target) error {
 	front := &corev1.Service{}
 	err := r.Get(ctx, types.NamespacedName{Namespace: cb.Namespace, Name: name}, front)
 	if apierrors.IsNotFound(err) {
@@ -88,34 +88,34 @@ func (r *CircuitBreakerReconciler) claimFrontService(ctx context.Context, cb *tr
 				TargetPort: p.TargetPort, AppProtocol: p.AppProtocol})
 		}
 		if err := r.Create(ctx, front); err != nil {
-			return nil, fmt.Errorf("creating front Service %q: %w", name, err)
+			return fmt.Errorf("creating front Service %q: %w", name, err)
 		}
 		log.FromContext(ctx).Info("Created front Service", "service", name)
-		return front, nil
+		return nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("getting front Service %q: %w", name, err)
+		return fmt.Errorf("getting front Service %q: %w", name, err)
 	}
 	owner := front.Annotations[tripswitchv1alpha1.BreakerAnnotation]
 	switch {
 	case owner != "" && owner != cb.Name:
-		return nil, &waitError{reason: tripswitchv1alpha1.ReasonFrontServiceClaimed, stalled: true,
+		return &waitError{reason: tripswitchv1alpha1.ReasonFrontServiceClaimed, stalled: true,
 			message: fmt.Sprintf("front Service %q is gated by breaker %q", name, owner)}
 	case len(front.Spec.Selector) > 0:
-		return nil, &waitError{reason: tripswitchv1alpha1.ReasonFrontServiceHasSelector, stalled: true,
+		return &waitError{reason: tripswitchv1alpha1.ReasonFrontServiceHasSelector, stalled: true,
 			message: fmt.Sprintf("front Service %q has a selector, so Kubernetes manages its endpoints; remove it or choose another front Service", name)}
 	case !slices.ContainsFunc(front.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == tgt.port.Name }):
-		return nil, &waitError{reason: tripswitchv1alpha1.ReasonFrontServicePortMismatch, stalled: true,
+		return &waitError{reason: tripswitchv1alpha1.ReasonFrontServicePortMismatch, stalled: true,
 			message: fmt.Sprintf("front Service %q has no port named %q like the target's", name, tgt.port.Name)}
 	case owner == "":
 		patch := client.MergeFrom(front.DeepCopy())
 		metav1.SetMetaDataAnnotation(&front.ObjectMeta, tripswitchv1alpha1.BreakerAnnotation, cb.Name)
 		if err := r.Patch(ctx, front, patch); err != nil {
-			return nil, fmt.Errorf("adopting front Service %q: %w", name, err)
+			return fmt.Errorf("adopting front Service %q: %w", name, err)
 		}
 		log.FromContext(ctx).Info("Adopted front Service", "service", name)
 	}
-	return front, nil
+	return nil
 }
 
 // applySlices makes the front Service's tripswitch slices equal to desired: updates before
