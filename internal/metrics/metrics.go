@@ -4,6 +4,7 @@ package metrics
 
 import (
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,6 +41,10 @@ type Recorder struct {
 	probeDuration *prometheus.HistogramVec
 	guard         prometheus.Gauge
 	info          *prometheus.GaugeVec
+
+	// infoMu guards infoOf: the target and front each breaker's info series carries now.
+	infoMu sync.Mutex
+	infoOf map[[2]string][2]string
 }
 
 // NewRecorder registers the metrics with reg. Registering twice with one registry (a second
@@ -105,8 +110,22 @@ func (r *Recorder) SetState(namespace, name, state string) {
 }
 
 // SetInfo records the breaker's target and front Service, replacing what it recorded before.
+// The controller calls it on every reconcile, so it touches the series only when they change.
 func (r *Recorder) SetInfo(namespace, name, target, front string) {
-	r.info.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "name": name})
+	key, want := [2]string{namespace, name}, [2]string{target, front}
+	r.infoMu.Lock()
+	defer r.infoMu.Unlock()
+	have, ok := r.infoOf[key]
+	if ok && have == want {
+		return
+	}
+	if ok {
+		r.info.DeleteLabelValues(namespace, name, have[0], have[1])
+	}
+	if r.infoOf == nil {
+		r.infoOf = map[[2]string][2]string{}
+	}
+	r.infoOf[key] = want
 	r.info.WithLabelValues(namespace, name, target, front).Set(1)
 }
 
@@ -140,6 +159,9 @@ func (r *Recorder) Delete(namespace, name string) {
 	r.probes.DeletePartialMatch(labels)
 	r.probeDuration.DeletePartialMatch(labels)
 	r.info.DeletePartialMatch(labels)
+	r.infoMu.Lock()
+	delete(r.infoOf, [2]string{namespace, name})
+	r.infoMu.Unlock()
 }
 
 // Breaker returns the probe metrics of one breaker with their labels resolved, so that
