@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
@@ -16,6 +17,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -147,23 +149,29 @@ func createBreaker(ctx context.Context, ns, name, specYAML string) {
 	Expect(k8sClient.Create(ctx, breakerFromYAML(ns, name, specYAML))).To(Succeed())
 }
 
-// watchFront records, from a watch, every distinct count of ready endpoints that the front
-// Service's first slice shows, in order, starting with its state when the watch began.
+// frontChange is a count of ready endpoints that a front slice showed, and when.
+type frontChange struct {
+	Ready int
+	At    time.Time
+}
+
+// watchFront records, from a watch, every change in the count of ready endpoints shown by any
+// slice of the front Service, in order, starting with its state when the watch began.
 // Polling could miss a state that lasts milliseconds; a watch sees every update.
-func watchFront(ctx context.Context, ns, name string) func() []int {
+func watchFront(ctx context.Context, ns, name string) func() []frontChange {
 	watcher, err := client.NewWithWatch(cfg, client.Options{Scheme: scheme})
 	Expect(err).NotTo(HaveOccurred())
 	w, err := watcher.Watch(ctx, &discoveryv1.EndpointSliceList{}, client.InNamespace(ns),
-		client.MatchingLabels{discoveryv1.LabelServiceName: name, discoveryv1.LabelManagedBy: tripswitchv1alpha1.ManagedBy})
+		client.MatchingLabels{discoveryv1.LabelServiceName: name})
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(w.Stop)
 	var mu sync.Mutex
-	var seen []int
+	var seen []frontChange
 	go func() {
 		defer GinkgoRecover()
 		for ev := range w.ResultChan() {
 			slice, ok := ev.Object.(*discoveryv1.EndpointSlice)
-			if !ok || slice.Name != name+"-tripswitch-0" {
+			if !ok || ev.Type == watch.Deleted {
 				continue
 			}
 			n := 0
@@ -173,15 +181,26 @@ func watchFront(ctx context.Context, ns, name string) func() []int {
 				}
 			}
 			mu.Lock()
-			if len(seen) == 0 || seen[len(seen)-1] != n {
-				seen = append(seen, n)
+			if len(seen) == 0 || seen[len(seen)-1].Ready != n {
+				seen = append(seen, frontChange{Ready: n, At: time.Now()})
 			}
 			mu.Unlock()
 		}
 	}()
-	return func() []int {
+	return func() []frontChange {
 		mu.Lock()
 		defer mu.Unlock()
 		return slices.Clone(seen)
+	}
+}
+
+// readyCounts are the counts of changes, without their times.
+func readyCounts(changes func() []frontChange) func() []int {
+	return func() []int {
+		var counts []int
+		for _, c := range changes() {
+			counts = append(counts, c.Ready)
+		}
+		return counts
 	}
 }

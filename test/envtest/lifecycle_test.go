@@ -2,7 +2,6 @@ package envtest_test
 
 import (
 	"fmt"
-	"sync"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -12,7 +11,6 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -214,30 +212,8 @@ var _ = Describe("A breaker's life", func() {
 		openUntil := before.OpenUntil.Time
 
 		// Watch the front slices through the whole handover, noting when ready endpoints show.
-		watcher, err := client.NewWithWatch(cfg, client.Options{Scheme: scheme})
-		Expect(err).NotTo(HaveOccurred())
-		w, err := watcher.Watch(ctx, &discoveryv1.EndpointSliceList{}, client.InNamespace(ns),
-			client.MatchingLabels{discoveryv1.LabelServiceName: "billing"})
-		Expect(err).NotTo(HaveOccurred())
-		DeferCleanup(w.Stop)
-		var mu sync.Mutex
-		var firstReady time.Time
-		go func() {
-			defer GinkgoRecover()
-			for ev := range w.ResultChan() {
-				s, ok := ev.Object.(*discoveryv1.EndpointSlice)
-				if !ok || ev.Type == watch.Deleted {
-					continue
-				}
-				for _, e := range s.Endpoints {
-					mu.Lock()
-					if ptr.Deref(e.Conditions.Ready, true) && firstReady.IsZero() {
-						firstReady = time.Now()
-					}
-					mu.Unlock()
-				}
-			}
-		}()
+		seen := watchFront(ctx, ns, "billing")
+		Eventually(readyCounts(seen)).Should(Equal([]int{0}), "the watch has begun")
 
 		// The target heals, the manager goes away and a new one takes over: it must wait out
 		// the Open period the old one started, then recover.
@@ -248,8 +224,13 @@ var _ = Describe("A breaker's life", func() {
 		after := status(ctx, ns, "billing")(Default)
 		Expect(after.Trips).To(Equal(before.Trips), "no new trip: the new leader resumed the old one")
 		Expect(after.LastTransitionTime.Time).To(BeTemporally(">=", openUntil), "no trial before the restored openUntil")
-		mu.Lock()
-		defer mu.Unlock()
+		var firstReady time.Time
+		for _, c := range seen() {
+			if c.Ready > 0 {
+				firstReady = c.At
+				break
+			}
+		}
 		Expect(firstReady).To(BeTemporally(">=", openUntil), "the front slice showed a ready endpoint before openUntil")
 	})
 })
