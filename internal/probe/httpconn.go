@@ -41,9 +41,9 @@ var (
 // already closed; the probe retries once on a new connection instead of counting it.
 var errReusedConnClosed = errors.New("kept-alive connection was closed by the endpoint")
 
-func (p *httpProber) Probe(ctx context.Context, ep Endpoint) Result {
+func (p *httpProber) Probe(parent context.Context, ep Endpoint) Result {
 	start := p.clock.Now()
-	ctx, cancel := context.WithTimeout(ctx, p.spec.Timeout)
+	ctx, cancel := context.WithTimeout(parent, p.spec.Timeout)
 	defer cancel()
 
 	status, err := p.roundTrip(ctx, ep, true)
@@ -51,10 +51,11 @@ func (p *httpProber) Probe(ctx context.Context, ep Endpoint) Result {
 		status, err = p.roundTrip(ctx, ep, false)
 	}
 	if err != nil {
-		if ctx.Err() != nil {
-			err = ctx.Err()
-		}
-		return finish(p.spec, p.clock, ep, start, breaker.Failure, describe(err, p.spec.Timeout))
+		// A dial or TLS error keeps its errno, so an EMFILE from connect is told apart from
+		// the target's trouble. A cancelled parent interrupts the connection through the
+		// deadline that roundTrip sets, which reads as a timeout; failed looks at the
+		// contexts first, so that it counts as the manager's cancellation instead.
+		return failed(parent, ctx, p.spec, p.clock, ep, start, err, describe)
 	}
 
 	msg := "HTTP " + strconv.Itoa(status)

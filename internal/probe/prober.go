@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -35,6 +36,12 @@ type Result struct {
 	Latency  time.Duration
 	// Message is short and human, such as "HTTP 503" or "connection refused".
 	Message string
+	// Local is empty unless the probe failed for a cause of the manager's own, such as its
+	// file descriptors running out or its cancelling the probe: then it names the reason
+	// (one of LocalReasons), Outcome is Neutral and Message says what happened. Such errors
+	// say nothing about the target, and counting them as its failures would trip healthy
+	// breakers everywhere at once (DESIGN.md §2, "fail static").
+	Local string
 	// Time is when the probe finished.
 	Time time.Time
 }
@@ -67,6 +74,10 @@ type GRPCSpec struct {
 
 // Prober probes endpoints according to one Spec. Probe is safe for concurrent use.
 type Prober interface {
+	// Probe checks ep once, within the Spec's timeout. Cancelling ctx stops the probe at
+	// once; unless the probe's own timeout had passed first, its Result is then Neutral with
+	// Local LocalCanceled, since stopping it was the manager's decision and no failure of the
+	// target.
 	Probe(ctx context.Context, ep Endpoint) Result
 	// Forget releases what the prober keeps for an endpoint that is gone.
 	Forget(ep Endpoint)
@@ -92,10 +103,27 @@ func NewFactory(dial DialFunc, clk clock.PassiveClock) *Factory {
 	return &Factory{dial: dial, clock: clk}
 }
 
+// Validate reports why a prober could not be built for spec.
+func (s Spec) Validate() error {
+	if s.Timeout <= 0 {
+		return errors.New("probe timeout must be positive")
+	}
+	kinds := 0
+	for _, set := range []bool{s.HTTP != nil, s.TCP, s.GRPC != nil} {
+		if set {
+			kinds++
+		}
+	}
+	if kinds != 1 {
+		return fmt.Errorf("a probe needs exactly one of HTTP, TCP and gRPC, got %d", kinds)
+	}
+	return nil
+}
+
 // New returns a prober for spec.
 func (f *Factory) New(spec Spec) (Prober, error) {
-	if spec.Timeout <= 0 {
-		return nil, errors.New("probe timeout must be positive")
+	if err := spec.Validate(); err != nil {
+		return nil, err
 	}
 	switch {
 	case spec.HTTP != nil:
@@ -125,6 +153,29 @@ func finish(spec Spec, clk clock.PassiveClock, ep Endpoint, start time.Time, out
 		msg = fmt.Sprintf("%s, slower than %s", msg, spec.SlowThreshold)
 	}
 	return Result{Endpoint: ep, Outcome: outcome, Latency: latency, Message: msg, Time: now}
+}
+
+// failed turns a probe's error into a Result. parent is the context the caller gave Probe and
+// ctx the probe's own, with its timeout. Once ctx is done its error replaces err, so that a
+// passed deadline reads as a timeout and a cancelled parent as a cancellation, whatever the
+// connection made of either. An error of the manager's own is Neutral with Result.Local set,
+// any other a Failure with a message from describe.
+func failed(parent, ctx context.Context, spec Spec, clk clock.PassiveClock, ep Endpoint, start time.Time, err error,
+	describe func(error, time.Duration) string) Result {
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		err = ctxErr
+	}
+	if reason, ok := localReason(parent, err); ok {
+		return local(spec, clk, ep, start, reason, err)
+	}
+	return finish(spec, clk, ep, start, breaker.Failure, describe(err, spec.Timeout))
+}
+
+// local is the Neutral Result of a probe that ended for a reason of the manager's own.
+func local(spec Spec, clk clock.PassiveClock, ep Endpoint, start time.Time, reason string, err error) Result {
+	r := finish(spec, clk, ep, start, breaker.Neutral, localMessage(reason, err))
+	r.Local = reason
+	return r
 }
 
 func isConnReset(err error) bool {
@@ -171,13 +222,15 @@ type tcpProber struct {
 	clock clock.PassiveClock
 }
 
-func (p *tcpProber) Probe(ctx context.Context, ep Endpoint) Result {
+func (p *tcpProber) Probe(parent context.Context, ep Endpoint) Result {
 	start := p.clock.Now()
-	ctx, cancel := context.WithTimeout(ctx, p.spec.Timeout)
+	ctx, cancel := context.WithTimeout(parent, p.spec.Timeout)
 	defer cancel()
 	conn, err := p.dial(ctx, "tcp", ep.String())
 	if err != nil {
-		return finish(p.spec, p.clock, ep, start, breaker.Failure, describe(err, p.spec.Timeout))
+		// The dial error carries the errno (EMFILE, EADDRNOTAVAIL, ...) when it is the
+		// manager's own; failed classifies it.
+		return failed(parent, ctx, p.spec, p.clock, ep, start, err, describe)
 	}
 	_ = conn.Close()
 	return finish(p.spec, p.clock, ep, start, breaker.Success, "connected")
@@ -193,32 +246,76 @@ type grpcProber struct {
 	dial  DialFunc
 	clock clock.PassiveClock
 
-	conns connCache[*grpc.ClientConn]
+	conns connCache[*grpcConn]
 }
 
-func (p *grpcProber) conn(ep Endpoint) (*grpc.ClientConn, error) {
-	return p.conns.get(ep, func() (*grpc.ClientConn, error) {
+// grpcConn is an endpoint's client connection together with the error of its last dial.
+// gRPC dials on its own goroutines and reports a failed dial to the RPC as a status error
+// (UNAVAILABLE) that keeps the text of the dial error but not the error itself, so its errno
+// is lost there. The dialer keeps it here instead, so that a probe can tell the manager's own
+// shortage (EMFILE, EADDRNOTAVAIL, ...) from a target that refuses. It costs one pointer per
+// endpoint, and an allocation only when a dial fails.
+type grpcConn struct {
+	*grpc.ClientConn
+	dial    DialFunc
+	dialErr atomic.Pointer[error] // nil after a dial that succeeded
+}
+
+// dialContext is the connection's grpc.WithContextDialer.
+func (c *grpcConn) dialContext(ctx context.Context, addr string) (net.Conn, error) {
+	conn, err := c.dial(ctx, "tcp", addr)
+	if err != nil {
+		c.dialErr.Store(&err)
+	} else {
+		c.dialErr.Store(nil)
+	}
+	return conn, err
+}
+
+// lastDialErr is the error of the last dial, or nil when it succeeded or none was made yet.
+func (c *grpcConn) lastDialErr() error {
+	if err := c.dialErr.Load(); err != nil {
+		return *err
+	}
+	return nil
+}
+
+func (p *grpcProber) conn(ep Endpoint) (*grpcConn, error) {
+	return p.conns.get(ep, func() (*grpcConn, error) {
+		c := &grpcConn{dial: p.dial}
+		var err error
 		// passthrough: the endpoint is an address already, with nothing to resolve.
-		return grpc.NewClient("passthrough:///"+ep.String(),
+		c.ClientConn, err = grpc.NewClient("passthrough:///"+ep.String(),
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-				return p.dial(ctx, "tcp", addr)
-			}),
+			grpc.WithContextDialer(c.dialContext),
 		)
+		if err != nil {
+			return nil, err
+		}
+		return c, nil
 	})
 }
 
-func (p *grpcProber) Probe(ctx context.Context, ep Endpoint) Result {
+func (p *grpcProber) Probe(parent context.Context, ep Endpoint) Result {
 	start := p.clock.Now()
-	ctx, cancel := context.WithTimeout(ctx, p.spec.Timeout)
+	ctx, cancel := context.WithTimeout(parent, p.spec.Timeout)
 	defer cancel()
 	c, err := p.conn(ep)
 	if err != nil {
 		return finish(p.spec, p.clock, ep, start, breaker.Failure, "gRPC client: "+err.Error())
 	}
-	resp, err := healthpb.NewHealthClient(c).Check(ctx, &healthpb.HealthCheckRequest{Service: p.spec.GRPC.Service})
+	resp, err := healthpb.NewHealthClient(c.ClientConn).Check(ctx, &healthpb.HealthCheckRequest{Service: p.spec.GRPC.Service})
 	if err != nil {
-		return finish(p.spec, p.clock, ep, start, breaker.Failure, describeGRPC(err, p.spec.Timeout))
+		// UNAVAILABLE from a failed dial: the dial error says whose the failure is. It is
+		// classified only when the probe's context is still live; otherwise failed judges
+		// the context's error (a timeout, or the manager's cancellation) as for the others.
+		if status.Code(err) == codes.Unavailable && ctx.Err() == nil {
+			dialErr := c.lastDialErr()
+			if reason, ok := localReason(parent, dialErr); ok {
+				return local(p.spec, p.clock, ep, start, reason, dialErr)
+			}
+		}
+		return failed(parent, ctx, p.spec, p.clock, ep, start, err, describeGRPC)
 	}
 	if s := resp.GetStatus(); s != healthpb.HealthCheckResponse_SERVING {
 		return finish(p.spec, p.clock, ep, start, breaker.Failure, "gRPC health "+s.String())
