@@ -49,9 +49,10 @@ func BenchmarkRecord(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
+			ticket, _ := br.Admit()
 			b.ReportAllocs()
 			for i := 0; b.Loop(); i++ {
-				if _, ok := br.Record(workload[i&63]); ok {
+				if _, ok := br.Record(ticket, workload[i&63]); ok {
 					b.Fatal("the workload must not trip")
 				}
 			}
@@ -71,8 +72,8 @@ func BenchmarkAdmitRecordLocked(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		mu.Lock()
-		if br.Admit() {
-			br.Record(workload[i&63])
+		if ticket, ok := br.Admit(); ok {
+			br.Record(ticket, workload[i&63])
 		}
 		mu.Unlock()
 	}
@@ -126,9 +127,10 @@ func TestRecordDoesNotAllocate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ticket, _ := br.Admit()
 	i := 0
 	if allocs := testing.AllocsPerRun(1000, func() {
-		br.Record(workload[i&63])
+		br.Record(ticket, workload[i&63])
 		i++
 	}); allocs != 0 {
 		t.Fatalf("Record allocates %.1f times per call", allocs)

@@ -23,8 +23,16 @@ type Breaker struct {
 	successes  int32 // consecutive; in HalfOpen, the successful trials
 
 	// HalfOpen trial slots: admitted counts slots handed out and not given back, pending those
-	// whose outcome has not been recorded yet.
+	// whose outcome has not been recorded yet; lastTrial is when the newest was handed out.
 	admitted, pending int
+	lastTrial         time.Time
+	// attempt numbers the current stay in a state; Tickets carry it. It starts at 1, so that
+	// the zero Ticket is never current.
+	attempt uint64
+
+	// permit, when set, may hold a trip; held is the rule that holds while a trip is held.
+	permit TripPermit
+	held   Reason
 
 	win window
 }
@@ -36,13 +44,20 @@ func New(cfg Config, clk clock.PassiveClock, seed uint64) (*Breaker, error) {
 		return nil, err
 	}
 	return &Breaker{
-		cfg:   cfg,
-		clock: clk,
-		seed:  seed,
-		since: clk.Now(),
-		win:   newWindow(cfg.windowSize(), cfg.FailureRate.Window, cfg.SlowRate.Window),
+		cfg:     cfg,
+		clock:   clk,
+		seed:    seed,
+		since:   clk.Now(),
+		win:     newWindow(cfg.windowSize(), cfg.FailureRate.Window, cfg.SlowRate.Window),
+		attempt: 1,
 	}, nil
 }
+
+// SetTripPermit installs the permit asked before every trip out of Closed; nil removes it.
+func (b *Breaker) SetTripPermit(p TripPermit) { b.permit = p }
+
+// Held is the trip rule that holds while the permit holds the trip, and NoReason otherwise.
+func (b *Breaker) Held() Reason { return b.held }
 
 // State is the state machine's state.
 func (b *Breaker) State() State { return b.state }
@@ -57,48 +72,78 @@ func (b *Breaker) Config() Config { return b.cfg }
 func (b *Breaker) Window() WindowStats { return b.win.stats() }
 
 // NextDeadline is when the breaker next needs Tick, and false when no time-driven change is
-// pending (only Open has one).
+// pending: Open waits for openUntil, and HalfOpen with trials in flight for their bound.
 func (b *Breaker) NextDeadline() (time.Time, bool) {
-	if b.state == Open {
+	switch {
+	case b.state == Open:
 		return b.openUntil, true
+	case b.state == HalfOpen && b.pending > 0 && b.cfg.TrialTimeout > 0:
+		return b.lastTrial.Add(b.cfg.TrialTimeout), true
 	}
 	return time.Time{}, false
 }
 
-// Admit says whether a probe may be sent now. Closed breakers probe freely and Open ones not at
-// all; a HalfOpen breaker hands out at most TrialProbes trial slots per attempt.
-func (b *Breaker) Admit() bool {
+// Admit says whether a probe may be sent now, and hands out the Ticket its outcome is recorded
+// with. Closed breakers probe freely and Open ones not at all; a HalfOpen breaker hands out at
+// most TrialProbes trial slots per attempt.
+func (b *Breaker) Admit() (Ticket, bool) {
 	switch b.state {
 	case Closed:
-		return true
+		return Ticket{attempt: b.attempt}, true
 	case HalfOpen:
 		if b.admitted < b.cfg.TrialProbes {
 			b.admitted++
 			b.pending++
-			return true
+			b.lastTrial = b.clock.Now()
+			return Ticket{attempt: b.attempt, trial: true}, true
 		}
 	}
-	return false
+	return Ticket{}, false
 }
 
-// Record counts one probe outcome and returns the transition it caused, if any. Outcomes
-// that arrive while Open, or in HalfOpen without an admitted trial slot, are dropped.
-func (b *Breaker) Record(o Outcome) (Transition, bool) {
+// CanAdmit says whether Admit would hand out a ticket now, without handing one out.
+func (b *Breaker) CanAdmit() bool {
+	return b.state == Closed || b.state == HalfOpen && b.admitted < b.cfg.TrialProbes
+}
+
+// Record counts the outcome of the probe admitted with t and returns the transition it
+// caused, if any. Outcomes of an earlier attempt (see Ticket) are dropped, and so is every
+// outcome while Open.
+func (b *Breaker) Record(t Ticket, o Outcome) (Transition, bool) {
+	if t.attempt != b.attempt {
+		return Transition{}, false
+	}
 	switch b.state {
 	case Open:
 		return Transition{}, false
 	case HalfOpen:
-		return b.recordTrial(o)
+		return b.recordTrial(t, o)
 	}
 	if o == Neutral {
 		return Transition{}, false
 	}
 	b.count(o)
 	b.win.push(o)
-	if r := b.tripReason(); r != NoReason {
+	r := b.tripReason()
+	if r != NoReason && b.permit != nil && !b.permit(r) {
+		b.held = r
+		return Transition{}, false
+	}
+	b.held = NoReason
+	if r != NoReason {
 		return b.open(r), true
 	}
 	return Transition{}, false
+}
+
+// Release gives back the slot of a probe admitted with t that will have no outcome, such as
+// one whose prober was replaced while it ran, or one the scheduler could not start in time.
+// Only a trial of the current attempt holds a slot; for anything else it does nothing.
+func (b *Breaker) Release(t Ticket) {
+	if t.attempt == b.attempt && t.trial && b.state == HalfOpen && b.pending > 0 {
+		b.pending--
+		b.admitted--
+	}
 }
 
 func (b *Breaker) count(o Outcome) {
@@ -136,8 +181,8 @@ func rateHolds(r RateRule, held, matching int) bool {
 	return held >= r.MinimumProbes && matching*100 >= r.Percent*held
 }
 
-func (b *Breaker) recordTrial(o Outcome) (Transition, bool) {
-	if b.pending == 0 {
+func (b *Breaker) recordTrial(t Ticket, o Outcome) (Transition, bool) {
+	if !t.trial || b.pending == 0 {
 		return Transition{}, false
 	}
 	b.pending--
@@ -157,14 +202,21 @@ func (b *Breaker) recordTrial(o Outcome) (Transition, bool) {
 	return Transition{}, false
 }
 
-// Tick moves an Open breaker whose openUntil has come to HalfOpen. The owner calls it at
-// NextDeadline; calling it at other times does nothing.
+// Tick moves an Open breaker whose openUntil has come to HalfOpen, and writes off HalfOpen
+// trials that have been pending longer than TrialTimeout: their slots are handed out again and
+// their outcomes, should they still come, are ignored. The owner calls it at NextDeadline;
+// calling it at other times does nothing.
 func (b *Breaker) Tick() (Transition, bool) {
-	if b.state != Open {
+	now := b.clock.Now()
+	if b.state == HalfOpen {
+		if b.pending > 0 && b.cfg.TrialTimeout > 0 && !now.Before(b.lastTrial.Add(b.cfg.TrialTimeout)) {
+			b.admitted -= b.pending
+			b.pending = 0
+			b.attempt++
+		}
 		return Transition{}, false
 	}
-	now := b.clock.Now()
-	if now.Before(b.openUntil) {
+	if b.state != Open || now.Before(b.openUntil) {
 		return Transition{}, false
 	}
 	return b.enter(HalfOpen, OpenTimeout, now, func() {
@@ -177,7 +229,7 @@ func (b *Breaker) Tick() (Transition, bool) {
 // annotation asks. It returns a transition when the state or the gate changed; a breaker that
 // is already Closed only has its counters cleared.
 func (b *Breaker) Reset() (Transition, bool) {
-	defer func() { b.failures, b.successes = 0, 0 }()
+	defer func() { b.failures, b.successes, b.held = 0, 0, NoReason }()
 	if b.state == Closed {
 		b.win.clear()
 		return Transition{}, false
@@ -241,6 +293,8 @@ func (b *Breaker) enter(to State, r Reason, now time.Time, apply func()) Transit
 	apply()
 	b.state, b.reason, b.since = to, r, now
 	b.admitted, b.pending = 0, 0
+	b.attempt++
+	b.held = NoReason
 	t.To, t.GateTo = to, b.Gate()
 	return t
 }
@@ -300,6 +354,8 @@ func (b *Breaker) Restore(s Snapshot) {
 	b.failures, b.successes = max(s.ConsecutiveFailures, 0), max(s.ConsecutiveSuccesses, 0)
 	b.openUntil = time.Time{}
 	b.admitted, b.pending = 0, 0
+	b.attempt++
+	b.held = NoReason
 	b.win.clear()
 	switch b.state {
 	case Open:

@@ -23,8 +23,10 @@ func base(edit ...func(*Config)) Config {
 // run plays a script against a new breaker and returns the transitions it produced, one
 // string each. Script words:
 //
-//	S F L N   record Success, Failure, Slow (L for late), Neutral
+//	S F L N   record Success, Failure, Slow (L for late), Neutral, with the oldest ticket an
+//	          A handed out, or else (Closed only) with a fresh one
 //	A a       Admit, expecting true (A) or false (a)
+//	X         Release the oldest ticket an A handed out
 //	+90s      advance the clock
 //	T         Tick
 //	R         Reset
@@ -55,15 +57,34 @@ func run(t *testing.T, cfg Config, script string) (*Breaker, []string) {
 		got = append(got, s)
 	}
 	outcomes := map[string]Outcome{"S": Success, "F": Failure, "L": Slow, "N": Neutral}
+	var tickets []Ticket
+	oldest := func() Ticket {
+		if len(tickets) > 0 {
+			t := tickets[0]
+			tickets = tickets[1:]
+			return t
+		}
+		if b.State() == Closed {
+			t, _ := b.Admit()
+			return t
+		}
+		return Ticket{}
+	}
 	modes := map[string]Mode{"Auto": Auto, "ForceOpen": ForceOpen, "ForceClosed": ForceClosed, "Observe": Observe}
 	for _, word := range strings.Fields(script) {
 		switch {
 		case outcomes[word] != 0 || word == "S":
-			note(b.Record(outcomes[word]))
+			note(b.Record(oldest(), outcomes[word]))
 		case word == "A" || word == "a":
-			if ok := b.Admit(); ok != (word == "A") {
+			ticket, ok := b.Admit()
+			if ok != (word == "A") {
 				t.Fatalf("%q: Admit() = %v in state %s", script, ok, b.State())
 			}
+			if ok {
+				tickets = append(tickets, ticket)
+			}
+		case word == "X":
+			b.Release(oldest())
 		case word == "T":
 			note(b.Tick())
 		case word == "R":
@@ -97,6 +118,12 @@ func run(t *testing.T, cfg Config, script string) (*Breaker, []string) {
 		}
 	}
 	return b, got
+}
+
+// record admits a probe and records its outcome at once, as a probe that returns immediately.
+func record(b *Breaker, o Outcome) (Transition, bool) {
+	ticket, _ := b.Admit()
+	return b.Record(ticket, o)
 }
 
 func TestTransitions(t *testing.T) {
@@ -159,6 +186,9 @@ func TestTransitions(t *testing.T) {
 			[]string{"Closed->Open ConsecutiveFailures", "Open->HalfOpen OpenTimeout", "HalfOpen->Open TrialFailed"}},
 		{"a neutral trial gives its slot back", base(), "F F F +60s T A a N A S",
 			[]string{"Closed->Open ConsecutiveFailures", "Open->HalfOpen OpenTimeout", "HalfOpen->Closed TrialSucceeded"}},
+		{"a released trial gives its slot back", base(), "F F F +60s T A a X A S",
+			[]string{"Closed->Open ConsecutiveFailures", "Open->HalfOpen OpenTimeout", "HalfOpen->Closed TrialSucceeded"}},
+		{"a release outside HalfOpen does nothing", base(), "A X F F F", []string{"Closed->Open ConsecutiveFailures"}},
 		{"a slow trial is a success", base(), "F F F +60s T A L",
 			[]string{"Closed->Open ConsecutiveFailures", "Open->HalfOpen OpenTimeout", "HalfOpen->Closed TrialSucceeded"}},
 		{"closing clears the window", base(func(c *Config) {
@@ -223,16 +253,18 @@ func TestSnapshotRestoreResumesOpenBreaker(t *testing.T) {
 	if until, _ := restored.NextDeadline(); !until.Equal(snap.OpenUntil) {
 		t.Fatalf("restored openUntil %v, want %v", until, snap.OpenUntil)
 	}
-	if restored.Gate() != Open || restored.Admit() {
+	if _, ok := restored.Admit(); restored.Gate() != Open || ok {
 		t.Fatal("a restored Open breaker must keep the gate Open and refuse probes")
 	}
 	// Both make the same next decision: the same jittered open period for trip 3.
 	for _, br := range []*Breaker{b, restored} {
 		br.clock = testingclock.NewFakeClock(snap.OpenUntil)
-		if _, ok := br.Tick(); !ok || !br.Admit() {
+		_, ticked := br.Tick()
+		ticket, admitted := br.Admit()
+		if !ticked || !admitted {
 			t.Fatal("no trial at openUntil")
 		}
-		br.Record(Failure)
+		br.Record(ticket, Failure)
 	}
 	if a, r := b.Snapshot(), restored.Snapshot(); a != r {
 		t.Fatalf("decisions diverged after Restore:\noriginal %+v\nrestored %+v", a, r)
@@ -272,7 +304,7 @@ func TestGranularityRoundsOpenUntilUp(t *testing.T) {
 	clk := testingclock.NewFakeClock(t0.Add(300 * time.Millisecond))
 	b, _ := New(base(func(c *Config) { c.Granularity = time.Second }), clk, 1)
 	for range 3 {
-		b.Record(Failure)
+		record(b, Failure)
 	}
 	if until, _ := b.NextDeadline(); !until.Equal(t0.Add(61 * time.Second)) {
 		t.Fatalf("openUntil %v, want now+60s rounded up to the second (%v)", until, t0.Add(61*time.Second))
@@ -305,7 +337,7 @@ func TestReconfigureKeepsNewestOutcomes(t *testing.T) {
 	if w := b.Window(); w != (WindowStats{Probes: 3, Failures: 1}) {
 		t.Fatalf("after shrinking to 3 the window should hold the newest S F S, got %+v", w)
 	}
-	if tr, ok := b.Record(Failure); !ok || tr.Reason != FailureRate {
+	if tr, ok := record(b, Failure); !ok || tr.Reason != FailureRate {
 		t.Fatalf("F S F = 67%% of 3 should trip, got %v %v", tr, ok)
 	}
 }
@@ -348,5 +380,101 @@ func TestStringers(t *testing.T) {
 	if ParseReason("Bogus") != NoReason || State(9).String() != "State(9)" || Outcome(9).String() != "Outcome(9)" ||
 		Mode(9).String() != "Mode(9)" || Reason(99).String() != "Reason(99)" {
 		t.Error("unknown values must print their number and parse as NoReason")
+	}
+}
+
+func TestLateOutcomesNeverCountForALaterAttempt(t *testing.T) {
+	clk := testingclock.NewFakeClock(t0)
+	b, _ := New(base(), clk, 1)
+	closedEra, _ := b.Admit() // a probe that hangs while the others trip the breaker
+	for range 3 {
+		record(b, Failure)
+	}
+	clk.Step(time.Minute)
+	if _, ok := b.Tick(); !ok || b.State() != HalfOpen {
+		t.Fatalf("want HalfOpen, got %s", b.State())
+	}
+	trial, ok := b.Admit()
+	if !ok {
+		t.Fatal("no trial admitted")
+	}
+	if _, changed := b.Record(closedEra, Success); changed {
+		t.Fatal("a probe admitted while Closed decided a HalfOpen trial")
+	}
+	if _, more := b.Admit(); more {
+		t.Fatal("the late outcome gave the trial's slot away")
+	}
+	if tr, changed := b.Record(trial, Success); !changed || tr.To != Closed {
+		t.Fatalf("the trial's own outcome should close the breaker, got %v %v", tr, changed)
+	}
+	if _, changed := b.Record(trial, Failure); changed || b.State() != Closed {
+		t.Fatal("a trial's outcome counted again after the breaker closed")
+	}
+}
+
+func TestTrialTimeoutWritesOffLostTrials(t *testing.T) {
+	clk := testingclock.NewFakeClock(t0)
+	b, _ := New(base(func(c *Config) { c.TrialTimeout = 2 * time.Second }), clk, 1)
+	for range 3 {
+		record(b, Failure)
+	}
+	clk.Step(time.Minute)
+	b.Tick()
+	if _, ok := b.NextDeadline(); ok {
+		t.Fatal("HalfOpen without a trial in flight needs no deadline")
+	}
+	lost, _ := b.Admit()
+	at, ok := b.NextDeadline()
+	if !ok || !at.Equal(clk.Now().Add(2*time.Second)) {
+		t.Fatalf("a trial in flight should be bounded at now+2s, got %v %v", at, ok)
+	}
+	clk.Step(time.Second)
+	b.Tick()
+	if _, more := b.Admit(); more {
+		t.Fatal("the trial was written off before its bound")
+	}
+	clk.Step(time.Second)
+	if _, changed := b.Tick(); changed || b.State() != HalfOpen {
+		t.Fatal("writing off a trial is no transition")
+	}
+	next, more := b.Admit()
+	if !more {
+		t.Fatal("the lost trial's slot was not handed out again")
+	}
+	if _, changed := b.Record(lost, Failure); changed {
+		t.Fatal("the written-off trial's late failure reopened the breaker")
+	}
+	if tr, changed := b.Record(next, Success); !changed || tr.To != Closed {
+		t.Fatalf("the new trial should close the breaker, got %v %v", tr, changed)
+	}
+}
+
+func TestTripPermitHoldsTheTripUntilTheRuleStopsHolding(t *testing.T) {
+	clk := testingclock.NewFakeClock(t0)
+	b, _ := New(base(), clk, 1)
+	allow := false
+	var asked []Reason
+	b.SetTripPermit(func(r Reason) bool { asked = append(asked, r); return allow })
+	for range 4 {
+		if _, changed := record(b, Failure); changed {
+			t.Fatal("a held trip opened the breaker")
+		}
+	}
+	if b.State() != Closed || b.Gate() != Closed || b.Held() != ConsecutiveFailures {
+		t.Fatalf("held: state %s gate %s held %s", b.State(), b.Gate(), b.Held())
+	}
+	if len(asked) != 2 {
+		t.Fatalf("the permit is asked on every outcome for which a rule holds: asked %d times", len(asked))
+	}
+	record(b, Success)
+	if b.Held() != NoReason {
+		t.Fatal("a success ends the run, so nothing is held any more")
+	}
+	for range 3 {
+		record(b, Failure)
+	}
+	allow = true
+	if tr, changed := record(b, Failure); !changed || tr.To != Open || b.Held() != NoReason {
+		t.Fatalf("a permitted trip opens: %v %v held %s", tr, changed, b.Held())
 	}
 }

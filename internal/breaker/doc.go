@@ -29,6 +29,17 @@
 // dropped. A failed trial reopens the breaker with openStreak+1; a Neutral one gives its slot
 // back; successThreshold successes close it. Closing clears the window and openStreak.
 //
+// Every admitted probe holds a Ticket, and its outcome is recorded with it. Each change of
+// state starts a new attempt, and an outcome counts only in the attempt its ticket was handed
+// out in: a probe admitted while Closed that returns after the breaker opened, or a trial of an
+// earlier HalfOpen attempt, decides nothing. A probe that will have no outcome gives its trial
+// slot back with Release, and trials left without an outcome for TrialTimeout are written off
+// at the next Tick, so no lost trial can keep a breaker HalfOpen for good.
+//
+// A TripPermit, when set, is asked before every trip out of Closed; when it refuses, the
+// breaker stays Closed, Held reports the rule that holds, and the permit is asked again on the
+// next outcome for which a rule holds. The observer guard holds trips this way.
+//
 // Modes (Auto, ForceOpen, ForceClosed, Observe) never stop the state machine; they only decide
 // the gate state, the state that traffic sees. Every change of state or gate is returned as a
 // Transition value with a Reason. Reset closes the breaker; Reconfigure applies a new Config,

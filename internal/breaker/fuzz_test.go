@@ -25,7 +25,19 @@ type model struct {
 	history              []Outcome
 	admitted, pending    int
 	trialsThisAttempt    int // admissions minus neutral give-backs, for the trialProbes invariant
+	lastTrial            time.Time
+	attempt              uint64
 	lastOpenBase, jitter time.Duration
+
+	// permit is nil until the ops install one; held is the rule a refused permit holds.
+	permit func() bool
+	held   Reason
+}
+
+// mticket is the model's ticket: the attempt it was handed out in, and whether it is a trial.
+type mticket struct {
+	attempt uint64
+	trial   bool
 }
 
 func (m *model) gate() State {
@@ -56,6 +68,8 @@ func (m *model) transition(to State, r Reason, now time.Time) Transition {
 	t := Transition{From: m.state, GateFrom: m.gate(), Reason: r, At: now}
 	m.state, m.reason, m.since = to, r, now
 	m.admitted, m.pending, m.trialsThisAttempt = 0, 0, 0
+	m.attempt++
+	m.held = NoReason
 	t.To, t.GateTo = to, m.gate()
 	return t
 }
@@ -91,12 +105,15 @@ func (m *model) count(o Outcome) {
 	}
 }
 
-func (m *model) record(o Outcome, now time.Time) (Transition, bool) {
+func (m *model) record(t mticket, o Outcome, now time.Time) (Transition, bool) {
+	if t.attempt != m.attempt {
+		return Transition{}, false
+	}
 	switch m.state {
 	case Open:
 		return Transition{}, false
 	case HalfOpen:
-		if m.pending == 0 {
+		if !t.trial || m.pending == 0 {
 			return Transition{}, false
 		}
 		m.pending--
@@ -120,33 +137,68 @@ func (m *model) record(o Outcome, now time.Time) (Transition, bool) {
 	}
 	m.count(o)
 	m.history = append(m.history, o)
+	var r Reason
 	switch {
 	case m.cfg.ConsecutiveFailures > 0 && int(m.failures) >= m.cfg.ConsecutiveFailures:
-		return m.open(ConsecutiveFailures, now), true
+		r = ConsecutiveFailures
 	case m.rate(m.cfg.FailureRate, Failure):
-		return m.open(FailureRate, now), true
+		r = FailureRate
 	case m.rate(m.cfg.SlowRate, Slow):
-		return m.open(SlowRate, now), true
+		r = SlowRate
+	}
+	if r != NoReason && m.permit != nil && !m.permit() {
+		m.held = r
+		return Transition{}, false
+	}
+	m.held = NoReason
+	if r != NoReason {
+		return m.open(r, now), true
 	}
 	return Transition{}, false
 }
 
-func (m *model) admit() bool {
+func (m *model) admit(now time.Time) (mticket, bool) {
 	switch m.state {
 	case Closed:
-		return true
+		return mticket{attempt: m.attempt}, true
 	case HalfOpen:
 		if m.admitted < m.cfg.TrialProbes {
 			m.admitted++
 			m.pending++
 			m.trialsThisAttempt++
-			return true
+			m.lastTrial = now
+			return mticket{attempt: m.attempt, trial: true}, true
 		}
 	}
-	return false
+	return mticket{}, false
+}
+
+func (m *model) release(t mticket) {
+	if t.attempt == m.attempt && t.trial && m.state == HalfOpen && m.pending > 0 {
+		m.pending--
+		m.admitted--
+		m.trialsThisAttempt--
+	}
+}
+
+func (m *model) deadline() (time.Time, bool) {
+	switch {
+	case m.state == Open:
+		return m.openUntil, true
+	case m.state == HalfOpen && m.pending > 0 && m.cfg.TrialTimeout > 0:
+		return m.lastTrial.Add(m.cfg.TrialTimeout), true
+	}
+	return time.Time{}, false
 }
 
 func (m *model) tick(now time.Time) (Transition, bool) {
+	if m.state == HalfOpen && m.pending > 0 && m.cfg.TrialTimeout > 0 && !now.Before(m.lastTrial.Add(m.cfg.TrialTimeout)) {
+		m.admitted -= m.pending
+		m.trialsThisAttempt -= m.pending
+		m.pending = 0
+		m.attempt++
+		return Transition{}, false
+	}
 	if m.state != Open || now.Before(m.openUntil) {
 		return Transition{}, false
 	}
@@ -156,7 +208,7 @@ func (m *model) tick(now time.Time) (Transition, bool) {
 }
 
 func (m *model) reset(now time.Time) (Transition, bool) {
-	defer func() { m.failures, m.successes = 0, 0 }()
+	defer func() { m.failures, m.successes, m.held = 0, 0, NoReason }()
 	if m.state == Closed {
 		m.history = nil
 		return Transition{}, false
@@ -178,6 +230,8 @@ func (m *model) setMode(mode Mode, now time.Time) (Transition, bool) {
 func (m *model) restore() {
 	m.history = nil
 	m.admitted, m.pending, m.trialsThisAttempt = 0, 0, 0
+	m.attempt++
+	m.held = NoReason
 	if m.state == HalfOpen {
 		m.failures = 0
 	}
@@ -217,6 +271,7 @@ func configFrom(raw uint64) Config {
 	c.TrialProbes = 1 + take(2)
 	c.SuccessThreshold = 1 + take(2)%c.TrialProbes
 	c.Mode = Mode(take(2))
+	c.TrialTimeout = time.Duration(take(2)) * time.Second
 	return c
 }
 
@@ -224,6 +279,9 @@ func FuzzBreakerAgainstModel(f *testing.F) {
 	f.Add(uint64(0), uint64(0x0123456789abcdef), []byte{1, 1, 1, 5 | 31<<3, 6, 4, 0})
 	f.Add(uint64(7), ^uint64(0), []byte{1, 2, 1, 2, 3, 0, 1, 1, 1, 1, 5 | 8<<3, 6, 4, 4, 1, 7, 7 | 1<<3, 0})
 	f.Add(uint64(99), uint64(0xfeedface), []byte{9, 1, 17, 1, 1, 1, 1, 5 | 31<<3, 6, 4, 2, 7 | 2<<3, 1, 1, 1, 7 | 3<<3})
+	// A trial written off by its bound, a stale ticket, a release, and a held trip.
+	f.Add(uint64(3), uint64(0x0000ff0000000000), []byte{1, 4, 1, 1, 5 | 31<<3, 6, 4, 5 | 8<<3, 6, 4, 4 | 4<<3, 7 | 4<<3, 4, 0})
+	f.Add(uint64(5), uint64(0x1), []byte{7 | 6<<3, 1, 1, 1, 1, 0, 7 | 6<<3, 1})
 	f.Fuzz(func(t *testing.T, seed, rawConfig uint64, ops []byte) {
 		cfg := configFrom(rawConfig)
 		clk := testingclock.NewFakeClock(t0)
@@ -231,7 +289,23 @@ func FuzzBreakerAgainstModel(f *testing.F) {
 		if err != nil {
 			t.Fatalf("configFrom made an invalid config %+v: %v", cfg, err)
 		}
-		m := &model{cfg: cfg, seed: seed, since: t0}
+		m := &model{cfg: cfg, seed: seed, since: t0, attempt: 1}
+		allow := true
+		permit := func(Reason) bool { return allow }
+		// Tickets handed out and not used yet, the breaker's and the model's side by side.
+		type pair struct {
+			b Ticket
+			m mticket
+		}
+		var outstanding []pair
+		takeOldest := func() (pair, bool) {
+			if len(outstanding) == 0 {
+				return pair{}, false
+			}
+			p := outstanding[0]
+			outstanding = outstanding[1:]
+			return p, true
+		}
 
 		same := func(step int, op string, got, want Transition, gotOK, wantOK bool) {
 			if gotOK != wantOK || (gotOK && got != want) {
@@ -258,12 +332,27 @@ func FuzzBreakerAgainstModel(f *testing.F) {
 			switch op & 7 {
 			case 0, 1, 2, 3:
 				o := Outcome(arg % 4)
-				got, gotOK := b.Record(o)
-				want, wantOK := m.record(o, clk.Now())
+				// With bit 2 of arg, the oldest ticket handed out (maybe of an earlier
+				// attempt); without it, a fresh one while Closed.
+				p, ok := pair{}, false
+				if arg&4 != 0 {
+					p, ok = takeOldest()
+				}
+				if !ok && b.State() == Closed {
+					p.b, _ = b.Admit()
+					p.m, _ = m.admit(clk.Now())
+				}
+				got, gotOK := b.Record(p.b, o)
+				want, wantOK := m.record(p.m, o, clk.Now())
 				same(i, "record "+o.String(), got, want, gotOK, wantOK)
 			case 4:
-				if got, want := b.Admit(), m.admit(); got != want {
-					t.Fatalf("step %d: Admit() = %v, model says %v in %s", i, got, want, m.state)
+				gotT, got := b.Admit()
+				wantT, want := m.admit(clk.Now())
+				if got != want || gotT.attempt != wantT.attempt || gotT.trial != wantT.trial {
+					t.Fatalf("step %d: Admit() = %+v %v, model says %+v %v in %s", i, gotT, got, wantT, want, m.state)
+				}
+				if got {
+					outstanding = append(outstanding, pair{gotT, wantT})
 				}
 				if m.trialsThisAttempt > cfg.TrialProbes {
 					t.Fatalf("step %d: %d trials admitted, more than trialProbes %d", i, m.trialsThisAttempt, cfg.TrialProbes)
@@ -275,14 +364,14 @@ func FuzzBreakerAgainstModel(f *testing.F) {
 				want, wantOK := m.tick(clk.Now())
 				same(i, "tick", got, want, gotOK, wantOK)
 			case 7:
-				switch arg % 4 {
+				switch arg % 8 {
 				case 0:
 					got, gotOK := b.Reset()
 					want, wantOK := m.reset(clk.Now())
 					same(i, "reset", got, want, gotOK, wantOK)
 				case 1, 2:
 					next := b.Config()
-					next.Mode = Mode(arg / 4 % 4)
+					next.Mode = Mode(arg / 8 % 4)
 					got, gotOK, err := b.Reconfigure(next)
 					if err != nil {
 						t.Fatal(err)
@@ -297,12 +386,42 @@ func FuzzBreakerAgainstModel(f *testing.F) {
 						t.Fatal(err)
 					}
 					b.cfg.Mode = m.cfg.Mode
+					if m.permit != nil {
+						b.SetTripPermit(permit)
+					}
 					b.Restore(snap)
 					if b.Snapshot() != snap {
 						t.Fatalf("step %d: Snapshot→Restore→Snapshot changed %+v into %+v", i, snap, b.Snapshot())
 					}
 					m.restore()
+					// A new leader has none of the old one's probes in flight, and numbers
+					// attempts its own way.
+					outstanding = nil
+					m.attempt = b.attempt
+				case 4, 5:
+					p, _ := takeOldest()
+					b.Release(p.b)
+					m.release(p.m)
+				case 6, 7:
+					// Install the permit on first use, then flip its answer.
+					if m.permit == nil {
+						b.SetTripPermit(permit)
+						m.permit = func() bool { return allow }
+					} else {
+						allow = !allow
+					}
 				}
+				if m.trialsThisAttempt > cfg.TrialProbes {
+					t.Fatalf("step %d: %d trials admitted, more than trialProbes %d", i, m.trialsThisAttempt, cfg.TrialProbes)
+				}
+			}
+			gotD, gotDOK := b.NextDeadline()
+			wantD, wantDOK := m.deadline()
+			if gotDOK != wantDOK || !gotD.Equal(wantD) {
+				t.Fatalf("step %d: NextDeadline %v %v, model %v %v", i, gotD, gotDOK, wantD, wantDOK)
+			}
+			if b.Held() != m.held {
+				t.Fatalf("step %d: Held() %s, model %s", i, b.Held(), m.held)
 			}
 			if b.State() != m.state || b.Gate() != m.gate() || b.Snapshot() != m.snapshot() {
 				t.Fatalf("step %d (op %d): breaker %+v gate %s\n               model   %+v gate %s", i, op,

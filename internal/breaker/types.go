@@ -180,6 +180,11 @@ type Config struct {
 	TrialProbes int
 	// SuccessThreshold is how many successful trials close the breaker.
 	SuccessThreshold int
+	// TrialTimeout bounds how long an admitted trial may stay without an outcome. Past it,
+	// the trials still pending are written off (their slots are handed out again and their
+	// late outcomes are ignored), so that a lost trial can never keep a breaker HalfOpen for
+	// good. 0 means no bound.
+	TrialTimeout time.Duration
 
 	Mode Mode
 }
@@ -209,6 +214,9 @@ func (c Config) Validate() error {
 	if c.JitterPercent < 0 || c.JitterPercent > 50 {
 		errs = append(errs, fmt.Errorf("jitterPercent %d is not in 0..50", c.JitterPercent))
 	}
+	if c.TrialTimeout < 0 {
+		errs = append(errs, fmt.Errorf("trialTimeout %s is negative", c.TrialTimeout))
+	}
 	if c.SuccessThreshold < 1 || c.TrialProbes < c.SuccessThreshold {
 		errs = append(errs, fmt.Errorf("need 1 <= successThreshold (%d) <= trialProbes (%d)", c.SuccessThreshold, c.TrialProbes))
 	}
@@ -220,6 +228,20 @@ func (c Config) Validate() error {
 
 // windowSize is the ring size that serves every rate rule.
 func (c Config) windowSize() int { return max(c.FailureRate.Window, c.SlowRate.Window) }
+
+// Ticket stands for one admitted probe. Its outcome counts only in the attempt it was admitted
+// in: every change of state starts a new attempt, so a late result (a probe admitted while
+// Closed that returns after the breaker opened, or a trial of an earlier HalfOpen attempt)
+// never counts for the next one. The zero Ticket belongs to no attempt.
+type Ticket struct {
+	attempt uint64
+	trial   bool
+}
+
+// TripPermit is asked before a Closed breaker opens because reason holds. Returning false
+// holds the trip: the breaker stays Closed, keeps counting, and asks again on its next
+// outcome for which a rule holds. The observer guard is the permit's one user.
+type TripPermit func(reason Reason) bool
 
 // Transition is one change of breaker state, gate state, or both.
 type Transition struct {

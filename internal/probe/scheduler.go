@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/tripswitch/tripswitch/internal/breaker"
+	"github.com/tripswitch/tripswitch/internal/guard"
 )
 
 // ProbeObserver hears every probe result of one breaker, such as its metrics. It is called
@@ -35,12 +36,32 @@ type Registration struct {
 	Restore *breaker.Snapshot
 	// Seed fixes the breaker's jitter.
 	Seed uint64
+	// Gated says that the breaker's decisions reach traffic (mode Auto). Only gated breakers
+	// count for the observer guard, and only their trips can be held.
+	Gated bool
+	// KeepEndpoints keeps probing the endpoints the breaker had and ignores Endpoints: the
+	// controller could not read the target, which is not the same as the target having none.
+	KeepEndpoints bool
+	// HeldSince, when set for a breaker the scheduler has not seen yet, resumes a trip that a
+	// previous leader's observer guard was holding, so that its release timeout keeps running.
+	HeldSince time.Time
 }
 
 // Change is one transition together with the probe that decided it, if one did.
 type Change struct {
 	breaker.Transition
 	Probe *Result
+	// Released says that the observer guard had held this trip and let it go ahead after its
+	// release timeout.
+	Released bool
+}
+
+// Hold is a trip the observer guard holds: the rule that holds, since when, and the guard's
+// view of the cluster when the breaker was last looked at.
+type Hold struct {
+	Reason breaker.Reason
+	Since  time.Time
+	Guard  guard.Stats
 }
 
 // View is what the controller reads back to write status and apply gates.
@@ -54,6 +75,8 @@ type View struct {
 	Changes []Change
 	// Probes counts results per outcome since the scheduler first saw the breaker.
 	Probes [4]uint64
+	// Held is set while the observer guard holds the breaker's trip.
+	Held *Hold
 }
 
 // Scheduler runs the probes of every registered breaker on one manager. It is a manager
@@ -67,8 +90,12 @@ type Scheduler struct {
 	sem     chan struct{}
 	seed    maphash.Seed
 
-	onChange  atomic.Pointer[func(types.NamespacedName)]
-	observers atomic.Pointer[func(types.NamespacedName) ProbeObserver]
+	onChange    atomic.Pointer[func(types.NamespacedName)]
+	observers   atomic.Pointer[func(types.NamespacedName) ProbeObserver]
+	localErrors atomic.Pointer[func(reason string)]
+	// guard, when set, may hold the trips of gated breakers; set it before Start.
+	guard    *guard.Guard
+	localLog localErrorLog
 
 	mu      sync.Mutex
 	entries map[types.NamespacedName]*entry
@@ -90,6 +117,10 @@ func NewScheduler(factory *Factory, clk clock.WithDelayedExecution, maxConcurren
 		wake:    make(chan struct{}, 1),
 	}
 }
+
+// SetGuard makes the observer guard judge every trip of a gated breaker. Call it before the
+// first Upsert.
+func (s *Scheduler) SetGuard(g *guard.Guard) { s.guard = g }
 
 // NeedLeaderElection keeps probing to the leader: one prober per cluster, and the gate
 // follows one engine.
@@ -113,6 +144,10 @@ type entry struct {
 	observer ProbeObserver      // nil when nobody listens
 	cancel   context.CancelFunc // cancels this breaker's in-flight probes
 	ctx      context.Context
+	// verdict is the guard's answer to the last trip the engine asked about; guardHeld says
+	// whether the guard may hold this breaker's trip now.
+	verdict   guard.Verdict
+	guardHeld bool
 }
 
 // proberRef counts a prober's probes in flight, so that a replaced or removed prober is
@@ -136,6 +171,7 @@ type slot struct {
 	due      time.Time
 	index    int // in the heap; -1 when out of it
 	inflight bool
+	ticket   breaker.Ticket // of the probe in flight
 }
 
 // Upsert registers a breaker or updates its probe, endpoints and configuration. A breaker
@@ -167,6 +203,7 @@ func (s *Scheduler) Upsert(key types.NamespacedName, reg Registration) error {
 		}
 		e.ctx, e.cancel = context.WithCancel(s.baseContext())
 		s.entries[key] = e
+		s.attachGuard(e, reg)
 	}
 
 	e.mu.Lock()
@@ -188,12 +225,44 @@ func (s *Scheduler) Upsert(key types.NamespacedName, reg Registration) error {
 			e.prober, e.spec = &proberRef{Prober: prober}, reg.Spec
 		}
 	}
+	if s.guard != nil {
+		s.guard.SetGated(key, reg.Gated)
+		if !reg.Gated {
+			e.guardHeld = false
+		}
+	}
 	intervalChanged := e.interval != reg.Interval
 	e.interval = reg.Interval
-	s.syncSlots(e, reg.Endpoints, intervalChanged)
+	eps := reg.Endpoints
+	if reg.KeepEndpoints {
+		eps = slices.Collect(maps.Keys(e.slots))
+	}
+	s.syncSlots(e, eps, intervalChanged)
 	s.armDeadline(e)
 	s.kick()
 	return nil
+}
+
+// attachGuard puts a new breaker under the observer guard: its trips ask the guard first, and
+// what a previous leader knew (a recent trip, a held one) is carried over. Callers hold s.mu.
+func (s *Scheduler) attachGuard(e *entry, reg Registration) {
+	if s.guard == nil {
+		return
+	}
+	s.guard.SetGated(e.key, reg.Gated)
+	if r := reg.Restore; reg.Gated && r != nil && r.State == breaker.Open && s.clock.Since(r.Since) < s.guard.Config().Window {
+		s.guard.RestoreTrip(r.Since)
+	}
+	if r := reg.Restore; reg.Gated && !reg.HeldSince.IsZero() && (r == nil || r.State == breaker.Closed) {
+		s.guard.RestoreHold(e.key, reg.HeldSince)
+		e.guardHeld = true
+	}
+	e.engine.SetTripPermit(func(breaker.Reason) bool {
+		// Called by the engine under e.mu, from record.
+		e.verdict = s.guard.Permit(e.key)
+		e.guardHeld = e.verdict == guard.Hold
+		return e.verdict != guard.Hold
+	})
 }
 
 func (s *Scheduler) baseContext() context.Context {
@@ -307,6 +376,9 @@ func (s *Scheduler) Remove(key types.NamespacedName) {
 		e.mu.Unlock()
 	}
 	s.mu.Unlock()
+	if ok && s.guard != nil {
+		s.guard.Remove(key)
+	}
 }
 
 // View returns the breaker's state and takes its pending changes.
@@ -323,6 +395,11 @@ func (s *Scheduler) View(key types.NamespacedName) (View, bool) {
 		last := *e.last
 		v.LastProbe = &last
 	}
+	if s.guard != nil && e.guardHeld {
+		if since, held := s.guard.HeldSince(key); held {
+			v.Held = &Hold{Reason: e.engine.Held(), Since: since, Guard: s.guard.Stats()}
+		}
+	}
 	e.changes = nil
 	return v, true
 }
@@ -337,9 +414,19 @@ func (s *Scheduler) Reset(key types.NamespacedName) bool {
 	if t, ok := e.engine.Reset(); ok {
 		e.changes = append(e.changes, Change{Transition: t})
 	}
+	s.releaseHold(e)
 	s.armDeadline(e)
 	e.mu.Unlock()
 	return true
+}
+
+// releaseHold tells the guard that the breaker's trip rule no longer holds. Callers hold e.mu.
+func (s *Scheduler) releaseHold(e *entry) bool {
+	if !e.guardHeld || e.engine.Held() != breaker.NoReason {
+		return false
+	}
+	e.guardHeld = false
+	return s.guard.Clear(e.key)
 }
 
 func (s *Scheduler) entry(key types.NamespacedName) *entry {
@@ -348,8 +435,8 @@ func (s *Scheduler) entry(key types.NamespacedName) *entry {
 	return s.entries[key]
 }
 
-// armDeadline sets the timer for the engine's next deadline, the end of an Open period.
-// Callers hold e.mu.
+// armDeadline sets the timer for the engine's next deadline: the end of an Open period, or
+// the bound of a HalfOpen trial in flight. Callers hold e.mu.
 func (s *Scheduler) armDeadline(e *entry) {
 	if e.deadline != nil {
 		e.deadline.Stop()
@@ -362,8 +449,9 @@ func (s *Scheduler) armDeadline(e *entry) {
 	e.deadline = s.clock.AfterFunc(max(0, at.Sub(s.clock.Now())), func() { s.tick(e) })
 }
 
-// tick moves an Open breaker to HalfOpen at its deadline and sends the first trial at once,
-// rather than at its endpoint's next turn, so recovery is not delayed by up to an interval.
+// tick moves an Open breaker to HalfOpen at its deadline, or writes off HalfOpen trials past
+// their bound, and then sends a trial at once, rather than at its endpoint's next turn, so
+// recovery is not delayed by up to an interval.
 func (s *Scheduler) tick(e *entry) {
 	s.mu.Lock()
 	e.mu.Lock()
@@ -375,7 +463,9 @@ func (s *Scheduler) tick(e *entry) {
 	t, ok := e.engine.Tick()
 	if ok {
 		e.changes = append(e.changes, Change{Transition: t})
-		if first := e.firstSlot(); first != nil {
+	}
+	if e.engine.State() == breaker.HalfOpen && e.engine.CanAdmit() {
+		if first := e.firstIdleSlot(); first != nil {
 			first.due = s.clock.Now()
 			s.place(first)
 			s.kick()
@@ -389,11 +479,11 @@ func (s *Scheduler) tick(e *entry) {
 	}
 }
 
-// firstSlot is the slot due soonest.
-func (e *entry) firstSlot() *slot {
+// firstIdleSlot is the slot without a probe in flight that is due soonest.
+func (e *entry) firstIdleSlot() *slot {
 	var first *slot
 	for _, sl := range e.slots {
-		if first == nil || sl.due.Before(first.due) {
+		if !sl.inflight && (first == nil || sl.due.Before(first.due)) {
 			first = sl
 		}
 	}
@@ -404,6 +494,10 @@ func (e *entry) firstSlot() *slot {
 func (s *Scheduler) SetProbeObservers(f func(types.NamespacedName) ProbeObserver) {
 	s.observers.Store(&f)
 }
+
+// SetLocalErrorObserver sets the function told of every probe that failed for a reason of the
+// manager's own (see LocalReasons), such as a metric. It must be cheap and must not block.
+func (s *Scheduler) SetLocalErrorObserver(f func(reason string)) { s.localErrors.Store(&f) }
 
 // SetOnChange sets the function called, outside any lock, when a breaker's engine made a
 // transition on its own (a probe or a deadline). It must not block.
@@ -493,7 +587,9 @@ func (s *Scheduler) dispatchDue(ctx context.Context) time.Duration {
 
 // dispatch starts one probe if the endpoint has none in flight and the engine admits it. It
 // blocks while the concurrency bound is reached, so a saturated manager probes late rather
-// than piling up goroutines.
+// than piling up goroutines. A probe that could only start after its own deadline (due plus
+// timeout) is not sent: on a manager that starved it, its outcome would say more about the
+// manager than about the target.
 func (s *Scheduler) dispatch(ctx context.Context, sl *slot, due time.Time) {
 	select {
 	case s.sem <- struct{}{}:
@@ -501,19 +597,36 @@ func (s *Scheduler) dispatch(ctx context.Context, sl *slot, due time.Time) {
 		return
 	}
 	e := sl.entry
+	late := s.clock.Since(due)
 	e.mu.Lock()
-	if e.removed || sl.inflight || !e.engine.Admit() {
+	if e.removed || sl.inflight {
 		e.mu.Unlock()
 		<-s.sem
 		return
 	}
-	sl.inflight = true
+	if late >= e.spec.Timeout && e.engine.CanAdmit() {
+		e.mu.Unlock()
+		<-s.sem
+		s.localError(e.key, Result{Endpoint: sl.ep, Outcome: breaker.Neutral, Local: LocalStartedLate,
+			Message: "probe started " + late.Round(time.Millisecond).String() + " late, after its own deadline (not sent)"})
+		return
+	}
+	ticket, admitted := e.engine.Admit()
+	if !admitted {
+		e.mu.Unlock()
+		<-s.sem
+		return
+	}
+	sl.inflight, sl.ticket = true, ticket
+	if e.engine.State() == breaker.HalfOpen {
+		s.armDeadline(e) // the trial's bound
+	}
 	ref := e.prober
 	ref.inflight++
 	probeCtx := e.ctx
 	e.mu.Unlock()
 
-	s.stats.observeLateness(s.clock.Since(due))
+	s.stats.observeLateness(late)
 	s.probes.Add(1)
 	go func() {
 		defer s.probes.Done()
@@ -523,15 +636,24 @@ func (s *Scheduler) dispatch(ctx context.Context, sl *slot, due time.Time) {
 	}()
 }
 
-// record feeds a result to the engine and tells the controller about a transition.
+// record feeds a result to the engine and tells the controller about a transition, or about
+// a trip the observer guard started or stopped holding. Every admitted probe ends here in a
+// recorded outcome or a released trial slot.
 func (s *Scheduler) record(sl *slot, ref *proberRef, r Result) {
 	e := sl.entry
 	e.mu.Lock()
 	sl.inflight = false
+	ticket := sl.ticket
 	ref.inflight--
 	if ref.retired {
+		// The probe was edited while this one ran: its result answers the old question, so
+		// it counts for nothing, but a trial gives its slot back for a probe of the new kind.
 		if ref.inflight == 0 {
 			ref.Close()
+		}
+		if !e.removed {
+			e.engine.Release(ticket)
+			s.kickTrial(e)
 		}
 		e.mu.Unlock()
 		return
@@ -546,16 +668,65 @@ func (s *Scheduler) record(sl *slot, ref *proberRef, r Result) {
 	}
 	e.last = &r
 	e.probes[r.Outcome]++
-	t, changed := e.engine.Record(r.Outcome)
+	heldBefore := e.guardHeld
+	e.verdict = guard.Allow
+	t, changed := e.engine.Record(ticket, r.Outcome)
 	if changed {
 		result := r
-		e.changes = append(e.changes, Change{Transition: t, Probe: &result})
+		e.changes = append(e.changes, Change{Transition: t, Probe: &result, Released: e.verdict == guard.Release})
 		s.armDeadline(e)
 	}
+	s.releaseHold(e)
+	holdChanged := heldBefore != e.guardHeld
 	e.mu.Unlock()
-	if changed {
+	if r.Local != "" {
+		s.localError(e.key, r)
+	}
+	if changed || holdChanged {
 		s.changed(e.key)
 	}
+}
+
+// kickTrial sends a HalfOpen breaker's next trial at once, when a slot just came free. Callers
+// hold e.mu, and not s.mu.
+func (s *Scheduler) kickTrial(e *entry) {
+	if e.engine.State() != breaker.HalfOpen || !e.engine.CanAdmit() {
+		return
+	}
+	go s.tick(e) // tick takes s.mu, which must come before e.mu
+}
+
+// localErrorLogEvery bounds how often the manager logs probe errors of its own: when its
+// file descriptors run out, every probe fails the same way, and one line says enough.
+const localErrorLogEvery = 5 * time.Second
+
+// localErrorLog is the state of that bound: when the last line went out, and how many errors
+// went unlogged since.
+type localErrorLog struct {
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+// localError counts a probe that failed for a reason of the manager's own, and logs it unless
+// a line went out less than localErrorLogEvery ago.
+func (s *Scheduler) localError(key types.NamespacedName, r Result) {
+	if f := s.localErrors.Load(); f != nil {
+		(*f)(r.Local)
+	}
+	now := s.clock.Now()
+	l := &s.localLog
+	l.mu.Lock()
+	if !l.last.IsZero() && now.Sub(l.last) < localErrorLogEvery {
+		l.suppressed++
+		l.mu.Unlock()
+		return
+	}
+	suppressed := l.suppressed
+	l.last, l.suppressed = now, 0
+	l.mu.Unlock()
+	log.FromContext(s.baseContext()).Info("A probe failed for a reason of the manager's own; it counts as Neutral, not against the target",
+		"reason", r.Local, "breaker", key, "endpoint", r.Endpoint, "message", r.Message, "unloggedSinceLastLine", suppressed)
 }
 
 // slotHeap orders slots by due time.

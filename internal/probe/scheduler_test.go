@@ -3,11 +3,14 @@ package probe
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -17,6 +20,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/tripswitch/tripswitch/internal/breaker"
+	"github.com/tripswitch/tripswitch/internal/guard"
 )
 
 // recorder is an HTTP backend that logs when each request arrived and can be switched
@@ -26,11 +30,13 @@ type recorder struct {
 	arrivals []time.Time
 	failing  atomic.Bool
 	delay    time.Duration
+	// hanging holds each request until its client gives up.
+	hanging  atomic.Bool
 	inflight atomic.Int32
 	peak     atomic.Int32
 }
 
-func (rec *recorder) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+func (rec *recorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	n := rec.inflight.Add(1)
 	defer rec.inflight.Add(-1)
 	for p := rec.peak.Load(); n > p && !rec.peak.CompareAndSwap(p, n); p = rec.peak.Load() {
@@ -38,6 +44,13 @@ func (rec *recorder) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	rec.mu.Lock()
 	rec.arrivals = append(rec.arrivals, time.Now())
 	rec.mu.Unlock()
+	if rec.hanging.Load() {
+		select {
+		case <-r.Context().Done():
+		case <-time.After(10 * time.Second):
+		}
+		return
+	}
 	time.Sleep(rec.delay)
 	if rec.failing.Load() {
 		w.WriteHeader(http.StatusServiceUnavailable)
@@ -283,4 +296,133 @@ func TestSchedulerLeavesNoGoroutineBehind(t *testing.T) {
 	cancel()
 	<-done
 	g.Eventually(func() error { return goleak.Find(baseline) }, 10*time.Second).Should(Succeed())
+}
+
+func state(s *Scheduler, k types.NamespacedName) func() breaker.State {
+	return func() breaker.State { v, _ := s.View(k); return v.Snapshot.State }
+}
+
+func TestSchedulerGivesATrialSlotBackWhenTheProbeIsEditedMidTrial(t *testing.T) {
+	g := NewWithT(t)
+	rec := &recorder{}
+	rec.failing.Store(true)
+	ep, _ := serve(t, "127.0.0.1", rec)
+	s := startScheduler(t, 8)
+	reg := registration(t, 3*time.Second, ep) // timeout 1s, the next turn 3s away
+	reg.Config.ConsecutiveFailures, reg.Config.OpenDuration = 1, time.Second
+	g.Expect(s.Upsert(key(1), reg)).To(Succeed())
+	g.Eventually(state(s, key(1)), 5*time.Second).Should(Equal(breaker.Open))
+
+	rec.failing.Store(false)
+	rec.hanging.Store(true)
+	g.Eventually(state(s, key(1)), 3*time.Second).Should(Equal(breaker.HalfOpen))
+	g.Eventually(rec.inflight.Load).Should(BeEquivalentTo(1), "the trial hangs")
+	edited := reg
+	edited.Spec = httpSpec(t, func(sp *Spec) { sp.HTTP.Path = "/ready"; sp.Timeout = time.Second })
+	g.Expect(s.Upsert(key(1), edited)).To(Succeed())
+	rec.hanging.Store(false)
+
+	// The old probe times out after 1s and counts for nothing; its slot goes to a trial of
+	// the edited probe at once, rather than never (the engine has no TrialTimeout here).
+	g.Eventually(state(s, key(1)), 2500*time.Millisecond).Should(Equal(breaker.Closed))
+}
+
+func TestSchedulerSkipsAProbeThatCouldOnlyStartPastItsDeadline(t *testing.T) {
+	g := NewWithT(t)
+	slow, fast := &recorder{}, &recorder{}
+	slow.hanging.Store(true)
+	slowEP, _ := serve(t, "127.0.0.1", slow)
+	fastEP, _ := serve(t, "127.0.0.2", fast)
+	s := startScheduler(t, 1) // one probe at a time: the hanging one holds it for its whole timeout
+	var late atomic.Int32
+	s.SetLocalErrorObserver(func(reason string) {
+		if reason == LocalStartedLate {
+			late.Add(1)
+		}
+	})
+	g.Expect(s.Upsert(key(1), registration(t, time.Second, slowEP))).To(Succeed())
+	g.Eventually(slow.inflight.Load).Should(BeEquivalentTo(1))
+	fastReg := registration(t, 100*time.Millisecond, fastEP)
+	fastReg.Config.ConsecutiveFailures = 1
+	g.Expect(s.Upsert(key(2), fastReg)).To(Succeed())
+
+	g.Eventually(late.Load, 5*time.Second).Should(BeNumerically(">=", 3), "probes that waited past their deadline are not sent")
+	v, _ := s.View(key(2))
+	g.Expect(v.Snapshot.State).To(Equal(breaker.Closed))
+	g.Expect(v.Probes[breaker.Failure]).To(BeZero(), "a starved manager is no evidence against the target")
+}
+
+func TestSchedulerCountsTheManagersOwnErrorsAsNeutral(t *testing.T) {
+	g := NewWithT(t)
+	emfile := func(context.Context, string, string) (net.Conn, error) {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("socket", syscall.EMFILE)}
+	}
+	s := NewScheduler(NewFactory(emfile, clock.RealClock{}), clock.RealClock{}, 4)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = s.Start(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	var reasons sync.Map
+	s.SetLocalErrorObserver(func(reason string) { reasons.Store(reason, true) })
+	reg := registration(t, 50*time.Millisecond, netip.MustParseAddrPort("127.0.0.1:9"))
+	reg.Config.ConsecutiveFailures = 1
+	g.Expect(s.Upsert(key(1), reg)).To(Succeed())
+
+	g.Eventually(func() uint64 { v, _ := s.View(key(1)); return v.Probes[breaker.Neutral] }).Should(BeNumerically(">=", 3))
+	v, _ := s.View(key(1))
+	g.Expect(v.Snapshot.State).To(Equal(breaker.Closed))
+	g.Expect(v.LastProbe.Local).To(Equal(LocalFileDescriptors))
+	_, seen := reasons.Load(LocalFileDescriptors)
+	g.Expect(seen).To(BeTrue())
+}
+
+func TestSchedulerHoldsTripsUnderTheObserverGuard(t *testing.T) {
+	g := NewWithT(t)
+	rec := &recorder{}
+	ep, _ := serve(t, "127.0.0.1", rec)
+	gd := guard.New(guard.Config{MaxTripFraction: 0.5, Window: time.Minute, MinBreakers: 5}, clock.RealClock{})
+	s := NewScheduler(NewFactory(nil, clock.RealClock{}), clock.RealClock{}, 16)
+	s.SetGuard(gd)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = s.Start(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	var notified sync.Map
+	s.SetOnChange(func(k types.NamespacedName) { notified.Store(k, true) })
+
+	for i := range 6 {
+		reg := registration(t, 50*time.Millisecond, ep)
+		reg.Gated = true
+		g.Expect(s.Upsert(key(i), reg)).To(Succeed())
+	}
+	observe := registration(t, 50*time.Millisecond, ep) // Observe mode: neither counted nor held
+	observe.Config.Mode = breaker.Observe
+	g.Expect(s.Upsert(key(9), observe)).To(Succeed())
+	rec.failing.Store(true)
+
+	counts := func() (open, held int) {
+		for i := range 6 {
+			v, _ := s.View(key(i))
+			switch {
+			case v.Snapshot.State == breaker.Open:
+				open++
+			case v.Held != nil:
+				held++
+				g.Expect(v.Held.Reason).To(Equal(breaker.ConsecutiveFailures))
+			}
+		}
+		return open, held
+	}
+	g.Eventually(func() [2]int { o, h := counts(); return [2]int{o, h} }, 5*time.Second).Should(Equal([2]int{3, 3}))
+	g.Expect(gd.Active()).To(BeTrue())
+	g.Expect(gd.Stats()).To(Equal(guard.Stats{Gated: 6, TripsInWindow: 3, Budget: 3, Held: 3}))
+	g.Eventually(state(s, key(9))).Should(Equal(breaker.Open), "an Observe breaker trips, uncounted")
+	for i := range 6 {
+		_, ok := notified.Load(key(i))
+		g.Expect(ok).To(BeTrue(), "the controller hears of trips and of holds")
+	}
+
+	rec.failing.Store(false)
+	g.Eventually(gd.Active, 5*time.Second).Should(BeFalse(), "the holds end when the probes succeed")
+	g.Eventually(func() [2]int { o, h := counts(); return [2]int{o, h} }).Should(Equal([2]int{3, 0}))
 }
