@@ -4,6 +4,8 @@ package gate
 
 import (
 	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"slices"
 	"strings"
@@ -11,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/utils/ptr"
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
@@ -21,13 +24,32 @@ import (
 // MaxEndpointsPerSlice is the API's limit on endpoints in one EndpointSlice.
 const MaxEndpointsPerSlice = 1000
 
-// BreakerLabel names the breaker on the slices it owns.
+// BreakerLabel names the breaker on the slices it owns; its value is BreakerLabelValue.
 const BreakerLabel = "tripswitch.io/breaker"
+
+// ReleasedManagedBy is the managed-by value of the last copy a deleted breaker leaves behind
+// when there is nobody to hand its front Service back to: no breaker manages those slices any
+// more, and nothing garbage-collects them but the front Service's own deletion.
+const ReleasedManagedBy = tripswitchv1alpha1.ManagedBy + "-released"
+
+// BreakerLabelValue is the value of BreakerLabel for the breaker called name. A breaker's name
+// may be 253 characters long but a label value only 63, and Kubernetes refuses a slice whose
+// label is too long; so a long name is cut to 52 characters and completed by a dash and ten
+// hex digits of a hash of the whole name, which always fits and stays unique in practice.
+func BreakerLabelValue(name string) string {
+	if len(name) <= validation.LabelValueMaxLength {
+		return name
+	}
+	sum := sha256.Sum256([]byte(name))
+	return strings.TrimRight(name[:52], "-.") + "-" + hex.EncodeToString(sum[:])[:10]
+}
 
 // Input is everything the front slices depend on.
 type Input struct {
 	Namespace, Breaker, Front string
-	Owner                     metav1.OwnerReference
+	// Owner is the front Service: the slices live and die with it, never with the breaker,
+	// so that no breaker's disappearance can garbage-collect a front's endpoints.
+	Owner metav1.OwnerReference
 	// State is the gate state: what traffic should see.
 	State breaker.State
 	// Target are the target Service's slices; GatedPort is the name of the probed port.
@@ -110,7 +132,7 @@ func (in Input) slice(i int, at discoveryv1.AddressType, ports []discoveryv1.End
 			Labels: map[string]string{
 				discoveryv1.LabelServiceName: in.Front,
 				discoveryv1.LabelManagedBy:   tripswitchv1alpha1.ManagedBy,
-				BreakerLabel:                 in.Breaker,
+				BreakerLabel:                 BreakerLabelValue(in.Breaker),
 			},
 			OwnerReferences: []metav1.OwnerReference{in.Owner},
 		},

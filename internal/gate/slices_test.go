@@ -2,11 +2,13 @@ package gate
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/utils/ptr"
 
 	"github.com/tripswitch/tripswitch/internal/breaker"
@@ -130,5 +132,31 @@ func TestSlicesSplitsAtTheAPILimitAndIgnoresSourceSlicing(t *testing.T) {
 	}
 	if diff := cmp.Diff(a, b); diff != "" || pa != pb {
 		t.Errorf("output depends on how the target was sliced:\n%s", diff)
+	}
+}
+
+func TestBreakerLabelValueAlwaysFits(t *testing.T) {
+	short := "payments"
+	if got := BreakerLabelValue(short); got != short {
+		t.Fatalf("a name that fits is its own label value, got %q", got)
+	}
+	exact := strings.Repeat("a", 63)
+	if got := BreakerLabelValue(exact); got != exact {
+		t.Fatalf("63 characters fit, got %q", got)
+	}
+	long := strings.Repeat("payments-eu-west.", 14) + "x" // 239 characters, a valid object name
+	other := long[:len(long)-1] + "y"
+	a, b := BreakerLabelValue(long), BreakerLabelValue(other)
+	for _, v := range []string{a, b} {
+		if errs := validation.IsValidLabelValue(v); len(errs) > 0 {
+			t.Fatalf("label value %q is invalid: %v", v, errs)
+		}
+	}
+	if a == b {
+		t.Fatalf("two long names that differ only at the end share the label value %q", a)
+	}
+	slices, _ := Slices(Input{Namespace: "shop", Breaker: long, Front: "payments", State: breaker.Closed})
+	if got := slices[0].Labels[BreakerLabel]; got != a {
+		t.Fatalf("slices carry %q, want %q", got, a)
 	}
 }
