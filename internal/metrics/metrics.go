@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tripswitch/tripswitch/internal/probe"
 )
 
 // Metric names, exported for the dashboard test that checks every query against them.
@@ -19,6 +21,7 @@ const (
 	ProbesName             = "tripswitch_probes_total"
 	ProbeDurationName      = "tripswitch_probe_duration_seconds"
 	ObserverGuardName      = "tripswitch_observer_guard_active"
+	LocalErrorsName        = "tripswitch_probe_local_errors_total"
 	InfoName               = "tripswitch_breaker_info"
 	stateClosed, stateOpen = "closed", "open"
 	stateHalfOpen          = "half_open"
@@ -40,6 +43,7 @@ type Recorder struct {
 	probes        *prometheus.CounterVec
 	probeDuration *prometheus.HistogramVec
 	guard         prometheus.Gauge
+	localErrors   *prometheus.CounterVec
 	info          *prometheus.GaugeVec
 
 	// infoMu guards infoOf: the target and front each breaker's info series carries now.
@@ -71,7 +75,11 @@ func NewRecorder(reg prometheus.Registerer) (*Recorder, error) {
 			Help: "Always 1: the breaker's target and front Service, to join onto its other series in alerts and dashboards."},
 			[]string{"namespace", "name", "target", "front"}),
 		guard: prometheus.NewGauge(prometheus.GaugeOpts{Name: ObserverGuardName,
-			Help: "1 while the observer guard holds transitions back because too many breakers would trip at once."}),
+			Help: "1 while the observer guard holds trips back because too many breakers would trip at once."}),
+		localErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: LocalErrorsName,
+			Help: "Probes that failed for a reason of the manager's own (file descriptors, buffers, ephemeral ports, " +
+				"cancellation, a start past the probe's deadline); they count as Neutral, never against a target."},
+			[]string{"reason"}),
 	}
 	r.state = register(reg, r.state)
 	r.transitions = register(reg, r.transitions)
@@ -80,6 +88,10 @@ func NewRecorder(reg prometheus.Registerer) (*Recorder, error) {
 	r.probes = register(reg, r.probes)
 	r.probeDuration = register(reg, r.probeDuration)
 	r.guard = register(reg, r.guard)
+	r.localErrors = register(reg, r.localErrors)
+	for _, reason := range probe.LocalReasons {
+		r.localErrors.WithLabelValues(reason) // every reason shows as 0 before its first error
+	}
 	r.info = register(reg, r.info)
 	return r, nil
 }
@@ -147,6 +159,11 @@ func (r *Recorder) SetObserverGuard(active bool) {
 	} else {
 		r.guard.Set(0)
 	}
+}
+
+// LocalError counts one probe that failed for a reason of the manager's own.
+func (r *Recorder) LocalError(reason string) {
+	r.localErrors.WithLabelValues(reason).Inc()
 }
 
 // Delete removes every series of a breaker, when the breaker is deleted.
