@@ -87,9 +87,15 @@ const (
 	OutcomeNeutral Outcome = "Neutral"
 )
 
+// Rules that depend on a default the profile fills live on CircuitBreakerSpec, where
+// spec.profile is in view. The maxOpenDuration rule compares against the open duration the
+// engine will really use, so it repeats the open durations of Presets (defaults.go): keep
+// them in step. "Admission and the engine agree" (test/envtest) fails when they drift.
+
 // CircuitBreakerSpec describes what is protected, how it is probed, when the breaker trips,
 // how it recovers and how traffic is gated.
 // +kubebuilder:validation:XValidation:rule="!has(self.trip) || !has(self.trip.slowRate) || (has(self.probe) && has(self.probe.slowThreshold))",message="trip.slowRate needs probe.slowThreshold, which says what slow is"
+// +kubebuilder:validation:XValidation:rule="!has(self.recovery) || has(self.recovery.openDuration) || !has(self.recovery.backoff) || !has(self.recovery.backoff.maxOpenDuration) || duration(self.recovery.backoff.maxOpenDuration) >= duration(has(self.profile) ? {'aggressive': '30s', 'balanced': '60s', 'conservative': '120s'}[self.profile] : '60s')",messageExpression="'recovery.backoff.maxOpenDuration must not be shorter than recovery.openDuration (' + (has(self.profile) ? {'aggressive': '30s', 'balanced': '60s', 'conservative': '120s'}[self.profile] + ' from the ' + self.profile + ' profile' : '60s by default') + ' when unset)'",fieldPath=".recovery.backoff.maxOpenDuration"
 type CircuitBreakerSpec struct {
 	// target is the Service whose ready endpoints are probed and, while the breaker is
 	// Closed, published behind the front Service.
@@ -152,6 +158,7 @@ type TargetReference struct {
 // +kubebuilder:validation:XValidation:rule="[has(self.http), has(self.tcp), has(self.grpc)].filter(x, x).size() <= 1",message="probe may set only one of http, tcp or grpc"
 // +kubebuilder:validation:XValidation:rule="!has(self.timeout) || duration(self.timeout) <= (has(self.interval) ? duration(self.interval) : duration('1s'))",message="probe.timeout must not be longer than probe.interval"
 // +kubebuilder:validation:XValidation:rule="!has(self.slowThreshold) || !has(self.timeout) || duration(self.slowThreshold) < duration(self.timeout)",message="probe.slowThreshold must be shorter than probe.timeout"
+// +kubebuilder:validation:XValidation:rule="!has(self.slowThreshold) || has(self.timeout) || duration(self.slowThreshold) < (has(self.interval) && duration(self.interval) < duration('1s') ? duration(self.interval) : duration('1s'))",message="probe.slowThreshold must be shorter than probe.timeout (1s when unset, or probe.interval when that is shorter)"
 type ProbeSpec struct {
 	// interval is how often every ready endpoint is probed; at least 50ms, at most 5m.
 	// +kubebuilder:default="1s"
@@ -173,7 +180,8 @@ type ProbeSpec struct {
 	Timeout *metav1.Duration `json:"timeout,omitempty"`
 
 	// slowThreshold, when set, makes a successful probe slower than this count as Slow,
-	// which feeds trip.slowRate and otherwise counts as a success.
+	// which feeds trip.slowRate and otherwise counts as a success. It must be shorter than
+	// the timeout in use: timeout, or when that is unset 1s (or interval, when shorter).
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
@@ -196,10 +204,11 @@ type ProbeSpec struct {
 
 // HTTPProbe is an HTTP GET against each endpoint.
 type HTTPProbe struct {
-	// path is the request path, with an optional query.
+	// path is the request path, with an optional query. It has no spaces or control
+	// characters, and every % starts an escape such as %20, so that it makes a valid URL.
 	// +kubebuilder:default="/"
 	// +kubebuilder:validation:MaxLength=1024
-	// +kubebuilder:validation:Pattern=`^/[^\s]*$`
+	// +kubebuilder:validation:Pattern=`^/([^\s\x00-\x1f\x7f%]|%[0-9A-Fa-f]{2})*$`
 	// +optional
 	Path string `json:"path,omitempty"`
 
@@ -253,8 +262,9 @@ type HTTPHeader struct {
 	// +required
 	Name string `json:"name"`
 
-	// value is the header value.
+	// value is the header value; it may hold no control characters other than tab.
 	// +kubebuilder:validation:MaxLength=1024
+	// +kubebuilder:validation:Pattern=`^[^\x00-\x08\x0a-\x1f\x7f]*$`
 	// +required
 	Value string `json:"value"`
 }
@@ -350,7 +360,9 @@ type BackoffSpec struct {
 	// +optional
 	Factor int32 `json:"factor,omitempty"`
 
-	// maxOpenDuration caps the grown open duration; at most 24h. Defaults to 10m, or to
+	// maxOpenDuration caps the grown open duration; at most 24h, and not shorter than the
+	// open duration in use: recovery.openDuration, or when that is unset the profile's (30s
+	// aggressive, 60s balanced or no profile, 120s conservative). Defaults to 10m, or to
 	// openDuration when that is longer.
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:MaxLength=32

@@ -9,6 +9,10 @@ const (
 	// ConditionAnnotationsApplied says whether every object in spec.gate.annotations carries
 	// the breaker's state. A missing object makes it False without failing the breaker.
 	ConditionAnnotationsApplied = "AnnotationsApplied"
+	// ConditionObserverGuard is True while the observer guard holds the breaker's trip: a
+	// trip rule holds, but too many breakers would trip at once, so the breaker stays Closed
+	// and traffic keeps flowing. It is absent otherwise.
+	ConditionObserverGuard = "ObserverGuard"
 )
 
 // Condition reasons.
@@ -36,4 +40,15 @@ const (
 	ReasonAnnotatedObjectNotFound = "AnnotatedObjectNotFound"
 	// ReasonReconcileError: an API call failed; the reconcile is retried with backoff.
 	ReasonReconcileError = "ReconcileError"
+	// ReasonFrontServiceReserved: the front Service is one tripswitch never adopts, such as
+	// the API server's own Service, kubernetes in default.
+	ReasonFrontServiceReserved = "FrontServiceReserved"
+	// ReasonFrontServiceHasForeignEndpointSlices: somebody else publishes EndpointSlices for the
+	// front Service, so tripswitch could not gate it alone; the message names them.
+	ReasonFrontServiceHasForeignEndpointSlices = "FrontServiceHasForeignEndpointSlices"
+	// ReasonHandingBack: a front Service the breaker no longer gates is being handed back to
+	// Kubernetes; tripswitch's slices stay until Kubernetes publishes ready endpoints.
+	ReasonHandingBack = "HandingBack"
+	// ReasonTripHeld: the observer guard holds the breaker's trip (ConditionObserverGuard).
+	ReasonTripHeld = "TripHeld"
 )
