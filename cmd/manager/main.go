@@ -22,6 +22,7 @@ import (
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/controller"
+	"github.com/tripswitch/tripswitch/internal/guard"
 	"github.com/tripswitch/tripswitch/internal/probe"
 )
 
@@ -37,6 +38,8 @@ type options struct {
 	statusSyncPeriod        time.Duration
 	maxConcurrentProbes     int
 	probeAddressMap         string
+	guard                   guard.Config
+	handBackTimeout         time.Duration
 	zap                     zap.Options
 }
 
@@ -61,6 +64,19 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 	fs.StringVar(&o.probeAddressMap, "probe-address-map", "",
 		"For local development only: dial endpoints in one prefix at the same offset in another, "+
 			"such as 192.0.2.0/24=127.0.0.0/24, so that EndpointSlices with documentation addresses reach loopback servers.")
+	fs.Float64Var(&o.guard.MaxTripFraction, "max-trip-fraction", controller.DefaultGuard.MaxTripFraction,
+		"Observer guard: when more than this share of the gated breakers (mode Auto) would trip within "+
+			"--observer-guard-window, the manager suspects itself and holds the trips beyond it. 1 disables the guard.")
+	fs.DurationVar(&o.guard.Window, "observer-guard-window", controller.DefaultGuard.Window,
+		"Observer guard: the sliding window over which trips are counted.")
+	fs.IntVar(&o.guard.MinBreakers, "observer-guard-min-breakers", controller.DefaultGuard.MinBreakers,
+		"Observer guard: with fewer gated breakers than this, the guard never holds a trip (a fraction of 2 or 3 says little).")
+	fs.DurationVar(&o.guard.ReleaseTimeout, "observer-guard-release-timeout", controller.DefaultGuard.ReleaseTimeout,
+		"Observer guard: a trip held this long goes ahead, one held trip per --observer-guard-window; 0 holds trips until "+
+			"the breaker's probes recover.")
+	fs.DurationVar(&o.handBackTimeout, "hand-back-timeout", controller.DefaultHandBackTimeout,
+		"How long a front Service handed back to Kubernetes keeps tripswitch's EndpointSlices while Kubernetes' "+
+			"EndpointSlice controller publishes ready endpoints of its own.")
 	o.zap.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -75,6 +91,12 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 		if _, err := probe.ParseAddressMap(o.probeAddressMap); err != nil {
 			return nil, fmt.Errorf("--probe-address-map: %w", err)
 		}
+	}
+	if err := o.guard.Validate(); err != nil {
+		return nil, fmt.Errorf("observer guard flags: %w", err)
+	}
+	if o.handBackTimeout < time.Second {
+		return nil, fmt.Errorf("--hand-back-timeout must be at least 1s, got %s", o.handBackTimeout)
 	}
 	if o.leaderElectionID == "" {
 		return nil, errors.New("--leader-election-id must not be empty")
@@ -139,6 +161,8 @@ func run(o *options) error {
 		Dial:                dial,
 		MaxConcurrentProbes: o.maxConcurrentProbes,
 		StatusSyncPeriod:    o.statusSyncPeriod,
+		Guard:               o.guard,
+		HandBackTimeout:     o.handBackTimeout,
 	}); err != nil {
 		return fmt.Errorf("setting up the CircuitBreaker controller: %w", err)
 	}
@@ -150,6 +174,8 @@ func run(o *options) error {
 		return fmt.Errorf("adding readiness check: %w", err)
 	}
 
-	ctrl.Log.WithName("setup").Info("Starting manager", "leaderElection", o.leaderElect, "statusSyncPeriod", o.statusSyncPeriod)
+	ctrl.Log.WithName("setup").Info("Starting manager", "leaderElection", o.leaderElect, "statusSyncPeriod", o.statusSyncPeriod,
+		"maxTripFraction", o.guard.MaxTripFraction, "observerGuardWindow", o.guard.Window,
+		"observerGuardMinBreakers", o.guard.MinBreakers, "observerGuardReleaseTimeout", o.guard.ReleaseTimeout)
 	return mgr.Start(ctx)
 }

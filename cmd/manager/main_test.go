@@ -28,6 +28,19 @@ func TestParseFlags(t *testing.T) {
 		{args: []string{"--no-such-flag"}, wantErr: "flag provided but not defined"},
 		{args: []string{"--max-concurrent-probes=0"}, wantErr: "--max-concurrent-probes must be at least 1"},
 		{args: []string{"--probe-address-map=192.0.2.0/24"}, wantErr: "--probe-address-map"},
+		{args: nil, check: func(o *options) bool {
+			return o.guard.MaxTripFraction == 0.5 && o.guard.Window == 30*time.Second && o.guard.MinBreakers == 5 &&
+				o.guard.ReleaseTimeout == 5*time.Minute && o.handBackTimeout == time.Minute
+		}},
+		{args: []string{"--max-trip-fraction=1", "--observer-guard-window=1m", "--observer-guard-min-breakers=10",
+			"--observer-guard-release-timeout=0", "--hand-back-timeout=10s"}, check: func(o *options) bool {
+			return o.guard.Disabled() && o.guard.Window == time.Minute && o.guard.MinBreakers == 10 &&
+				o.guard.ReleaseTimeout == 0 && o.handBackTimeout == 10*time.Second
+		}},
+		{args: []string{"--max-trip-fraction=0"}, wantErr: "observer guard"},
+		{args: []string{"--max-trip-fraction=1.5"}, wantErr: "observer guard"},
+		{args: []string{"--observer-guard-window=0s"}, wantErr: "observer guard"},
+		{args: []string{"--hand-back-timeout=0s"}, wantErr: "--hand-back-timeout must be at least 1s"},
 		{args: []string{"--probe-address-map=192.0.2.0/24=127.0.0.0/24", "--max-concurrent-probes=10"}, check: func(o *options) bool {
 			return o.probeAddressMap == "192.0.2.0/24=127.0.0.0/24" && o.maxConcurrentProbes == 10
 		}},

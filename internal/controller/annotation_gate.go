@@ -28,11 +28,11 @@ const fieldManager = "tripswitch"
 // object with server-side apply, and takes them off objects that left the list. A listed
 // object that doesn't exist is reported in the AnnotationsApplied condition and retried when
 // the breaker is next reconciled; it is never created.
-func (r *CircuitBreakerReconciler) reconcileAnnotationGate(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker,
-	spec *tripswitchv1alpha1.CircuitBreakerSpec) error {
+func (r *CircuitBreakerReconciler) reconcileAnnotationGate(ctx context.Context, st *reconcileState) error {
+	cb := st.cb
 	var want []tripswitchv1alpha1.AnnotatedObjectReference
-	if spec.Gate != nil {
-		want = spec.Gate.Annotations
+	if st.spec.Gate != nil {
+		want = st.spec.Gate.Annotations
 	}
 	state := string(cb.Status.GateState)
 	var applied []tripswitchv1alpha1.AnnotatedObjectReference

@@ -1,13 +1,12 @@
 // Package controller holds the CircuitBreaker reconciler: it registers each breaker with the
 // probe scheduler, turns the engine's decisions into status, events and gated traffic, and
-// hands the front Service back to Kubernetes when a breaker is deleted.
+// hands front Services back to Kubernetes when a breaker lets go of them.
 package controller
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"sync"
 	"time"
 
@@ -15,13 +14,12 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	crcontroller "sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -30,8 +28,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
-	"github.com/tripswitch/tripswitch/internal/breaker"
-	"github.com/tripswitch/tripswitch/internal/endpoints"
+	"github.com/tripswitch/tripswitch/internal/guard"
 	"github.com/tripswitch/tripswitch/internal/metrics"
 	"github.com/tripswitch/tripswitch/internal/probe"
 )
@@ -41,6 +38,17 @@ import (
 // care without listing them all.
 const servicesIndex = "tripswitch.io/services"
 
+// MaxRetryDelay caps the work queue's backoff after a failed reconcile. The default limiter
+// grows to 1000 s, so after minutes of failing writes (a broken webhook, priority-and-fairness
+// 429s) a gate could lag the engine by a quarter of an hour once the API server healed. Capped
+// at 2 s, the gate converges within seconds; the API server's own flow control, not a long
+// client-side backoff, is what protects it.
+const MaxRetryDelay = 2 * time.Second
+
+// handBackPoll is how often a hand-back in progress is looked at again, besides the watch on
+// the front's EndpointSlices.
+const handBackPoll = time.Second
+
 // CircuitBreakerReconciler reconciles CircuitBreaker objects.
 type CircuitBreakerReconciler struct {
 	client.Client
@@ -48,33 +56,35 @@ type CircuitBreakerReconciler struct {
 	Recorder  recorder.EventRecorder
 	// Metrics, when set, records state and transitions and is dropped with the breaker.
 	Metrics *metrics.Recorder
-	// Clock is injected so that tests control the status write economy.
+	// Guard, when set, is the observer guard the scheduler asks; the reconciler only reads it
+	// to explain a held trip.
+	Guard *guard.Guard
+	// Clock is injected so that tests control the status write economy and hand-back timeouts.
 	Clock clock.PassiveClock
 	// StatusSyncPeriod bounds how often steady-state counters are written to status.
 	StatusSyncPeriod time.Duration
+	// HandBackTimeout bounds how long tripswitch keeps its slices on a front Service it handed
+	// back to Kubernetes, waiting for Kubernetes' own slices to show ready endpoints.
+	HandBackTimeout time.Duration
 
 	// lastSync is when each breaker's status was last written, for the write economy.
 	lastSync sync.Map // types.NamespacedName -> time.Time
+	// lastGood is the last configuration each breaker ran with, kept for a spec that the API
+	// server accepted but the operator cannot run.
+	lastGood sync.Map // types.NamespacedName -> Runnable
 }
 
-// target is what the target Service offers the breaker.
-type target struct {
-	service *corev1.Service
-	port    corev1.ServicePort
-	slices  []discoveryv1.EndpointSlice
-	ready   []netip.AddrPort
-}
-
-// +kubebuilder:rbac:groups=tripswitch.io,resources=circuitbreakers,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=tripswitch.io,resources=circuitbreakers,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=tripswitch.io,resources=circuitbreakers/status,verbs=get;patch
 // +kubebuilder:rbac:groups=tripswitch.io,resources=circuitbreakers/finalizers,verbs=update
 // +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch;create;update;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
-// Reconcile gets the breaker, runs the ordered sub-steps on a working copy, writes status
-// once with a merge patch, and comes back after the status sync period to refresh counters.
-// Deadlines (the end of an Open period) and transitions reach it through the scheduler.
+// Reconcile gets the breaker, runs the declared chain of sub-steps on a working copy, writes
+// status once with a merge patch, and comes back at the next deadline it knows of: the status
+// sync period, or sooner while a front Service is being handed back. Transitions and the end
+// of an Open period reach it through the scheduler.
 func (r *CircuitBreakerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	cb := &tripswitchv1alpha1.CircuitBreaker{}
 	if err := r.Get(ctx, req.NamespacedName, cb); err != nil {
@@ -85,195 +95,51 @@ func (r *CircuitBreakerReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !cb.DeletionTimestamp.IsZero() {
-		return ctrl.Result{}, r.finalize(ctx, cb)
+		return r.finalize(ctx, cb)
 	}
-	if controllerutil.AddFinalizer(cb, tripswitchv1alpha1.Finalizer) {
-		if err := r.Update(ctx, cb); err != nil {
-			return ctrl.Result{}, fmt.Errorf("adding finalizer: %w", err)
-		}
+	if err := r.addFinalizer(ctx, cb); err != nil {
+		return ctrl.Result{}, err
 	}
 
 	original := cb.DeepCopy()
-	spec := cb.Resolve()
-	tgt, err := r.reconcileTarget(ctx, cb, &spec)
-	view, engineErr := r.reconcileEngine(ctx, cb, &spec, tgt)
-	if err == nil {
-		err = engineErr
-	}
-	if err == nil && spec.Gate.EndpointSlice != nil {
-		err = r.reconcileEndpointSliceGate(ctx, cb, &spec, tgt, view.Gate)
-	}
-	if engineErr == nil {
-		if annotationErr := r.reconcileAnnotationGate(ctx, cb, &spec); err == nil {
-			err = annotationErr
-		}
-	}
-	r.summarize(cb, err)
+	st := &reconcileState{cb: cb, spec: cb.Resolve(), requeueAfter: r.StatusSyncPeriod}
+	errs := runSteps(ctx, st, r.steps())
+	r.summarize(cb, errs)
 
-	if patchErr := r.patchStatus(ctx, original, cb); patchErr != nil {
-		return ctrl.Result{}, patchErr
-	}
-	var wait *waitError
-	if err != nil && !errors.As(err, &wait) {
-		// A failed API call: retry with the work queue's backoff.
+	if err := r.patchStatus(ctx, original, cb); err != nil {
 		return ctrl.Result{}, err
 	}
-	// Waiting on another object is no failure to retry with backoff either: a watch on it
-	// brings the breaker back. Either way, come back to refresh the counters.
-	return ctrl.Result{RequeueAfter: r.StatusSyncPeriod}, nil
+	if err := firstFailure(errs); err != nil {
+		// A failed API call: retry with the work queue's backoff, capped at MaxRetryDelay.
+		return ctrl.Result{}, err
+	}
+	// Waiting on another object, or stalled until the user acts, is no failure to retry: a
+	// watch brings the breaker back. Either way, come back at the next deadline.
+	return ctrl.Result{RequeueAfter: st.requeueAfter}, nil
+}
+
+// addFinalizer adds the finalizer with a merge patch, so that it never overwrites a spec or
+// metadata change made since the breaker was read.
+func (r *CircuitBreakerReconciler) addFinalizer(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker) error {
+	if controllerutil.ContainsFinalizer(cb, tripswitchv1alpha1.Finalizer) {
+		return nil
+	}
+	patch := client.MergeFromWithOptions(cb.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	controllerutil.AddFinalizer(cb, tripswitchv1alpha1.Finalizer)
+	if err := r.Patch(ctx, cb, patch); err != nil {
+		return fmt.Errorf("adding finalizer: %w", err)
+	}
+	return nil
 }
 
 // forget drops everything kept in memory for a breaker that is gone.
 func (r *CircuitBreakerReconciler) forget(key types.NamespacedName) {
 	r.Scheduler.Remove(key)
 	r.lastSync.Delete(key)
+	r.lastGood.Delete(key)
 	if r.Metrics != nil {
 		r.Metrics.Delete(key.Namespace, key.Name)
 	}
-}
-
-// waitError is a condition the breaker waits out, level-triggered by a watch, such as a
-// target Service that does not exist yet. stalled marks one that needs the user to act.
-type waitError struct {
-	reason, message string
-	stalled         bool
-}
-
-func (e *waitError) Error() string { return e.message }
-
-// reconcileTarget resolves the target Service, its port and its ready endpoints. A missing
-// target yields an empty target and a waitError, so the engine keeps its state.
-func (r *CircuitBreakerReconciler) reconcileTarget(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker,
-	spec *tripswitchv1alpha1.CircuitBreakerSpec) (*target, error) {
-	tgt := &target{service: &corev1.Service{}}
-	key := types.NamespacedName{Namespace: cb.Namespace, Name: spec.Target.Service}
-	if err := r.Get(ctx, key, tgt.service); err != nil {
-		if apierrors.IsNotFound(err) {
-			return &target{}, &waitError{reason: tripswitchv1alpha1.ReasonTargetNotFound,
-				message: fmt.Sprintf("target Service %q not found", spec.Target.Service)}
-		}
-		return &target{}, fmt.Errorf("getting target Service %q: %w", spec.Target.Service, err)
-	}
-	port, err := endpoints.ServicePort(tgt.service, spec.Target.Port)
-	if err != nil {
-		return &target{}, &waitError{reason: tripswitchv1alpha1.ReasonTargetPortNotFound, message: "target " + err.Error()}
-	}
-	tgt.port = port
-	if tgt.slices, err = r.slicesOf(ctx, cb.Namespace, spec.Target.Service); err != nil {
-		return &target{}, err
-	}
-	tgt.ready = endpoints.Ready(port, tgt.slices)
-	return tgt, nil
-}
-
-// slicesOf lists a Service's EndpointSlices from the cache.
-func (r *CircuitBreakerReconciler) slicesOf(ctx context.Context, namespace, service string) ([]discoveryv1.EndpointSlice, error) {
-	var list discoveryv1.EndpointSliceList
-	if err := r.List(ctx, &list, client.InNamespace(namespace),
-		client.MatchingLabels{discoveryv1.LabelServiceName: service}); err != nil {
-		return nil, fmt.Errorf("listing EndpointSlices of Service %q: %w", service, err)
-	}
-	return list.Items, nil
-}
-
-// reconcileEngine registers the breaker with the scheduler (restoring it from status the
-// first time), acts on a new reset token, and writes the engine's view into status, with an
-// event and a log line per transition.
-func (r *CircuitBreakerReconciler) reconcileEngine(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker,
-	spec *tripswitchv1alpha1.CircuitBreakerSpec, tgt *target) (probe.View, error) {
-	key := client.ObjectKeyFromObject(cb)
-	pspec, err := probeSpec(spec)
-	if err != nil {
-		return probe.View{}, &waitError{reason: tripswitchv1alpha1.ReasonInvalidSpec, message: err.Error(), stalled: true}
-	}
-	err = r.Scheduler.Upsert(key, probe.Registration{
-		Spec: pspec, Interval: spec.Probe.Interval.Duration, Endpoints: tgt.ready, Config: engineConfig(spec),
-		Restore: snapshotFromStatus(&cb.Status), Seed: seedFor(cb),
-	})
-	if err != nil {
-		return probe.View{}, &waitError{reason: tripswitchv1alpha1.ReasonInvalidSpec, message: err.Error(), stalled: true}
-	}
-	if token := cb.Annotations[tripswitchv1alpha1.ResetAnnotation]; token != "" && token != cb.Status.LastResetToken {
-		r.Scheduler.Reset(key)
-		cb.Status.LastResetToken = token
-	}
-	view, _ := r.Scheduler.View(key)
-	for _, change := range view.Changes {
-		r.announce(ctx, cb, change)
-		if r.Metrics != nil {
-			r.Metrics.Transition(cb.Namespace, cb.Name, change.From.String(), change.To.String(), change.Reason.String())
-		}
-	}
-	applyView(&cb.Status, view)
-	if r.Metrics != nil {
-		r.Metrics.SetState(cb.Namespace, cb.Name, string(cb.Status.State))
-		r.Metrics.SetInfo(cb.Namespace, cb.Name, spec.Target.Service, cb.FrontServiceName())
-	}
-	if cb.Status.Endpoints == nil {
-		cb.Status.Endpoints = &tripswitchv1alpha1.EndpointsStatus{}
-	}
-	cb.Status.Endpoints.Target = int32(len(tgt.ready))
-	return view, nil
-}
-
-// announce records one transition as an event and a log line.
-func (r *CircuitBreakerReconciler) announce(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker, c probe.Change) {
-	message := ""
-	if c.Probe != nil {
-		message = fmt.Sprintf(" after %s from %s", c.Probe.Message, c.Probe.Endpoint)
-	}
-	log.FromContext(ctx).Info("Breaker changed state", "from", c.From.String(), "to", c.To.String(),
-		"gateFrom", c.GateFrom.String(), "gateTo", c.GateTo.String(), "reason", c.Reason.String(), "probe", message)
-	if r.Recorder == nil {
-		return
-	}
-	eventType := corev1.EventTypeNormal
-	if c.GateTo == breaker.Open && c.GateFrom != breaker.Open || c.To == breaker.Open && c.From != breaker.Open {
-		eventType = corev1.EventTypeWarning
-	}
-	r.Recorder.Eventf(cb, nil, eventType, c.Reason.String(), "Transition", "Breaker %s -> %s, gate %s -> %s (%s)%s",
-		c.From, c.To, c.GateFrom, c.GateTo, c.Reason, message)
-}
-
-// summarize sets the kstatus conditions. An Open breaker is healthy and reconciled: Ready
-// describes reconciliation, not the target's health.
-func (r *CircuitBreakerReconciler) summarize(cb *tripswitchv1alpha1.CircuitBreaker, recErr error) {
-	st := &cb.Status
-	if st.State == "" {
-		st.State, st.GateState = tripswitchv1alpha1.StateClosed, tripswitchv1alpha1.StateClosed
-	}
-	st.FrontService = cb.FrontServiceName()
-	st.ObservedGeneration = cb.Generation
-
-	gen := cb.Generation
-	var wait *waitError
-	switch {
-	case recErr == nil:
-		setCondition(st, tripswitchv1alpha1.ConditionReady, metav1.ConditionTrue, tripswitchv1alpha1.ReasonReconciled,
-			fmt.Sprintf("Breaker is %s", st.State), gen)
-		meta.RemoveStatusCondition(&st.Conditions, tripswitchv1alpha1.ConditionReconciling)
-		meta.RemoveStatusCondition(&st.Conditions, tripswitchv1alpha1.ConditionStalled)
-	case errors.As(recErr, &wait) && wait.stalled:
-		setCondition(st, tripswitchv1alpha1.ConditionReady, metav1.ConditionFalse, wait.reason, wait.message, gen)
-		setCondition(st, tripswitchv1alpha1.ConditionStalled, metav1.ConditionTrue, wait.reason, wait.message, gen)
-		meta.RemoveStatusCondition(&st.Conditions, tripswitchv1alpha1.ConditionReconciling)
-	case errors.As(recErr, &wait):
-		setCondition(st, tripswitchv1alpha1.ConditionReady, metav1.ConditionFalse, wait.reason, wait.message, gen)
-		setCondition(st, tripswitchv1alpha1.ConditionReconciling, metav1.ConditionTrue, wait.reason, wait.message, gen)
-		meta.RemoveStatusCondition(&st.Conditions, tripswitchv1alpha1.ConditionStalled)
-	default:
-		setCondition(st, tripswitchv1alpha1.ConditionReady, metav1.ConditionFalse, tripswitchv1alpha1.ReasonReconcileError,
-			recErr.Error(), gen)
-		setCondition(st, tripswitchv1alpha1.ConditionReconciling, metav1.ConditionTrue, tripswitchv1alpha1.ReasonReconcileError,
-			recErr.Error(), gen)
-	}
-}
-
-func setCondition(st *tripswitchv1alpha1.CircuitBreakerStatus, condType string, status metav1.ConditionStatus,
-	reason, message string, generation int64) {
-	meta.SetStatusCondition(&st.Conditions, metav1.Condition{
-		Type: condType, Status: status, Reason: reason, Message: message, ObservedGeneration: generation,
-	})
 }
 
 // patchStatus writes status with a merge patch against what was read. A change of state,
@@ -314,17 +180,20 @@ func (r *CircuitBreakerReconciler) SetupWithManager(ctx context.Context, mgr ctr
 	if r.Scheduler == nil {
 		return errors.New("the CircuitBreaker controller needs a probe scheduler")
 	}
+	if r.HandBackTimeout <= 0 {
+		r.HandBackTimeout = DefaultHandBackTimeout
+	}
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &tripswitchv1alpha1.CircuitBreaker{}, servicesIndex,
 		func(obj client.Object) []string { return servicesOf(obj.(*tripswitchv1alpha1.CircuitBreaker)) }); err != nil {
 		return fmt.Errorf("indexing CircuitBreakers by Service: %w", err)
 	}
-	// Transitions decided by probes or deadlines come from the scheduler, straight into the
-	// work queue: no API call until the engine has something to say.
 	if r.Metrics != nil {
 		r.Scheduler.SetProbeObservers(func(key types.NamespacedName) probe.ProbeObserver {
 			return r.Metrics.Breaker(key.Namespace, key.Name)
 		})
 	}
+	// Transitions decided by probes or deadlines come from the scheduler, straight into the
+	// work queue: no API call until the engine has something to say.
 	transitions := source.Func(func(_ context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
 		r.Scheduler.SetOnChange(func(key types.NamespacedName) { q.Add(reconcile.Request{NamespacedName: key}) })
 		return nil
@@ -338,6 +207,9 @@ func (r *CircuitBreakerReconciler) SetupWithManager(ctx context.Context, mgr ctr
 			return r.breakersReading(ctx, obj.GetNamespace(), obj.GetLabels()[discoveryv1.LabelServiceName])
 		})).
 		WatchesRawSource(transitions).
+		WithOptions(crcontroller.Options{
+			RateLimiter: workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](5*time.Millisecond, MaxRetryDelay),
+		}).
 		Named("circuitbreaker").
 		Complete(r)
 }

@@ -5,15 +5,14 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sort"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
@@ -23,29 +22,33 @@ import (
 )
 
 // reconcileEndpointSliceGate makes sure the front Service is ours and publishes the slices
-// that the gate state calls for, putting back any edit made by someone else.
-func (r *CircuitBreakerReconciler) reconcileEndpointSliceGate(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker,
-	spec *tripswitchv1alpha1.CircuitBreakerSpec, tgt *target, gateState breaker.State) error {
-	es := spec.Gate.EndpointSlice
-	if err := r.claimFrontService(ctx, cb, es.Service, tgt); err != nil {
+// that the gate state calls for, putting back any edit made by someone else. When the front
+// cannot be ours, it changes nothing: whatever the front published stays (fail static).
+func (r *CircuitBreakerReconciler) reconcileEndpointSliceGate(ctx context.Context, st *reconcileState) error {
+	es := st.spec.Gate.EndpointSlice
+	if es == nil {
+		return nil
+	}
+	cb, tgt := st.cb, st.target
+	front, err := r.claimFrontService(ctx, cb, es.Service, tgt)
+	if err != nil {
 		return err
 	}
 	in := gate.Input{
-		Namespace: cb.Namespace, Breaker: cb.Name, Front: es.Service, Owner: ownerRef(cb), State: gateState,
+		Namespace: cb.Namespace, Breaker: cb.Name, Front: es.Service, Owner: ownerRef(front), State: st.view.Gate,
 		Target: tgt.slices, GatedPort: tgt.port.Name, HalfOpenEndpoints: int(es.HalfOpenEndpoints),
 	}
-	if f := es.Fallback; f != nil && gateState == breaker.Open {
-		fallback := &corev1.Service{}
-		err := r.Get(ctx, types.NamespacedName{Namespace: cb.Namespace, Name: f.Service}, fallback)
+	if f := es.Fallback; f != nil && st.view.Gate == breaker.Open {
+		fallback, err := r.lookupService(ctx, cb.Namespace, f.Service)
 		switch {
-		case apierrors.IsNotFound(err):
-			log.FromContext(ctx).Info("Fallback Service not found; publishing no endpoints while Open", "fallback", f.Service)
 		case err != nil:
-			return fmt.Errorf("getting fallback Service %q: %w", f.Service, err)
+			return err
+		case fallback == nil:
+			log.FromContext(ctx).Info("Fallback Service not found; publishing no endpoints while Open", "fallback", f.Service)
 		default:
 			port, err := endpoints.ServicePort(fallback, *f.Port)
 			if err != nil {
-				return &waitError{reason: tripswitchv1alpha1.ReasonFallbackPortNotFound, message: "fallback " + err.Error()}
+				return &waitingError{reason: tripswitchv1alpha1.ReasonFallbackPortNotFound, message: "fallback " + err.Error()}
 			}
 			if in.Fallback, err = r.slicesOf(ctx, cb.Namespace, f.Service); err != nil {
 				return err
@@ -54,78 +57,184 @@ func (r *CircuitBreakerReconciler) reconcileEndpointSliceGate(ctx context.Contex
 		}
 	}
 	desired, published := gate.Slices(in)
-	if err := r.applySlices(ctx, cb, es.Service, desired); err != nil {
+	released, err := r.releasedCopies(ctx, cb.Namespace, es.Service)
+	if err != nil {
+		return err
+	}
+	// A last copy that a deleted breaker left here is taken over in place, slice by slice,
+	// so the front never goes without endpoints in between.
+	if err := r.applySlices(ctx, cb, es.Service, desired, released...); err != nil {
 		return err
 	}
 	cb.Status.Endpoints.Published = int32(published)
 	return nil
 }
 
-func ownerRef(cb *tripswitchv1alpha1.CircuitBreaker) metav1.OwnerReference {
-	return *metav1.NewControllerRef(cb, tripswitchv1alpha1.GroupVersion.WithKind("CircuitBreaker"))
+// ownerRef makes the front Service the owner of its slices. Kubernetes' own slices belong to
+// their Service the same way. Owned by the breaker, they would be garbage-collected whenever
+// the breaker vanished without its finalizer (a removed CRD, a forced deletion), emptying the
+// front for every client; owned by the front, they outlive any trouble of tripswitch's and go
+// only with the Service itself. Neither controller nor blockOwnerDeletion is set: tripswitch
+// needs no rights on Services' finalizers.
+func ownerRef(front *corev1.Service) metav1.OwnerReference {
+	return metav1.OwnerReference{APIVersion: "v1", Kind: "Service", Name: front.Name, UID: front.UID}
+}
+
+// claimant is the breaker a front Service says gates it, by the current claim or, for fronts
+// claimed by an earlier release, by the legacy one.
+func claimant(front *corev1.Service) (name string, legacy bool) {
+	if name := front.Annotations[tripswitchv1alpha1.ClaimAnnotation]; name != "" {
+		return name, false
+	}
+	return front.Annotations[tripswitchv1alpha1.LegacyClaimAnnotation], true
+}
+
+// reserved says why a Service may never be a front, or "".
+func reserved(namespace, name string) string {
+	if namespace == metav1.NamespaceDefault && name == "kubernetes" {
+		return "the Service kubernetes in default is the API server's own; choose another front Service"
+	}
+	return ""
 }
 
 // claimFrontService creates the front Service with the target's ports when it is missing,
-// adopts a selectorless one, and refuses one with a selector or one that another breaker
-// gates.
+// adopts a selectorless one, and returns it. It refuses a reserved Service, one with a
+// selector, one that another breaker gates, and one whose EndpointSlices somebody else
+// publishes: tripswitch could not gate those alone, and taking them would fight their owner.
 func (r *CircuitBreakerReconciler) claimFrontService(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker,
-	name string, tgt *target) error {
-	front := &corev1.Service{}
-	err := r.Get(ctx, types.NamespacedName{Namespace: cb.Namespace, Name: name}, front)
-	if apierrors.IsNotFound(err) {
-		front = &corev1.Service{
-			ObjectMeta: metav1.ObjectMeta{Namespace: cb.Namespace, Name: name,
-				Labels:      map[string]string{"app.kubernetes.io/managed-by": "tripswitch"},
-				Annotations: map[string]string{tripswitchv1alpha1.BreakerAnnotation: cb.Name}},
-			Spec: corev1.ServiceSpec{
-				Type:           corev1.ServiceTypeClusterIP,
-				IPFamilyPolicy: tgt.service.Spec.IPFamilyPolicy,
-				IPFamilies:     tgt.service.Spec.IPFamilies,
-			},
-		}
-		for _, p := range tgt.service.Spec.Ports {
-			front.Spec.Ports = append(front.Spec.Ports, corev1.ServicePort{Name: p.Name, Protocol: p.Protocol, Port: p.Port,
-				TargetPort: p.TargetPort, AppProtocol: p.AppProtocol})
-		}
-		if err := r.Create(ctx, front); err != nil {
-			return fmt.Errorf("creating front Service %q: %w", name, err)
-		}
-		log.FromContext(ctx).Info("Created front Service", "service", name)
-		return nil
+	name string, tgt *target) (*corev1.Service, error) {
+	if why := reserved(cb.Namespace, name); why != "" {
+		return nil, &stalledError{reason: tripswitchv1alpha1.ReasonFrontServiceReserved, message: why}
 	}
+	front, err := r.lookupService(ctx, cb.Namespace, name)
 	if err != nil {
-		return fmt.Errorf("getting front Service %q: %w", name, err)
+		return nil, err
 	}
-	owner := front.Annotations[tripswitchv1alpha1.BreakerAnnotation]
+	if front == nil {
+		return r.createFrontService(ctx, cb, name, tgt)
+	}
+	fronted, err := r.slicesOf(ctx, cb.Namespace, name)
+	if err != nil {
+		return nil, err
+	}
+	owner, legacy := claimant(front)
+	label := gate.BreakerLabelValue(cb.Name)
+	if legacy && owner != "" && owner != cb.Name && slices.ContainsFunc(fronted, func(s discoveryv1.EndpointSlice) bool {
+		return s.Labels[discoveryv1.LabelManagedBy] == tripswitchv1alpha1.ManagedBy && s.Labels[gate.BreakerLabel] == label
+	}) {
+		// An earlier release shared the claim's key with the annotation gate, so another
+		// breaker listing this Service could overwrite it. Our slices on it prove the claim.
+		owner = cb.Name
+	}
 	switch {
 	case owner != "" && owner != cb.Name:
-		return &waitError{reason: tripswitchv1alpha1.ReasonFrontServiceClaimed, stalled: true,
+		return nil, &stalledError{reason: tripswitchv1alpha1.ReasonFrontServiceClaimed,
 			message: fmt.Sprintf("front Service %q is gated by breaker %q", name, owner)}
 	case len(front.Spec.Selector) > 0:
-		return &waitError{reason: tripswitchv1alpha1.ReasonFrontServiceHasSelector, stalled: true,
+		return nil, &stalledError{reason: tripswitchv1alpha1.ReasonFrontServiceHasSelector,
 			message: fmt.Sprintf("front Service %q has a selector, so Kubernetes manages its endpoints; remove it or choose another front Service", name)}
 	case !slices.ContainsFunc(front.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == tgt.port.Name }):
-		return &waitError{reason: tripswitchv1alpha1.ReasonFrontServicePortMismatch, stalled: true,
+		return nil, &stalledError{reason: tripswitchv1alpha1.ReasonFrontServicePortMismatch,
 			message: fmt.Sprintf("front Service %q has no port named %q like the target's", name, tgt.port.Name)}
-	case owner == "":
-		patch := client.MergeFrom(front.DeepCopy())
-		metav1.SetMetaDataAnnotation(&front.ObjectMeta, tripswitchv1alpha1.BreakerAnnotation, cb.Name)
-		if err := r.Patch(ctx, front, patch); err != nil {
-			return fmt.Errorf("adopting front Service %q: %w", name, err)
-		}
-		log.FromContext(ctx).Info("Adopted front Service", "service", name)
 	}
-	return nil
+	if foreign := foreignManagers(fronted, label); len(foreign) > 0 {
+		return nil, &stalledError{reason: tripswitchv1alpha1.ReasonFrontServiceHasForeignEndpointSlices,
+			message: fmt.Sprintf("front Service %q has EndpointSlices managed by %s, which would keep publishing "+
+				"endpoints whatever the breaker decides; delete them (kubectl delete endpointslices -n %s -l "+
+				"kubernetes.io/service-name=%s,endpointslice.kubernetes.io/managed-by=%s) or choose another front Service",
+				name, strings.Join(foreign, ", "), cb.Namespace, name, foreign[0])}
+	}
+	if owner == cb.Name && front.Annotations[tripswitchv1alpha1.ClaimAnnotation] == cb.Name {
+		return front, nil
+	}
+	// Adopt the Service, or move an earlier release's claim to the current key.
+	patch := client.MergeFrom(front.DeepCopy())
+	metav1.SetMetaDataAnnotation(&front.ObjectMeta, tripswitchv1alpha1.ClaimAnnotation, cb.Name)
+	if front.Annotations[tripswitchv1alpha1.LegacyClaimAnnotation] == cb.Name || owner == cb.Name {
+		delete(front.Annotations, tripswitchv1alpha1.LegacyClaimAnnotation)
+	}
+	if err := r.Patch(ctx, front, patch); err != nil {
+		return nil, fmt.Errorf("adopting front Service %q: %w", name, err)
+	}
+	log.FromContext(ctx).Info("Adopted front Service", "service", name, "hadLegacyClaim", owner == cb.Name)
+	return front, nil
 }
 
-// applySlices makes the front Service's tripswitch slices equal to desired: updates before
-// deletions, so that endpoints move rather than vanish, and no write when nothing differs.
+// createFrontService creates a selectorless front Service with the target's ports.
+func (r *CircuitBreakerReconciler) createFrontService(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker,
+	name string, tgt *target) (*corev1.Service, error) {
+	front := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: cb.Namespace, Name: name,
+			Labels:      map[string]string{"app.kubernetes.io/managed-by": "tripswitch"},
+			Annotations: map[string]string{tripswitchv1alpha1.ClaimAnnotation: cb.Name}},
+		Spec: corev1.ServiceSpec{
+			Type:           corev1.ServiceTypeClusterIP,
+			IPFamilyPolicy: tgt.service.Spec.IPFamilyPolicy,
+			IPFamilies:     tgt.service.Spec.IPFamilies,
+		},
+	}
+	for _, p := range tgt.service.Spec.Ports {
+		front.Spec.Ports = append(front.Spec.Ports, corev1.ServicePort{Name: p.Name, Protocol: p.Protocol, Port: p.Port,
+			TargetPort: p.TargetPort, AppProtocol: p.AppProtocol})
+	}
+	if err := r.Create(ctx, front); err != nil {
+		return nil, fmt.Errorf("creating front Service %q: %w", name, err)
+	}
+	log.FromContext(ctx).Info("Created front Service", "service", name)
+	return front, nil
+}
+
+// foreignManagers lists, sorted, who else publishes slices for a front: any manager but
+// tripswitch, and tripswitch slices of another breaker. A last copy left by a deleted breaker
+// (gate.ReleasedManagedBy) is not foreign: the breaker that adopts the front replaces it.
+func foreignManagers(fronted []discoveryv1.EndpointSlice, label string) []string {
+	seen := map[string]bool{}
+	for _, s := range fronted {
+		manager := s.Labels[discoveryv1.LabelManagedBy]
+		switch {
+		case manager == gate.ReleasedManagedBy:
+		case manager == tripswitchv1alpha1.ManagedBy && s.Labels[gate.BreakerLabel] == label:
+		case manager == tripswitchv1alpha1.ManagedBy:
+			seen[manager+" (breaker "+s.Labels[gate.BreakerLabel]+")"] = true
+		case manager == "":
+			seen["nobody (no managed-by label)"] = true
+		default:
+			seen[manager] = true
+		}
+	}
+	out := slices.Collect(maps.Keys(seen))
+	sort.Strings(out)
+	return out
+}
+
+// releasedCopies lists the last copy that a deleted breaker left on a front Service.
+func (r *CircuitBreakerReconciler) releasedCopies(ctx context.Context, namespace, front string) ([]discoveryv1.EndpointSlice, error) {
+	var list discoveryv1.EndpointSliceList
+	if err := r.List(ctx, &list, client.InNamespace(namespace), client.MatchingLabels{
+		discoveryv1.LabelServiceName: front, discoveryv1.LabelManagedBy: gate.ReleasedManagedBy,
+	}); err != nil {
+		return nil, fmt.Errorf("listing released EndpointSlices of front Service %q: %w", front, err)
+	}
+	return list.Items, nil
+}
+
+// applySlices makes the front Service's tripswitch slices, and any others given to take
+// over, equal to desired.
 func (r *CircuitBreakerReconciler) applySlices(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker, front string,
-	desired []discoveryv1.EndpointSlice) error {
+	desired []discoveryv1.EndpointSlice, takeOver ...discoveryv1.EndpointSlice) error {
 	existing, err := r.ownSlices(ctx, cb, front)
 	if err != nil {
 		return err
 	}
+	return r.syncSlices(ctx, append(existing, takeOver...), desired, false)
+}
+
+// syncSlices turns existing into desired, matched by name: updates before deletions, so that
+// endpoints move rather than vanish, and no write when nothing differs. An update merges
+// labels and annotations into what is there, unless replaceMeta, which makes them exactly
+// desired's (a last copy drops everything that tied the slice to its breaker).
+func (r *CircuitBreakerReconciler) syncSlices(ctx context.Context, existing, desired []discoveryv1.EndpointSlice,
+	replaceMeta bool) error {
 	byName := map[string]*discoveryv1.EndpointSlice{}
 	for i := range existing {
 		byName[existing[i].Name] = &existing[i]
@@ -147,8 +256,15 @@ func (r *CircuitBreakerReconciler) applySlices(ctx context.Context, cb *tripswit
 			if err := r.Create(ctx, want); err != nil {
 				return fmt.Errorf("replacing EndpointSlice %q: %w", want.Name, err)
 			}
+		case replaceMeta:
+			have.Labels, have.Annotations = want.Labels, want.Annotations
+			fallthrough
 		case !sliceEqual(have, want):
 			have.Labels = mergeLabels(have.Labels, want.Labels)
+			have.Annotations = mergeLabels(have.Annotations, want.Annotations)
+			if _, handingBack := want.Annotations[tripswitchv1alpha1.HandBackAnnotation]; !handingBack {
+				delete(have.Annotations, tripswitchv1alpha1.HandBackAnnotation)
+			}
 			have.OwnerReferences, have.Ports, have.Endpoints = want.OwnerReferences, want.Ports, want.Endpoints
 			if err := r.Update(ctx, have); err != nil {
 				return fmt.Errorf("updating EndpointSlice %q: %w", want.Name, err)
@@ -163,10 +279,12 @@ func (r *CircuitBreakerReconciler) applySlices(ctx context.Context, cb *tripswit
 	return nil
 }
 
+// ownSlices lists this breaker's slices of one front Service.
 func (r *CircuitBreakerReconciler) ownSlices(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker, front string) ([]discoveryv1.EndpointSlice, error) {
 	var list discoveryv1.EndpointSliceList
 	if err := r.List(ctx, &list, client.InNamespace(cb.Namespace), client.MatchingLabels{
-		discoveryv1.LabelServiceName: front, gate.BreakerLabel: cb.Name,
+		discoveryv1.LabelServiceName: front, discoveryv1.LabelManagedBy: tripswitchv1alpha1.ManagedBy,
+		gate.BreakerLabel: gate.BreakerLabelValue(cb.Name),
 	}); err != nil {
 		return nil, fmt.Errorf("listing EndpointSlices of front Service %q: %w", front, err)
 	}
@@ -178,6 +296,14 @@ func sliceEqual(have, want *discoveryv1.EndpointSlice) bool {
 		if have.Labels[k] != v {
 			return false
 		}
+	}
+	for k, v := range want.Annotations {
+		if have.Annotations[k] != v {
+			return false
+		}
+	}
+	if have.Annotations[tripswitchv1alpha1.HandBackAnnotation] != want.Annotations[tripswitchv1alpha1.HandBackAnnotation] {
+		return false // a hand-back that was given up: the front is gated again
 	}
 	return equality.Semantic.DeepEqual(have.OwnerReferences, want.OwnerReferences) &&
 		equality.Semantic.DeepEqual(have.Ports, want.Ports) &&
@@ -193,99 +319,13 @@ func normalized(eps []discoveryv1.Endpoint) []discoveryv1.Endpoint {
 }
 
 func mergeLabels(have, want map[string]string) map[string]string {
+	if len(want) == 0 {
+		return have
+	}
 	out := maps.Clone(have)
 	if out == nil {
 		out = map[string]string{}
 	}
 	maps.Copy(out, want)
 	return out
-}
-
-// finalize hands traffic back to Kubernetes before the breaker goes: the front Service gets
-// the target's selector, so Kubernetes maintains its endpoints again, and only then are
-// tripswitch's slices deleted. A target without a selector leaves the front Service with a
-// last mirror of its endpoints that nothing deletes.
-func (r *CircuitBreakerReconciler) finalize(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker) error {
-	r.forget(client.ObjectKeyFromObject(cb))
-	if !controllerutil.ContainsFinalizer(cb, tripswitchv1alpha1.Finalizer) {
-		return nil
-	}
-	if front := cb.FrontServiceName(); front != "" {
-		if err := r.handBack(ctx, cb, front); err != nil {
-			return err
-		}
-	}
-	for _, ref := range cb.Status.AnnotatedObjects {
-		if _, err := r.applyAnnotations(ctx, cb, ref, nil); err != nil {
-			return err
-		}
-	}
-	patch := client.MergeFrom(cb.DeepCopy())
-	controllerutil.RemoveFinalizer(cb, tripswitchv1alpha1.Finalizer)
-	if err := r.Patch(ctx, cb, patch); client.IgnoreNotFound(err) != nil {
-		return fmt.Errorf("removing finalizer: %w", err)
-	}
-	return nil
-}
-
-func (r *CircuitBreakerReconciler) handBack(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker, frontName string) error {
-	logger := log.FromContext(ctx)
-	front := &corev1.Service{}
-	err := r.Get(ctx, types.NamespacedName{Namespace: cb.Namespace, Name: frontName}, front)
-	if apierrors.IsNotFound(err) {
-		return r.deleteSlices(ctx, cb, frontName)
-	}
-	if err != nil {
-		return fmt.Errorf("getting front Service %q: %w", frontName, err)
-	}
-	if front.Annotations[tripswitchv1alpha1.BreakerAnnotation] != cb.Name {
-		return nil // never ours: another breaker's or the user's
-	}
-	tgt := &corev1.Service{}
-	err = r.Get(ctx, types.NamespacedName{Namespace: cb.Namespace, Name: cb.Spec.Target.Service}, tgt)
-	if client.IgnoreNotFound(err) != nil {
-		return fmt.Errorf("getting target Service %q: %w", cb.Spec.Target.Service, err)
-	}
-	patch := client.MergeFrom(front.DeepCopy())
-	delete(front.Annotations, tripswitchv1alpha1.BreakerAnnotation)
-	if err == nil && len(tgt.Spec.Selector) > 0 {
-		front.Spec.Selector = maps.Clone(tgt.Spec.Selector)
-		if err := r.Patch(ctx, front, patch); err != nil {
-			return fmt.Errorf("handing front Service %q back: %w", frontName, err)
-		}
-		logger.Info("Handed the front Service back to Kubernetes with the target's selector", "service", frontName)
-		return r.deleteSlices(ctx, cb, frontName)
-	}
-	// Nothing to hand back to: keep the last mirror, and let nothing garbage-collect it.
-	if err := r.Patch(ctx, front, patch); err != nil {
-		return fmt.Errorf("releasing front Service %q: %w", frontName, err)
-	}
-	own, err := r.ownSlices(ctx, cb, frontName)
-	if err != nil {
-		return err
-	}
-	for i := range own {
-		s := &own[i]
-		s.OwnerReferences = nil
-		delete(s.Labels, gate.BreakerLabel)
-		s.Labels[discoveryv1.LabelManagedBy] = "tripswitch.io-released"
-		if err := r.Update(ctx, s); client.IgnoreNotFound(err) != nil {
-			return fmt.Errorf("releasing EndpointSlice %q: %w", s.Name, err)
-		}
-	}
-	logger.Info("The target has no selector; left the front Service with its last endpoints", "service", frontName)
-	return nil
-}
-
-func (r *CircuitBreakerReconciler) deleteSlices(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker, front string) error {
-	own, err := r.ownSlices(ctx, cb, front)
-	if err != nil {
-		return err
-	}
-	for i := range own {
-		if err := r.Delete(ctx, &own[i]); client.IgnoreNotFound(err) != nil {
-			return fmt.Errorf("deleting EndpointSlice %q: %w", own[i].Name, err)
-		}
-	}
-	return nil
 }

@@ -14,6 +14,35 @@ import (
 	"github.com/tripswitch/tripswitch/internal/probe"
 )
 
+// Runnable is what a breaker's spec compiles to: everything the scheduler needs to run it.
+type Runnable struct {
+	Probe    probe.Spec
+	Interval time.Duration
+	Engine   breaker.Config
+}
+
+// Compile maps a resolved spec onto a probe and an engine configuration and validates both
+// exactly as the scheduler will. An error means that the API server accepted a spec the
+// operator cannot run: the CRD's rules and this code disagree, which the admission agreement
+// test exists to catch.
+func Compile(spec *tripswitchv1alpha1.CircuitBreakerSpec) (Runnable, error) {
+	pspec, err := probeSpec(spec)
+	if err != nil {
+		return Runnable{}, err
+	}
+	if err := pspec.Validate(); err != nil {
+		return Runnable{}, fmt.Errorf("probe: %w", err)
+	}
+	r := Runnable{Probe: pspec, Interval: spec.Probe.Interval.Duration, Engine: engineConfig(spec)}
+	if r.Interval <= 0 {
+		return Runnable{}, fmt.Errorf("probe.interval %s is not positive", r.Interval)
+	}
+	if err := r.Engine.Validate(); err != nil {
+		return Runnable{}, err
+	}
+	return r, nil
+}
+
 // engineConfig maps a resolved spec onto the breaker engine's configuration.
 func engineConfig(spec *tripswitchv1alpha1.CircuitBreakerSpec) breaker.Config {
 	rate := func(r *tripswitchv1alpha1.RateRule) breaker.RateRule {
@@ -32,7 +61,10 @@ func engineConfig(spec *tripswitchv1alpha1.CircuitBreakerSpec) breaker.Config {
 		BackoffFactor:       1,
 		TrialProbes:         int(ptr.Deref(rec.HalfOpen.TrialProbes, 1)),
 		SuccessThreshold:    int(ptr.Deref(rec.HalfOpen.SuccessThreshold, 1)),
-		Mode:                engineMode(spec.Mode),
+		// A trial goes out as soon as it is admitted and ends by its timeout; an interval
+		// more is slack. Past that bound it is lost, and its slot is handed out again.
+		TrialTimeout: spec.Probe.Interval.Duration + spec.Probe.Timeout.Duration,
+		Mode:         engineMode(spec.Mode),
 		// Status keeps whole seconds; openUntil must read back exactly as the engine holds it.
 		Granularity: time.Second,
 	}

@@ -9,6 +9,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
+	"github.com/tripswitch/tripswitch/internal/guard"
 	"github.com/tripswitch/tripswitch/internal/metrics"
 	"github.com/tripswitch/tripswitch/internal/probe"
 )
@@ -22,24 +23,61 @@ type Options struct {
 	MaxConcurrentProbes int
 	// StatusSyncPeriod bounds how often steady-state counters are written to status.
 	StatusSyncPeriod time.Duration
+	// Guard configures the observer guard; the zero value takes DefaultGuard.
+	Guard guard.Config
+	// HandBackTimeout bounds how long a front Service handed back to Kubernetes keeps
+	// tripswitch's slices; 0 takes DefaultHandBackTimeout.
+	HandBackTimeout time.Duration
+	// Clock drives the probes, the engines, the guard and the reconciler; nil is the real
+	// clock. Tests pass a fake one.
+	Clock clock.WithDelayedExecution
+}
+
+// DefaultGuard is the observer guard of the default install: more than half of the gated
+// breakers tripping within 30 s holds the rest, from 5 gated breakers up; a held trip goes
+// ahead after 5 minutes, one per 30 s.
+var DefaultGuard = guard.Config{
+	MaxTripFraction: 0.5,
+	Window:          30 * time.Second,
+	MinBreakers:     5,
+	ReleaseTimeout:  5 * time.Minute,
 }
 
 // Setup adds the probe scheduler, as a leader-only runnable, and the CircuitBreaker
 // controller to mgr, with metrics on controller-runtime's registry and events.k8s.io events.
 func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
-	scheduler := probe.NewScheduler(probe.NewFactory(o.Dial, clock.RealClock{}), clock.RealClock{}, o.MaxConcurrentProbes)
-	if err := mgr.Add(scheduler); err != nil {
-		return fmt.Errorf("adding the probe scheduler: %w", err)
+	clk := o.Clock
+	if clk == nil {
+		clk = clock.RealClock{}
+	}
+	guardConfig := o.Guard
+	if guardConfig == (guard.Config{}) {
+		guardConfig = DefaultGuard
+	}
+	if err := guardConfig.Validate(); err != nil {
+		return fmt.Errorf("observer guard: %w", err)
 	}
 	recorder, err := metrics.NewRecorder(crmetrics.Registry)
 	if err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
+	}
+	g := guard.New(guardConfig, clk)
+	g.SetActiveObserver(recorder.SetObserverGuard)
+
+	scheduler := probe.NewScheduler(probe.NewFactory(o.Dial, clk), clk, o.MaxConcurrentProbes)
+	scheduler.SetGuard(g)
+	scheduler.SetLocalErrorObserver(recorder.LocalError)
+	if err := mgr.Add(scheduler); err != nil {
+		return fmt.Errorf("adding the probe scheduler: %w", err)
 	}
 	return (&CircuitBreakerReconciler{
 		Client:           mgr.GetClient(),
 		Scheduler:        scheduler,
 		Recorder:         mgr.GetEventRecorder("tripswitch"),
 		Metrics:          recorder,
+		Guard:            g,
+		Clock:            clk,
 		StatusSyncPeriod: o.StatusSyncPeriod,
+		HandBackTimeout:  o.HandBackTimeout,
 	}).SetupWithManager(ctx, mgr)
 }

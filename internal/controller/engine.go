@@ -1,0 +1,193 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
+	"github.com/tripswitch/tripswitch/internal/breaker"
+	"github.com/tripswitch/tripswitch/internal/probe"
+)
+
+// reconcileEngine registers the breaker with the scheduler (restoring it from status the
+// first time), acts on a new reset token, and writes the engine's view into status, with an
+// event and a log line per transition. It always leaves a view for the gates: a spec that the
+// API server accepted but that cannot run keeps the last configuration that could (or, for a
+// breaker that never ran, one that only observes), so the mode, a reset and the gates go on
+// working while the breaker reports the problem as Stalled.
+func (r *CircuitBreakerReconciler) reconcileEngine(ctx context.Context, st *reconcileState) error {
+	cb := st.cb
+	key := client.ObjectKeyFromObject(cb)
+	run, compileErr := Compile(&st.spec)
+	var stalled error
+	if compileErr != nil {
+		var how string
+		run, how = r.fallback(key, &st.spec)
+		stalled = &stalledError{reason: tripswitchv1alpha1.ReasonInvalidSpec,
+			message: fmt.Sprintf("the spec cannot be run: %v; %s", compileErr, how)}
+		log.FromContext(ctx).Error(compileErr, "The API server accepted a spec that cannot be run", "fallback", how)
+	}
+	reg := probe.Registration{
+		Spec: run.Probe, Interval: run.Interval, Config: run.Engine,
+		Restore: snapshotFromStatus(&cb.Status), Seed: seedFor(cb),
+		Gated: run.Engine.Mode == breaker.Auto, HeldSince: heldSince(&cb.Status),
+	}
+	switch {
+	case st.target == nil:
+		reg.KeepEndpoints = true // unknown is not empty: keep probing what was there
+	case st.target.resolved:
+		reg.Endpoints = st.target.ready
+	}
+	if err := r.Scheduler.Upsert(key, reg); err != nil {
+		// Compile validated run as the scheduler does, and the fallback is valid by
+		// construction; so this is a bug, and the gates keep what they last published.
+		return &stalledError{reason: tripswitchv1alpha1.ReasonInvalidSpec, message: "registering the breaker: " + err.Error()}
+	}
+	if compileErr == nil {
+		r.lastGood.Store(key, run)
+	}
+	if token := cb.Annotations[tripswitchv1alpha1.ResetAnnotation]; token != "" && token != cb.Status.LastResetToken {
+		r.Scheduler.Reset(key)
+		cb.Status.LastResetToken = token
+	}
+	view, _ := r.Scheduler.View(key)
+	for _, change := range view.Changes {
+		r.announce(ctx, cb, change)
+		if r.Metrics != nil {
+			r.Metrics.Transition(cb.Namespace, cb.Name, change.From.String(), change.To.String(), change.Reason.String())
+		}
+	}
+	applyView(&cb.Status, view)
+	r.reportHold(ctx, cb, view.Held)
+	if r.Metrics != nil {
+		r.Metrics.SetState(cb.Namespace, cb.Name, string(cb.Status.State))
+		r.Metrics.SetInfo(cb.Namespace, cb.Name, st.spec.Target.Service, cb.FrontServiceName())
+	}
+	if cb.Status.Endpoints == nil {
+		cb.Status.Endpoints = &tripswitchv1alpha1.EndpointsStatus{}
+	}
+	if st.target != nil {
+		cb.Status.Endpoints.Target = int32(len(st.target.ready))
+	}
+	st.view = &view
+	return stalled
+}
+
+// fallback is what a breaker runs with while its spec cannot run: its last good
+// configuration under the spec's mode, or, if it never ran, the built-in defaults in a mode
+// that cannot take traffic away (Observe; ForceOpen and ForceClosed are honoured, since they
+// are the user's explicit word). It also says which, for the condition.
+func (r *CircuitBreakerReconciler) fallback(key types.NamespacedName, spec *tripswitchv1alpha1.CircuitBreakerSpec) (Runnable, string) {
+	if v, ok := r.lastGood.Load(key); ok {
+		run := v.(Runnable)
+		run.Engine.Mode = engineMode(spec.Mode)
+		return run, "the breaker keeps its last good configuration (mode " + string(spec.Mode) + ") until the spec is fixed"
+	}
+	defaults := (&tripswitchv1alpha1.CircuitBreaker{Spec: tripswitchv1alpha1.CircuitBreakerSpec{Target: spec.Target}}).Resolve()
+	run, err := Compile(&defaults)
+	if err != nil {
+		panic(fmt.Sprintf("the built-in defaults do not compile: %v", err)) // a test guards this
+	}
+	switch spec.Mode {
+	case tripswitchv1alpha1.ModeForceOpen, tripswitchv1alpha1.ModeForceClosed:
+		run.Engine.Mode = engineMode(spec.Mode)
+		return run, "the breaker runs on built-in defaults, pinned " + string(spec.Mode) + ", until the spec is fixed"
+	}
+	run.Engine.Mode = breaker.Observe
+	return run, "the breaker only observes, with built-in defaults, and gates no traffic until the spec is fixed"
+}
+
+// announce records one transition as an event and a log line.
+func (r *CircuitBreakerReconciler) announce(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker, c probe.Change) {
+	message := ""
+	if c.Probe != nil {
+		message = fmt.Sprintf(" after %s from %s", c.Probe.Message, c.Probe.Endpoint)
+	}
+	if c.Released {
+		message += "; the observer guard had held this trip and let it go after its release timeout"
+	}
+	log.FromContext(ctx).Info("Breaker changed state", "from", c.From.String(), "to", c.To.String(),
+		"gateFrom", c.GateFrom.String(), "gateTo", c.GateTo.String(), "reason", c.Reason.String(), "probe", message)
+	if r.Recorder == nil {
+		return
+	}
+	eventType := corev1.EventTypeNormal
+	if c.GateTo == breaker.Open && c.GateFrom != breaker.Open || c.To == breaker.Open && c.From != breaker.Open {
+		eventType = corev1.EventTypeWarning
+	}
+	r.Recorder.Eventf(cb, nil, eventType, c.Reason.String(), "Transition", "Breaker %s -> %s, gate %s -> %s (%s)%s",
+		c.From, c.To, c.GateFrom, c.GateTo, c.Reason, message)
+}
+
+// reportHold keeps the ObserverGuard condition in step with the guard: present while the
+// breaker's trip is held, with a message that says why and what happens next, and gone when
+// the hold ends. The start and the end of a hold are events, like transitions.
+func (r *CircuitBreakerReconciler) reportHold(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker, hold *probe.Hold) {
+	was := meta.FindStatusCondition(cb.Status.Conditions, tripswitchv1alpha1.ConditionObserverGuard)
+	if hold == nil {
+		if was == nil {
+			return
+		}
+		meta.RemoveStatusCondition(&cb.Status.Conditions, tripswitchv1alpha1.ConditionObserverGuard)
+		log.FromContext(ctx).Info("The observer guard no longer holds the breaker's trip", "state", cb.Status.State)
+		if r.Recorder != nil {
+			r.Recorder.Eventf(cb, nil, corev1.EventTypeNormal, "TripHoldEnded", "ObserverGuard",
+				"The observer guard no longer holds this breaker's trip; the breaker is %s", cb.Status.State)
+		}
+		return
+	}
+	message := r.holdMessage(hold)
+	meta.SetStatusCondition(&cb.Status.Conditions, metav1.Condition{
+		Type: tripswitchv1alpha1.ConditionObserverGuard, Status: metav1.ConditionTrue, Reason: tripswitchv1alpha1.ReasonTripHeld,
+		Message: message, ObservedGeneration: cb.Generation,
+		// The hold's start, so that a new leader resumes its release timeout from status.
+		LastTransitionTime: metav1.NewTime(hold.Since),
+	})
+	if was == nil {
+		log.FromContext(ctx).Info("The observer guard holds the breaker's trip", "rule", hold.Reason.String(),
+			"gated", hold.Guard.Gated, "budget", hold.Guard.Budget, "held", hold.Guard.Held)
+		if r.Recorder != nil {
+			r.Recorder.Eventf(cb, nil, corev1.EventTypeWarning, tripswitchv1alpha1.ReasonTripHeld, "ObserverGuard", "%s", message)
+		}
+	}
+}
+
+// holdMessage explains a held trip to whoever reads the condition.
+func (r *CircuitBreakerReconciler) holdMessage(hold *probe.Hold) string {
+	release := "held trips are never released by time (--observer-guard-release-timeout=0)"
+	window := "the observer guard window"
+	if r.Guard != nil {
+		cfg := r.Guard.Config()
+		window = cfg.Window.String()
+		if cfg.ReleaseTimeout > 0 {
+			interval := cfg.ReleaseInterval
+			if interval <= 0 {
+				interval = cfg.Window
+			}
+			release = fmt.Sprintf("if it persists, held trips go ahead one at a time, one per %s, once held for %s",
+				interval, cfg.ReleaseTimeout)
+		}
+	}
+	return fmt.Sprintf("Trip held since %s: %s holds, but %d of the %d gated breakers may trip within %s and "+
+		"%d trips are held, so tripswitch suspects its own network or CPU rather than every target at once. "+
+		"The breaker stays Closed and traffic keeps flowing. The hold ends when its probes succeed again; %s.",
+		hold.Since.UTC().Format(time.RFC3339), hold.Reason, hold.Guard.Budget, hold.Guard.Gated, window,
+		hold.Guard.Held, release)
+}
+
+// heldSince reads back when a previous leader's guard started holding the breaker's trip.
+func heldSince(st *tripswitchv1alpha1.CircuitBreakerStatus) time.Time {
+	c := meta.FindStatusCondition(st.Conditions, tripswitchv1alpha1.ConditionObserverGuard)
+	if c == nil || c.Status != metav1.ConditionTrue || st.State != tripswitchv1alpha1.StateClosed {
+		return time.Time{}
+	}
+	return c.LastTransitionTime.Time
+}
