@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
+	"github.com/tripswitch/tripswitch/internal/controller"
 )
 
 // breakerFromYAML builds a CircuitBreaker named name from a spec written in YAML, so that the
@@ -31,6 +32,11 @@ import (
 func breakerFromYAML(namespace, name, specYAML string) *unstructured.Unstructured {
 	spec := map[string]any{}
 	Expect(yaml.Unmarshal([]byte(specYAML), &spec)).To(Succeed())
+	return breakerObject(namespace, name, spec)
+}
+
+// breakerObject builds a CircuitBreaker named name around a spec held as a map.
+func breakerObject(namespace, name string, spec map[string]any) *unstructured.Unstructured {
 	u := &unstructured.Unstructured{Object: map[string]any{"spec": spec}}
 	u.SetAPIVersion(tripswitchv1alpha1.GroupVersion.String())
 	u.SetKind("CircuitBreaker")
@@ -178,6 +184,44 @@ recovery: {backoff: {}}
 		Entry("backoff cap under the open duration", "a",
 			`{target: {service: b, port: 80}, recovery: {openDuration: 5m, backoff: {maxOpenDuration: 1m}}}`,
 			"recovery.backoff.maxOpenDuration must not be shorter than recovery.openDuration"),
+		// Found by "Admission and the engine agree": without openDuration, the cap must be
+		// checked against the open duration that Resolve fills in, or the engine refuses it.
+		Entry("backoff cap under the default open duration", "a",
+			`{target: {service: b, port: 80}, recovery: {backoff: {maxOpenDuration: 30s}}}`,
+			"spec.recovery.backoff.maxOpenDuration: Invalid value: recovery.backoff.maxOpenDuration must not be shorter than recovery.openDuration (60s by default when unset)"),
+		Entry("backoff cap under the balanced profile's open duration", "a",
+			`{target: {service: b, port: 80}, profile: balanced, recovery: {backoff: {maxOpenDuration: 59.999s}}}`,
+			"recovery.backoff.maxOpenDuration must not be shorter than recovery.openDuration (60s from the balanced profile when unset)"),
+		Entry("backoff cap under the conservative profile's open duration", "a",
+			`{target: {service: b, port: 80}, profile: conservative, recovery: {backoff: {maxOpenDuration: 60s}}}`,
+			"recovery.backoff.maxOpenDuration must not be shorter than recovery.openDuration (120s from the conservative profile when unset)"),
+		Entry("backoff cap under the aggressive profile's open duration", "a",
+			`{target: {service: b, port: 80}, profile: aggressive, recovery: {backoff: {factor: 3, maxOpenDuration: 29999ms}}}`,
+			"recovery.backoff.maxOpenDuration must not be shorter than recovery.openDuration (30s from the aggressive profile when unset)"),
+		// Found by the agreement test: a slow threshold at or over the timeout that Resolve
+		// fills in can never be reached, so the slow rate could never trip.
+		Entry("slowThreshold not under the default timeout", "a", `{target: {service: b, port: 80}, probe: {slowThreshold: 1s}}`,
+			"probe.slowThreshold must be shorter than probe.timeout (1s when unset, or probe.interval when that is shorter)"),
+		Entry("slowThreshold not under a default timeout that is the interval", "a",
+			`{target: {service: b, port: 80}, probe: {interval: 200ms, slowThreshold: 0.2s}, trip: {slowRate: {percent: 50}}}`,
+			"probe.slowThreshold must be shorter than probe.timeout (1s when unset, or probe.interval when that is shorter)"),
+		Entry("slowThreshold over the default timeout of a long interval", "a",
+			`{target: {service: b, port: 80}, probe: {interval: 5s, slowThreshold: 2s}}`,
+			"probe.slowThreshold must be shorter than probe.timeout (1s when unset, or probe.interval when that is shorter)"),
+		// Found by the agreement test: paths that make no URL, and header values that no HTTP
+		// server takes, fail every probe before it is sent, which would open the breaker.
+		Entry("HTTP path with a broken percent escape", "a", `{target: {service: b, port: 80}, probe: {http: {path: "/%zz"}}}`,
+			"spec.probe.http.path in body should match"),
+		Entry("HTTP path with a lone percent sign", "a", `{target: {service: b, port: 80}, probe: {http: {path: "/ready?load=100%"}}}`,
+			"spec.probe.http.path in body should match"),
+		Entry("HTTP path with a control character", "a", `{target: {service: b, port: 80}, probe: {http: {path: "/a\x01b"}}}`,
+			"spec.probe.http.path in body should match"),
+		Entry("HTTP header value with a line break", "a",
+			`{target: {service: b, port: 80}, probe: {http: {headers: [{name: X-Probe, value: "a\r\nX-Injected: 1"}]}}}`,
+			"spec.probe.http.headers[0].value in body should match"),
+		Entry("HTTP header value with a NUL", "a",
+			`{target: {service: b, port: 80}, probe: {http: {headers: [{name: X-Probe, value: "a\x00"}]}}}`,
+			"spec.probe.http.headers[0].value in body should match"),
 		Entry("fallback equal to the default front Service", "a",
 			`{target: {service: b, port: 80}, gate: {endpointSlice: {fallback: {service: a}}}}`,
 			"gate.endpointSlice.fallback.service must differ from the front Service"),
@@ -187,6 +231,42 @@ recovery: {backoff: {}}
 			"spec.probe.http.path in body should match"),
 		Entry("target Service name that is not a DNS label", "a", `{target: {service: Payments, port: 80}}`,
 			"spec.target.service in body should match"),
+	)
+
+	DescribeTable("accepts a borderline spec, and the operator can run it",
+		func(ctx SpecContext, specYAML string) {
+			obj := breakerFromYAML(ns, "a", specYAML)
+			Expect(k8sClient.Create(ctx, obj)).To(Succeed())
+			got := &tripswitchv1alpha1.CircuitBreaker{}
+			Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(obj), got)).To(Succeed())
+			spec := got.Resolve()
+			_, err := controller.Compile(&spec)
+			Expect(err).NotTo(HaveOccurred())
+		},
+		Entry("backoff cap equal to the aggressive profile's open duration",
+			`{target: {service: b, port: 80}, profile: aggressive, recovery: {backoff: {maxOpenDuration: 30s}}}`),
+		Entry("backoff cap equal to the default open duration",
+			`{target: {service: b, port: 80}, recovery: {backoff: {maxOpenDuration: 1m}}}`),
+		Entry("backoff cap equal to the balanced profile's open duration, spelled in hours",
+			`{target: {service: b, port: 80}, profile: balanced, recovery: {backoff: {maxOpenDuration: 0.01666666666666666667h}}}`),
+		Entry("backoff cap equal to the conservative profile's open duration",
+			`{target: {service: b, port: 80}, profile: conservative, recovery: {backoff: {maxOpenDuration: 1m60s}}}`),
+		Entry("backoff cap under a profile's open duration that openDuration overrides",
+			`{target: {service: b, port: 80}, profile: conservative, recovery: {openDuration: 10s, backoff: {maxOpenDuration: 10s}}}`),
+		Entry("backoff without a cap and the longest open duration",
+			`{target: {service: b, port: 80}, recovery: {openDuration: 1h, backoff: {}}}`),
+		Entry("slowThreshold just under the default timeout",
+			`{target: {service: b, port: 80}, probe: {slowThreshold: 999ms}, trip: {slowRate: {percent: 50}}}`),
+		Entry("slowThreshold just under a default timeout that is the interval",
+			`{target: {service: b, port: 80}, probe: {interval: 200ms, slowThreshold: 199.999ms}}`),
+		Entry("slowThreshold over a second under a long explicit timeout",
+			`{target: {service: b, port: 80}, probe: {interval: 5s, timeout: 3s, slowThreshold: 1.5s}}`),
+		Entry("HTTP path with escapes, a query and a fragment",
+			`{target: {service: b, port: 80}, probe: {http: {path: "/caf%C3%A9/ready?full=1&x=%41#top"}}}`),
+		Entry("HTTP path with characters that need no escape",
+			`{target: {service: b, port: 80}, probe: {http: {path: "/café/[v1]/{id}|~"}}}`),
+		Entry("HTTP header value with a tab and an empty one",
+			`{target: {service: b, port: 80}, probe: {http: {headers: [{name: X-A, value: "a\tb"}, {name: X-B, value: ""}]}}}`),
 	)
 
 	It("defines the kubectl get columns, short names and category as designed", func(ctx SpecContext) {

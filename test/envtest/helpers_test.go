@@ -30,7 +30,11 @@ type backend struct {
 	n       int
 	port    int32
 	failing atomic.Bool
+	// hanging makes the backend hold every request until the client gives up.
+	hanging atomic.Bool
 	hits    atomic.Int64
+	// inflight counts requests being answered now.
+	inflight atomic.Int32
 }
 
 // nextHost hands each backend its own loopback address, so that stories never share one.
@@ -52,8 +56,17 @@ func newBackends(n int) []*backend {
 		Expect(err).NotTo(HaveOccurred())
 		port = int32(l.Addr().(*net.TCPAddr).Port)
 		b.port = port
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			b.hits.Add(1)
+			b.inflight.Add(1)
+			defer b.inflight.Add(-1)
+			if b.hanging.Load() {
+				select {
+				case <-r.Context().Done():
+				case <-time.After(30 * time.Second):
+				}
+				return
+			}
 			if b.failing.Load() {
 				w.WriteHeader(http.StatusServiceUnavailable)
 			}

@@ -32,6 +32,7 @@ import (
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/controller"
+	"github.com/tripswitch/tripswitch/internal/guard"
 	"github.com/tripswitch/tripswitch/internal/probe"
 )
 
@@ -94,6 +95,15 @@ type managerOptions struct {
 	statusSyncPeriod time.Duration
 	// metricsAddr, when set, serves metrics there over plain HTTP.
 	metricsAddr string
+	// config, when set, is how the manager reaches the API server, such as through a proxy
+	// that injects faults.
+	config *rest.Config
+	// dial, when set, is put between the suite's loopback-only dialer and the probes, so a
+	// story can break the manager's own network.
+	dial func(next probe.DialFunc) probe.DialFunc
+	// guard and handBackTimeout tune the observer guard and the hand-back; zero is the default.
+	guard           guard.Config
+	handBackTimeout time.Duration
 }
 
 // startManager starts a manager process equivalent, with the CircuitBreaker controller, and
@@ -103,7 +113,13 @@ func startManager(opts managerOptions) (stop func()) {
 	if opts.statusSyncPeriod == 0 {
 		opts.statusSyncPeriod = 10 * time.Second
 	}
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+	if opts.handBackTimeout == 0 {
+		// envtest runs no EndpointSlice controller, so every deleted breaker whose target has
+		// a selector waits out the hand-back timeout; a short one keeps the breakers that
+		// earlier stories left behind from piling up.
+		opts.handBackTimeout = 10 * time.Second
+	}
+	mgr, err := ctrl.NewManager(cmp.Or(opts.config, cfg), ctrl.Options{
 		Scheme:                 scheme,
 		Metrics:                metricsserver.Options{BindAddress: cmp.Or(opts.metricsAddr, "0")},
 		HealthProbeBindAddress: "0",
@@ -116,11 +132,17 @@ func startManager(opts managerOptions) (stop func()) {
 	// reach the loopback servers behind them, and any other address is refused.
 	addressMap, err := probe.ParseAddressMap("192.0.2.0/24=127.0.0.0/24")
 	Expect(err).NotTo(HaveOccurred())
+	dial := addressMap.Dialer(probe.LoopbackOnly((&net.Dialer{}).DialContext))
+	if opts.dial != nil {
+		dial = opts.dial(dial)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	Expect(controller.Setup(ctx, mgr, controller.Options{
-		Dial:                addressMap.Dialer(probe.LoopbackOnly((&net.Dialer{}).DialContext)),
+		Dial:                dial,
 		MaxConcurrentProbes: 64,
 		StatusSyncPeriod:    opts.statusSyncPeriod,
+		Guard:               opts.guard,
+		HandBackTimeout:     opts.handBackTimeout,
 	})).To(Succeed())
 
 	done := make(chan struct{})
