@@ -122,12 +122,25 @@ ifndef ignore-not-found
   ignore-not-found = false
 endif
 
+# How long delete-breakers waits for the manager to hand every front Service back.
+UNINSTALL_TIMEOUT ?= 5m
+
 .PHONY: install
 install: manifests ## Install the CRDs into the cluster in the current kubeconfig.
 	$(KUBECTL) apply --server-side -f config/crd/bases
 
+# Breakers go first, while the manager still runs: their finalizers hand every front Service
+# back to Kubernetes. Deleting the CRD or the manager first would leave the fronts with
+# whatever they last published, Open ones rejecting every connection for good.
+.PHONY: delete-breakers
+delete-breakers: ## Delete every CircuitBreaker and wait until the manager has handed every front Service back.
+	@if $(KUBECTL) get crd circuitbreakers.tripswitch.io >/dev/null 2>&1; then \
+		$(KUBECTL) delete circuitbreakers.tripswitch.io --all --all-namespaces --wait=true --timeout=$(UNINSTALL_TIMEOUT) || { \
+			echo "CircuitBreakers are still terminating: is the manager running? Nothing else was removed."; exit 1; }; \
+	fi
+
 .PHONY: uninstall
-uninstall: manifests ## Remove the CRDs (and so every CircuitBreaker) from the cluster. ignore-not-found=true ignores missing ones.
+uninstall: manifests delete-breakers ## Remove every CircuitBreaker (handing fronts back), then the CRDs. ignore-not-found=true ignores missing ones.
 	$(KUBECTL) delete --ignore-not-found=$(ignore-not-found) -f config/crd/bases
 
 .PHONY: deploy
@@ -135,7 +148,7 @@ deploy: manifests kustomize ## Deploy the manager with image IMG to the cluster 
 	$(call kustomize-build-with-image) | $(KUBECTL) apply --server-side -f -
 
 .PHONY: undeploy
-undeploy: kustomize ## Remove the manager from the cluster. ignore-not-found=true ignores missing objects.
+undeploy: kustomize delete-breakers ## Remove every CircuitBreaker (handing fronts back), then the manager and the CRDs.
 	$(KUSTOMIZE) build config/default | $(KUBECTL) delete --ignore-not-found=$(ignore-not-found) -f -
 
 ##@ Tools
