@@ -1,7 +1,8 @@
 -- Argo CD health check for tripswitch.io/CircuitBreaker.
 -- Closed is Healthy; Open is Degraded (the target is failing and traffic is held back);
 -- HalfOpen, and a breaker not yet reconciled, are Progressing. A breaker that cannot be
--- reconciled (Stalled) is Degraded; one waiting on something (Reconciling) is Progressing.
+-- reconciled (Stalled) is Degraded; one waiting on something (Reconciling) is Progressing. A
+-- Closed breaker whose trip the observer guard holds is Degraded.
 local hs = {}
 
 local function condition(conditions, type)
@@ -34,6 +35,15 @@ local reconciling = condition(status.conditions, "Reconciling")
 if reconciling ~= nil and reconciling.status == "True" then
   hs.status = "Progressing"
   hs.message = reconciling.reason .. ": " .. reconciling.message
+  return hs
+end
+
+-- A trip the observer guard holds: a trip rule holds, but the breaker stays Closed because too
+-- many breakers would trip at once, so traffic still reaches a target that fails its probes.
+local held = condition(status.conditions, "ObserverGuard")
+if held ~= nil and held.status == "True" and status.state == "Closed" then
+  hs.status = "Degraded"
+  hs.message = "Trip held by the observer guard: " .. held.message
   return hs
 end
 
