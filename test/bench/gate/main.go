@@ -102,14 +102,17 @@ func main() {
 	breakers := flag.Int("breakers", 100, "breakers, one backend each")
 	steady := flag.Duration("steady", 5*time.Minute, "how long to measure steady Closed probing")
 	syncPeriod := flag.Duration("status-sync-period", 10*time.Second, "the manager's --status-sync-period")
+	// Every breaker trips within a few seconds here, which the observer guard would hold at
+	// half, as it should when all targets fail at once; latency is measured without it.
+	fraction := flag.Float64("max-trip-fraction", 1, "the manager's --max-trip-fraction; 1 disables the observer guard")
 	flag.Parse()
-	if err := run(*breakers, *steady, *syncPeriod); err != nil {
+	if err := run(*breakers, *steady, *syncPeriod, *fraction); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 }
 
-func run(n int, steady, syncPeriod time.Duration) error {
+func run(n int, steady, syncPeriod time.Duration, fraction float64) error {
 	if n > 200 {
 		return fmt.Errorf("at most 200 breakers: each needs a loopback address of its own")
 	}
@@ -142,8 +145,10 @@ func run(n int, steady, syncPeriod time.Duration) error {
 	dial := m.Dialer(probe.LoopbackOnly((&net.Dialer{}).DialContext))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	guard := controller.DefaultGuard
+	guard.MaxTripFraction = fraction
 	if err := controller.Setup(ctx, mgr, controller.Options{Dial: dial, MaxConcurrentProbes: 256,
-		StatusSyncPeriod: syncPeriod}); err != nil {
+		StatusSyncPeriod: syncPeriod, Guard: guard}); err != nil {
 		return err
 	}
 	go func() { _ = mgr.Start(ctx) }()
