@@ -26,8 +26,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/tripswitch/tripswitch/internal/breaker"
 	"github.com/tripswitch/tripswitch/internal/probe"
@@ -42,6 +44,9 @@ func main() {
 	concurrency := flag.Int("max-concurrent-probes", 256, "the scheduler's concurrency bound")
 	flag.StringVar(&memProfile, "memprofile", "", "write a heap profile of the scheduler side here")
 	flag.Parse()
+	// The scheduler logs through controller-runtime's logger (a probe cancelled when the bench
+	// stops it is one of the manager's own errors); the bench prints only its figures.
+	ctrllog.SetLogger(logr.Discard())
 	if *serve > 0 {
 		serveEndpoints(*serve)
 		return
