@@ -195,7 +195,8 @@ var _ = Describe("Fail-safe: tripswitch is never the outage", func() {
 			Consistently(allFrontEndpoints(ctx, ns, "maps-v1"), time.Second).Should(Equal(1))
 			writeManagedSlice(ctx, ns, "maps-v1", "maps-v1-kube", "endpointslice-controller.k8s.io", b.port, b.address())
 			Eventually(front(ctx, ns, "maps-v1")).Should(HaveField("Slices", 0))
-			Expect(service(ctx, ns, "maps-v1")(Default).Annotations).NotTo(HaveKey(tripswitchv1alpha1.ClaimAnnotation))
+			Eventually(func(g Gomega) map[string]string { return service(ctx, ns, "maps-v1")(g).Annotations }).ShouldNot(
+				HaveKey(tripswitchv1alpha1.ClaimAnnotation), "the claim goes right after the slices")
 			Eventually(status(ctx, ns, "maps")).Should(And(HaveField("FrontService", "maps-v2"),
 				condition(tripswitchv1alpha1.ConditionReady, "Status", metav1.ConditionTrue)))
 
