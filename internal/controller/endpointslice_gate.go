@@ -80,15 +80,6 @@ func ownerRef(front *corev1.Service) metav1.OwnerReference {
 	return metav1.OwnerReference{APIVersion: "v1", Kind: "Service", Name: front.Name, UID: front.UID}
 }
 
-// claimant is the breaker a front Service says gates it, by the current claim or, for fronts
-// claimed by an earlier release, by the legacy one.
-func claimant(front *corev1.Service) (name string, legacy bool) {
-	if name := front.Annotations[tripswitchv1alpha1.ClaimAnnotation]; name != "" {
-		return name, false
-	}
-	return front.Annotations[tripswitchv1alpha1.LegacyClaimAnnotation], true
-}
-
 // reserved says why a Service may never be a front, or "".
 func reserved(namespace, name string) string {
 	if namespace == metav1.NamespaceDefault && name == "kubernetes" {
@@ -117,15 +108,7 @@ func (r *CircuitBreakerReconciler) claimFrontService(ctx context.Context, cb *tr
 	if err != nil {
 		return nil, err
 	}
-	owner, legacy := claimant(front)
-	label := gate.BreakerLabelValue(cb.Name)
-	if legacy && owner != "" && owner != cb.Name && slices.ContainsFunc(fronted, func(s discoveryv1.EndpointSlice) bool {
-		return s.Labels[discoveryv1.LabelManagedBy] == tripswitchv1alpha1.ManagedBy && s.Labels[gate.BreakerLabel] == label
-	}) {
-		// An earlier release shared the claim's key with the annotation gate, so another
-		// breaker listing this Service could overwrite it. Our slices on it prove the claim.
-		owner = cb.Name
-	}
+	owner := claimedBy(front, fronted, cb.Name)
 	switch {
 	case owner != "" && owner != cb.Name:
 		return nil, &stalledError{reason: tripswitchv1alpha1.ReasonFrontServiceClaimed,
@@ -137,26 +120,26 @@ func (r *CircuitBreakerReconciler) claimFrontService(ctx context.Context, cb *tr
 		return nil, &stalledError{reason: tripswitchv1alpha1.ReasonFrontServicePortMismatch,
 			message: fmt.Sprintf("front Service %q has no port named %q like the target's", name, tgt.port.Name)}
 	}
-	if foreign := foreignManagers(fronted, label); len(foreign) > 0 {
+	if foreign := foreignManagers(fronted, gate.BreakerLabelValue(cb.Name)); len(foreign) > 0 {
 		return nil, &stalledError{reason: tripswitchv1alpha1.ReasonFrontServiceHasForeignEndpointSlices,
 			message: fmt.Sprintf("front Service %q has EndpointSlices managed by %s, which would keep publishing "+
 				"endpoints whatever the breaker decides; delete them (kubectl delete endpointslices -n %s -l "+
 				"kubernetes.io/service-name=%s,endpointslice.kubernetes.io/managed-by=%s) or choose another front Service",
 				name, strings.Join(foreign, ", "), cb.Namespace, name, foreign[0])}
 	}
-	if owner == cb.Name && front.Annotations[tripswitchv1alpha1.ClaimAnnotation] == cb.Name {
+	if front.Annotations[tripswitchv1alpha1.ClaimAnnotation] == cb.Name {
 		return front, nil
 	}
 	// Adopt the Service, or move an earlier release's claim to the current key.
 	patch := client.MergeFrom(front.DeepCopy())
 	metav1.SetMetaDataAnnotation(&front.ObjectMeta, tripswitchv1alpha1.ClaimAnnotation, cb.Name)
-	if front.Annotations[tripswitchv1alpha1.LegacyClaimAnnotation] == cb.Name || owner == cb.Name {
+	if hasLegacyClaim(front, cb.Name) {
 		delete(front.Annotations, tripswitchv1alpha1.LegacyClaimAnnotation)
 	}
 	if err := r.Patch(ctx, front, patch); err != nil {
 		return nil, fmt.Errorf("adopting front Service %q: %w", name, err)
 	}
-	log.FromContext(ctx).Info("Adopted front Service", "service", name, "hadLegacyClaim", owner == cb.Name)
+	log.FromContext(ctx).Info("Adopted front Service", "service", name, "hadClaim", owner == cb.Name)
 	return front, nil
 }
 

@@ -213,8 +213,7 @@ func (r *CircuitBreakerReconciler) handBack(ctx context.Context, cb *tripswitchv
 		}
 	}
 	if len(ours) > 0 {
-		desired, _ := gate.Slices(gate.Input{Namespace: cb.Namespace, Breaker: cb.Name, Front: name, Owner: ownerRef(front),
-			State: breaker.Closed, Target: tgt.slices})
+		desired := closedMirror(cb, front, tgt)
 		for i := range desired {
 			metav1.SetMetaDataAnnotation(&desired[i].ObjectMeta, tripswitchv1alpha1.HandBackAnnotation, since.UTC().Format(time.RFC3339))
 		}
@@ -264,6 +263,14 @@ func (r *CircuitBreakerReconciler) handBackTarget(ctx context.Context, cb *trips
 	return handBackView{service: svc, slices: slices, ready: readyEndpoints(slices, "")}, nil
 }
 
+// closedMirror is the breaker's slices for a front as if it were Closed: the target's
+// endpoints, whatever the gate last published, which is what a front handed back serves.
+func closedMirror(cb *tripswitchv1alpha1.CircuitBreaker, front *corev1.Service, tgt handBackView) []discoveryv1.EndpointSlice {
+	desired, _ := gate.Slices(gate.Input{Namespace: cb.Namespace, Breaker: cb.Name, Front: front.Name, Owner: ownerRef(front),
+		State: breaker.Closed, Target: tgt.slices})
+	return desired
+}
+
 // readyEndpoints counts the ready endpoints in slices managed by manager, or in all of them.
 func readyEndpoints(list []discoveryv1.EndpointSlice, manager string) int {
 	n := 0
@@ -286,8 +293,7 @@ func readyEndpoints(list []discoveryv1.EndpointSlice, manager string) int {
 // goes or a breaker adopts it again.
 func (r *CircuitBreakerReconciler) writeLastCopy(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker, front *corev1.Service,
 	tgt handBackView, ours []discoveryv1.EndpointSlice) error {
-	desired, _ := gate.Slices(gate.Input{Namespace: cb.Namespace, Breaker: cb.Name, Front: front.Name, Owner: ownerRef(front),
-		State: breaker.Closed, Target: tgt.slices})
+	desired := closedMirror(cb, front, tgt)
 	for i := range desired {
 		desired[i].Labels[discoveryv1.LabelManagedBy] = gate.ReleasedManagedBy
 		delete(desired[i].Labels, gate.BreakerLabel)
@@ -298,11 +304,18 @@ func (r *CircuitBreakerReconciler) writeLastCopy(ctx context.Context, cb *tripsw
 	return nil
 }
 
+// hasLegacyClaim says whether a front carries an earlier release's claim for the breaker
+// called name. The annotation gate writes the same key beside tripswitch.io/state, and that
+// is no claim: the gate owns it and would only put it back.
+func hasLegacyClaim(front *corev1.Service, name string) bool {
+	return front.Annotations[tripswitchv1alpha1.LegacyClaimAnnotation] == name &&
+		front.Annotations[tripswitchv1alpha1.StateAnnotation] == ""
+}
+
 // dropClaim removes the breaker's claim from a front Service it no longer gates.
 func (r *CircuitBreakerReconciler) dropClaim(ctx context.Context, front *corev1.Service, name string) error {
 	claim := front.Annotations[tripswitchv1alpha1.ClaimAnnotation] == name
-	legacy := front.Annotations[tripswitchv1alpha1.LegacyClaimAnnotation] == name &&
-		front.Annotations[tripswitchv1alpha1.StateAnnotation] == ""
+	legacy := hasLegacyClaim(front, name)
 	if !claim && !legacy {
 		return nil
 	}

@@ -36,7 +36,7 @@ type fixture struct {
 	clk *testingclock.FakeClock
 }
 
-func newFixture(t *testing.T, cb *tripswitchv1alpha1.CircuitBreaker) *fixture {
+func newFixture(t *testing.T, cb *tripswitchv1alpha1.CircuitBreaker, objects ...client.Object) *fixture {
 	t.Helper()
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
@@ -58,7 +58,7 @@ func newFixture(t *testing.T, cb *tripswitchv1alpha1.CircuitBreaker) *fixture {
 		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"192.0.2.10"}}},
 	}
 	c := fake.NewClientBuilder().WithScheme(scheme).WithStatusSubresource(&tripswitchv1alpha1.CircuitBreaker{}).
-		WithObjects(target, slice, cb).Build()
+		WithObjects(append(objects, target, slice, cb)...).Build()
 	clk := testingclock.NewFakeClock(now)
 	refuse := func(context.Context, string, string) (net.Conn, error) {
 		return nil, errors.New("no network in unit tests")
@@ -193,4 +193,28 @@ func TestTheBuiltInDefaultsCompile(t *testing.T) {
 	g.Expect(how).To(ContainSubstring("only observes"))
 	g.Expect(run.Engine.Validate()).To(Succeed())
 	g.Expect(run.Probe.Validate()).To(Succeed())
+}
+
+func TestAnotherBreakersAnnotationIsNoClaim(t *testing.T) {
+	g := NewWithT(t)
+	// Breaker promo lists Service payments in its annotation gate, so payments carries
+	// tripswitch.io/breaker: promo, the key that releases before tripswitch.io/gated-by used
+	// as the claim. Without promo's slices on it, that is no claim, and payments adopts it.
+	front := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "payments", Annotations: map[string]string{
+			tripswitchv1alpha1.BreakerAnnotation: "promo", tripswitchv1alpha1.StateAnnotation: "Closed"}},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
+	}
+	cb := openBreaker()
+	cb.Status = tripswitchv1alpha1.CircuitBreakerStatus{}
+	f := newFixture(t, cb, front)
+	cb = f.reconcile(t)
+	g.Expect(meta.IsStatusConditionTrue(cb.Status.Conditions, tripswitchv1alpha1.ConditionReady)).To(BeTrue(),
+		"conditions: %+v", cb.Status.Conditions)
+	g.Expect(f.readyFront(t)).To(Equal(1))
+	got := &corev1.Service{}
+	g.Expect(f.c.Get(context.Background(), client.ObjectKeyFromObject(front), got)).To(Succeed())
+	g.Expect(got.Annotations).To(HaveKeyWithValue(tripswitchv1alpha1.ClaimAnnotation, "payments"))
+	g.Expect(got.Annotations).To(HaveKeyWithValue(tripswitchv1alpha1.BreakerAnnotation, "promo"),
+		"the annotation gate's annotations are left alone")
 }
