@@ -138,10 +138,9 @@ func (f *Factory) New(spec Spec) (Prober, error) {
 		return p, nil
 	case spec.TCP:
 		return &tcpProber{spec: spec, dial: f.dial, clock: f.clock}, nil
-	case spec.GRPC != nil:
+	default: // Validate leaves gRPC as the only kind
 		return &grpcProber{spec: spec, dial: f.dial, clock: f.clock}, nil
 	}
-	return nil, errors.New("probe spec names no probe kind")
 }
 
 // finish turns a probe's error, or its success, into a Result.

@@ -224,11 +224,12 @@ func (s *Scheduler) Upsert(key types.NamespacedName, reg Registration) error {
 			e.prober.retire()
 			e.prober, e.spec = &proberRef{Prober: prober}, reg.Spec
 		}
-	}
-	if s.guard != nil {
-		s.guard.SetGated(key, reg.Gated)
-		if !reg.Gated {
-			e.guardHeld = false
+		if s.guard != nil {
+			// A new breaker was put under the guard by attachGuard; this one may have changed mode.
+			s.guard.SetGated(key, reg.Gated)
+			if !reg.Gated {
+				e.guardHeld = false
+			}
 		}
 	}
 	intervalChanged := e.interval != reg.Interval

@@ -26,15 +26,7 @@ func allFrontEndpoints(ctx context.Context, ns, name string) func(Gomega) int {
 		var list discoveryv1.EndpointSliceList
 		g.Expect(k8sClient.List(ctx, &list, client.InNamespace(ns), client.MatchingLabels{
 			discoveryv1.LabelServiceName: name})).To(Succeed())
-		n := 0
-		for _, s := range list.Items {
-			for _, e := range s.Endpoints {
-				if ptr.Deref(e.Conditions.Ready, true) {
-					n++
-				}
-			}
-		}
-		return n
+		return countEndpoints(list.Items).Ready
 	}
 }
 

@@ -130,21 +130,25 @@ func front(ctx context.Context, ns, name string) func(Gomega) frontEndpoints {
 		var list discoveryv1.EndpointSliceList
 		g.Expect(k8sClient.List(ctx, &list, client.InNamespace(ns), client.MatchingLabels{
 			discoveryv1.LabelServiceName: name, discoveryv1.LabelManagedBy: tripswitchv1alpha1.ManagedBy})).To(Succeed())
-		var out frontEndpoints
-		out.Slices = len(list.Items)
-		for _, s := range list.Items {
-			for _, e := range s.Endpoints {
-				out.All++
-				if ptr.Deref(e.Conditions.Ready, true) {
-					out.Ready++
-				}
-				if ptr.Deref(e.Conditions.Serving, true) {
-					out.Serving++
-				}
+		return countEndpoints(list.Items)
+	}
+}
+
+// countEndpoints counts the endpoints of slices: ready, serving, and all.
+func countEndpoints(slices []discoveryv1.EndpointSlice) frontEndpoints {
+	out := frontEndpoints{Slices: len(slices)}
+	for _, s := range slices {
+		for _, e := range s.Endpoints {
+			out.All++
+			if ptr.Deref(e.Conditions.Ready, true) {
+				out.Ready++
+			}
+			if ptr.Deref(e.Conditions.Serving, true) {
+				out.Serving++
 			}
 		}
-		return out
 	}
+	return out
 }
 
 // status reads a breaker's status.
