@@ -11,7 +11,8 @@ import (
 )
 
 // fakeKubectl writes a kubectl that logs each call as one line and fails the deletion of
-// CircuitBreakers when failBreakers is set, as a kubectl whose --wait timed out would.
+// CircuitBreakers when failBreakers is set, as a kubectl whose --wait timed out would. Like
+// the real one given -f -, it reads its whole input before it exits.
 func fakeKubectl(t *testing.T, failBreakers bool) (kubectl, logFile string) {
 	t.Helper()
 	dir := t.TempDir()
@@ -20,7 +21,7 @@ func fakeKubectl(t *testing.T, failBreakers bool) (kubectl, logFile string) {
 	if failBreakers {
 		fail = `case "$*" in *"delete circuitbreakers"*) exit 1;; esac`
 	}
-	script := "#!/bin/sh\necho \"$*\" >> " + logFile + "\n" + fail + "\ncat >/dev/null 2>&1 </dev/null\nexit 0\n"
+	script := "#!/bin/sh\necho \"$*\" >> " + logFile + "\n" + fail + "\ncat >/dev/null\nexit 0\n"
 	kubectl = filepath.Join(dir, "kubectl")
 	if err := os.WriteFile(kubectl, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
@@ -28,10 +29,23 @@ func fakeKubectl(t *testing.T, failBreakers bool) (kubectl, logFile string) {
 	return kubectl, logFile
 }
 
+// fakeKustomize writes a kustomize that prints a manifest as large as the real install
+// (hundreds of KiB, more than a pipe holds), so a kubectl that did not read its input would
+// kill it with SIGPIPE every time, not only when the scheduler happens to run kubectl first.
+func fakeKustomize(t *testing.T) string {
+	t.Helper()
+	kustomize := filepath.Join(t.TempDir(), "kustomize")
+	script := "#!/bin/sh\nyes '# manifest line' | head -c 262144\n"
+	if err := os.WriteFile(kustomize, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return kustomize
+}
+
 func runMake(t *testing.T, target, kubectl string) error {
 	t.Helper()
-	cmd := exec.Command("make", "-s", "-C", filepath.Join("..", ".."), target, "KUBECTL="+kubectl, "KUSTOMIZE=/bin/echo",
-		"CONTROLLER_GEN=/bin/true")
+	cmd := exec.Command("make", "-s", "-C", filepath.Join("..", ".."), target, "KUBECTL="+kubectl,
+		"KUSTOMIZE="+fakeKustomize(t), "CONTROLLER_GEN=/bin/true")
 	// A make that runs this test (make test) must not pass its flags down to this one.
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "MAKEFLAGS=") && !strings.HasPrefix(kv, "MFLAGS=") && !strings.HasPrefix(kv, "MAKELEVEL=") {
