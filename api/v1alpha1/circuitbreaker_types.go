@@ -72,6 +72,20 @@ const (
 	SchemeHTTPS Scheme = "HTTPS"
 )
 
+// WhenOpen says what clients of a front Service get while the breaker is Open without a
+// fallback.
+// +kubebuilder:validation:Enum=Respond;Reject
+type WhenOpen string
+
+const (
+	// WhenOpenRespond publishes tripswitch's responder in the front Service: HTTP gets 503
+	// with Retry-After, gRPC gets UNAVAILABLE, any other TCP connection is reset, all at once.
+	WhenOpenRespond WhenOpen = "Respond"
+	// WhenOpenReject publishes no ready endpoints, so kube-proxy rejects new connections with
+	// ICMP port-unreachable, which the kernel rate-limits per client.
+	WhenOpenReject WhenOpen = "Reject"
+)
+
 // Outcome is the result of one probe as the breaker counts it.
 // +kubebuilder:validation:Enum=Success;Failure;Slow;Neutral
 type Outcome string
@@ -441,6 +455,19 @@ type EndpointSliceGate struct {
 	// instead of none.
 	// +optional
 	Fallback *FallbackReference `json:"fallback,omitempty"`
+
+	// whenOpen says what clients of the front get while the breaker is Open and has no
+	// fallback. Respond (the default) publishes tripswitch's responder, which answers at once:
+	// HTTP with 503 and Retry-After, gRPC with UNAVAILABLE, and any other TCP port with a
+	// reset; while HalfOpen the responder also takes a share of new connections beside the
+	// trial endpoints. Reject publishes no ready endpoints: kube-proxy then refuses with ICMP
+	// port-unreachable, which the kernel rate-limits per client, so pod clients that open more
+	// than about one connection a second wait for SYN retransmits (1 s, then 3 s). While no
+	// responder endpoint is ready, Respond behaves like Reject and the Responder condition
+	// says so.
+	// +kubebuilder:default=Respond
+	// +optional
+	WhenOpen WhenOpen `json:"whenOpen,omitempty"`
 }
 
 // FallbackReference names a Service port whose endpoints serve traffic while Open.
@@ -581,8 +608,13 @@ type WindowStatus struct {
 type EndpointsStatus struct {
 	// target is how many ready endpoints the target Service has on the chosen port.
 	Target int32 `json:"target"`
-	// published is how many ready endpoints the front Service's slices publish.
+	// published is how many ready endpoints of the target (or, while Open, of the fallback)
+	// the front Service's slices publish; responder endpoints are not counted here.
 	Published int32 `json:"published"`
+	// responders is how many of tripswitch's responder endpoints the front Service's slices
+	// publish (gate.endpointSlice.whenOpen Respond, while Open or HalfOpen).
+	// +optional
+	Responders int32 `json:"responders,omitempty"`
 }
 
 // ProbeResult is one probe's result.

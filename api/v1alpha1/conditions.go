@@ -13,6 +13,11 @@ const (
 	// trip rule holds, but too many breakers would trip at once, so the breaker stays Closed
 	// and traffic keeps flowing. It is absent otherwise.
 	ConditionObserverGuard = "ObserverGuard"
+	// ConditionResponder says, while the gate calls for tripswitch's responder (whenOpen
+	// Respond, Open without a fallback or HalfOpen), whether the front publishes it: True with
+	// ResponderPublished, False with NoReadyResponder, when clients get kube-proxy's ICMP
+	// reject instead. It is absent otherwise.
+	ConditionResponder = "Responder"
 )
 
 // Condition reasons.
@@ -51,4 +56,9 @@ const (
 	ReasonHandingBack = "HandingBack"
 	// ReasonTripHeld: the observer guard holds the breaker's trip (ConditionObserverGuard).
 	ReasonTripHeld = "TripHeld"
+	// ReasonResponderPublished: the front publishes the responder's ready endpoints.
+	ReasonResponderPublished = "ResponderPublished"
+	// ReasonNoReadyResponder: no responder endpoint is ready (or none is configured), so the
+	// front publishes none and kube-proxy rejects clients with rate-limited ICMP.
+	ReasonNoReadyResponder = "NoReadyResponder"
 )

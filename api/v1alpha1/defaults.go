@@ -156,6 +156,9 @@ func resolveGate(spec *CircuitBreakerSpec, name string) {
 	if es.HalfOpenEndpoints == 0 {
 		es.HalfOpenEndpoints = DefaultHalfOpenEndpoints
 	}
+	if es.WhenOpen == "" {
+		es.WhenOpen = WhenOpenRespond
+	}
 	if f := es.Fallback; f != nil && f.Port == nil {
 		port := spec.Target.Port
 		f.Port = &port

@@ -9,10 +9,13 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/apimachinery/pkg/util/validation"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -40,6 +43,7 @@ type options struct {
 	probeAddressMap         string
 	guard                   guard.Config
 	handBackTimeout         time.Duration
+	responderService        string
 	zap                     zap.Options
 }
 
@@ -77,6 +81,9 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 	fs.DurationVar(&o.handBackTimeout, "hand-back-timeout", controller.DefaultHandBackTimeout,
 		"How long a front Service handed back to Kubernetes keeps tripswitch's EndpointSlices while Kubernetes' "+
 			"EndpointSlice controller publishes ready endpoints of its own.")
+	fs.StringVar(&o.responderService, "responder-service", "tripswitch-system/tripswitch-responder",
+		"The responder's Service, as namespace/name: a gate with whenOpen Respond publishes its ready endpoints while Open. "+
+			"Empty: Respond rejects as Reject does, and the breaker's Responder condition says so.")
 	o.zap.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -100,6 +107,9 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 	}
 	if o.leaderElectionID == "" {
 		return nil, errors.New("--leader-election-id must not be empty")
+	}
+	if _, err := responderService(o.responderService); err != nil {
+		return nil, err
 	}
 	return o, nil
 }
@@ -151,6 +161,7 @@ func run(o *options) error {
 		return fmt.Errorf("creating manager: %w", err)
 	}
 
+	responder, _ := responderService(o.responderService)
 	var dial probe.DialFunc
 	if o.probeAddressMap != "" {
 		m, _ := probe.ParseAddressMap(o.probeAddressMap)
@@ -163,6 +174,7 @@ func run(o *options) error {
 		StatusSyncPeriod:    o.statusSyncPeriod,
 		Guard:               o.guard,
 		HandBackTimeout:     o.handBackTimeout,
+		Responder:           responder,
 	}); err != nil {
 		return fmt.Errorf("setting up the CircuitBreaker controller: %w", err)
 	}
@@ -174,8 +186,21 @@ func run(o *options) error {
 		return fmt.Errorf("adding readiness check: %w", err)
 	}
 
-	ctrl.Log.WithName("setup").Info("Starting manager", "leaderElection", o.leaderElect, "statusSyncPeriod", o.statusSyncPeriod,
+	ctrl.Log.WithName("setup").Info("Starting manager", "leaderElection", o.leaderElect, "responderService", o.responderService, "statusSyncPeriod", o.statusSyncPeriod,
 		"maxTripFraction", o.guard.MaxTripFraction, "observerGuardWindow", o.guard.Window,
 		"observerGuardMinBreakers", o.guard.MinBreakers, "observerGuardReleaseTimeout", o.guard.ReleaseTimeout)
 	return mgr.Start(ctx)
+}
+
+// responderService parses --responder-service: namespace/name, or empty for none.
+func responderService(s string) (types.NamespacedName, error) {
+	if s == "" {
+		return types.NamespacedName{}, nil
+	}
+	ns, name, ok := strings.Cut(s, "/")
+	if !ok || ns == "" || name == "" || strings.Contains(name, "/") ||
+		len(validation.IsDNS1123Label(ns)) > 0 || len(validation.IsDNS1035Label(name)) > 0 {
+		return types.NamespacedName{}, fmt.Errorf("--responder-service must be namespace/name of a Service, got %q", s)
+	}
+	return types.NamespacedName{Namespace: ns, Name: name}, nil
 }

@@ -41,6 +41,13 @@ func TestParseFlags(t *testing.T) {
 		{args: []string{"--max-trip-fraction=1.5"}, wantErr: "observer guard"},
 		{args: []string{"--observer-guard-window=0s"}, wantErr: "observer guard"},
 		{args: []string{"--hand-back-timeout=0s"}, wantErr: "--hand-back-timeout must be at least 1s"},
+		{args: nil, check: func(o *options) bool { return o.responderService == "tripswitch-system/tripswitch-responder" }},
+		{args: []string{"--responder-service="}, check: func(o *options) bool { return o.responderService == "" }},
+		{args: []string{"--responder-service=ops/answer"}, check: func(o *options) bool { return o.responderService == "ops/answer" }},
+		{args: []string{"--responder-service=tripswitch-responder"}, wantErr: "--responder-service must be namespace/name"},
+		{args: []string{"--responder-service=a/b/c"}, wantErr: "--responder-service must be namespace/name"},
+		{args: []string{"--responder-service=Ops/answer"}, wantErr: "--responder-service must be namespace/name"},
+		{args: []string{"--responder-service=ops/"}, wantErr: "--responder-service must be namespace/name"},
 		{args: []string{"--probe-address-map=192.0.2.0/24=127.0.0.0/24", "--max-concurrent-probes=10"}, check: func(o *options) bool {
 			return o.probeAddressMap == "192.0.2.0/24=127.0.0.0/24" && o.maxConcurrentProbes == 10
 		}},

@@ -66,6 +66,9 @@ type CircuitBreakerReconciler struct {
 	// HandBackTimeout bounds how long tripswitch keeps its slices on a front Service it handed
 	// back to Kubernetes, waiting for Kubernetes' own slices to show ready endpoints.
 	HandBackTimeout time.Duration
+	// Responder is the Service of tripswitch's responder, whose ready endpoints a gate with
+	// whenOpen Respond publishes; empty, Respond behaves as Reject and says so.
+	Responder types.NamespacedName
 
 	// lastSync is when each breaker's status was last written, for the write economy.
 	lastSync sync.Map // types.NamespacedName -> time.Time
@@ -204,7 +207,8 @@ func (r *CircuitBreakerReconciler) SetupWithManager(ctx context.Context, mgr ctr
 			return r.breakersReading(ctx, obj.GetNamespace(), obj.GetName())
 		})).
 		Watches(&discoveryv1.EndpointSlice{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, obj client.Object) []reconcile.Request {
-			return r.breakersReading(ctx, obj.GetNamespace(), obj.GetLabels()[discoveryv1.LabelServiceName])
+			return append(r.breakersReading(ctx, obj.GetNamespace(), obj.GetLabels()[discoveryv1.LabelServiceName]),
+				r.breakersUsingResponder(ctx, obj)...)
 		})).
 		WatchesRawSource(transitions).
 		WithOptions(crcontroller.Options{

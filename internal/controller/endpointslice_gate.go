@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -27,6 +28,7 @@ import (
 func (r *CircuitBreakerReconciler) reconcileEndpointSliceGate(ctx context.Context, st *reconcileState) error {
 	es := st.spec.Gate.EndpointSlice
 	if es == nil {
+		meta.RemoveStatusCondition(&st.cb.Status.Conditions, tripswitchv1alpha1.ConditionResponder)
 		return nil
 	}
 	cb, tgt := st.cb, st.target
@@ -37,6 +39,7 @@ func (r *CircuitBreakerReconciler) reconcileEndpointSliceGate(ctx context.Contex
 	in := gate.Input{
 		Namespace: cb.Namespace, Breaker: cb.Name, Front: es.Service, Owner: ownerRef(front), State: st.view.Gate,
 		Target: tgt.slices, GatedPort: tgt.port.Name, HalfOpenEndpoints: int(es.HalfOpenEndpoints),
+		WhenOpen: es.WhenOpen, FrontPorts: front.Spec.Ports, ProbeSpeaksHTTP: probeSpeaksHTTP(st.spec),
 	}
 	if f := es.Fallback; f != nil && st.view.Gate == breaker.Open {
 		fallback, err := r.lookupService(ctx, cb.Namespace, f.Service)
@@ -56,6 +59,9 @@ func (r *CircuitBreakerReconciler) reconcileEndpointSliceGate(ctx context.Contex
 			in.HasFallback, in.FallbackPort = true, port.Name
 		}
 	}
+	if in.Responder, err = r.responderSlices(ctx, in); err != nil {
+		return err
+	}
 	desired, published := gate.Slices(in)
 	released, err := r.releasedCopies(ctx, cb.Namespace, es.Service)
 	if err != nil {
@@ -66,7 +72,8 @@ func (r *CircuitBreakerReconciler) reconcileEndpointSliceGate(ctx context.Contex
 	if err := r.applySlices(ctx, cb, es.Service, desired, released...); err != nil {
 		return err
 	}
-	cb.Status.Endpoints.Published = int32(published)
+	cb.Status.Endpoints.Published, cb.Status.Endpoints.Responders = int32(published.Endpoints), int32(published.Responders)
+	r.setResponderCondition(cb, in, published)
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -28,6 +29,9 @@ type Options struct {
 	// HandBackTimeout bounds how long a front Service handed back to Kubernetes keeps
 	// tripswitch's slices; 0 takes DefaultHandBackTimeout.
 	HandBackTimeout time.Duration
+	// Responder is the Service of tripswitch's responder (namespace and name); empty, a gate
+	// with whenOpen Respond rejects as Reject does, and its Responder condition says why.
+	Responder types.NamespacedName
 	// Clock drives the probes, the engines, the guard and the reconciler; nil is the real
 	// clock. Tests pass a fake one.
 	Clock clock.WithDelayedExecution
@@ -79,5 +83,6 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		Clock:            clk,
 		StatusSyncPeriod: o.StatusSyncPeriod,
 		HandBackTimeout:  o.HandBackTimeout,
+		Responder:        o.Responder,
 	}).SetupWithManager(ctx, mgr)
 }

@@ -62,15 +62,52 @@ type Input struct {
 	HasFallback  bool
 	Fallback     []discoveryv1.EndpointSlice
 	FallbackPort string
+	// WhenOpen is the gate's whenOpen. With Respond, the ready endpoints of Responder (the
+	// responder Service's slices) are published while Open without a fallback, and beside
+	// the trial endpoints while HalfOpen, on the listener that FrontPorts call for.
+	WhenOpen  tripswitchv1alpha1.WhenOpen
+	Responder []discoveryv1.EndpointSlice
+	// FrontPorts are the front Service's ports, which the responder's slices must name.
+	FrontPorts []corev1.ServicePort
+	// ProbeSpeaksHTTP says the probed port carries cleartext HTTP or gRPC, because the probe
+	// does: it counts when the port's appProtocol and name say nothing.
+	ProbeSpeaksHTTP bool
+}
+
+// Published counts the ready endpoints that slices publish.
+type Published struct {
+	// Endpoints are the target's (or, while Open, the fallback's).
+	Endpoints int
+	// Responders are tripswitch's responder's.
+	Responders int
+}
+
+// WantsResponder says whether the gate state calls for the responder in in's front.
+func (in Input) WantsResponder() bool {
+	if in.WhenOpen != tripswitchv1alpha1.WhenOpenRespond {
+		return false
+	}
+	return in.State == breaker.HalfOpen || (in.State == breaker.Open && !in.HasFallback)
 }
 
 // Slices returns the front Service's slices for in, with deterministic names and order, and
-// how many ready endpoints they publish.
-func Slices(in Input) ([]discoveryv1.EndpointSlice, int) {
+// how many ready endpoints they publish. The responder's slices come first: applied in order,
+// a Closed front's first slice turns into the responder's in one write when the breaker
+// opens, and back when it closes, so kube-proxy never sees the front without ready endpoints
+// in between.
+func Slices(in Input) ([]discoveryv1.EndpointSlice, Published) {
 	var groups []group
+	var counts Published
+	if in.WantsResponder() {
+		groups = responderGroups(in.Responder, responderPorts(in.FrontPorts, in.GatedPort, in.ProbeSpeaksHTTP))
+		for _, g := range groups {
+			counts.Responders += len(g.endpoints)
+		}
+	}
+	var source []group
 	switch {
 	case in.State == breaker.Open && in.HasFallback:
-		groups = groupsOf(in.Fallback, func(ports []discoveryv1.EndpointPort) ([]discoveryv1.EndpointPort, bool) {
+		source = groupsOf(in.Fallback, func(ports []discoveryv1.EndpointPort) ([]discoveryv1.EndpointPort, bool) {
 			for _, p := range ports {
 				if ptr.Deref(p.Name, "") == in.FallbackPort && p.Port != nil {
 					return []discoveryv1.EndpointPort{{Name: ptr.To(in.GatedPort), Port: p.Port, Protocol: p.Protocol,
@@ -80,14 +117,14 @@ func Slices(in Input) ([]discoveryv1.EndpointSlice, int) {
 			return nil, false
 		})
 	default:
-		groups = groupsOf(in.Target, func(ports []discoveryv1.EndpointPort) ([]discoveryv1.EndpointPort, bool) {
+		source = groupsOf(in.Target, func(ports []discoveryv1.EndpointPort) ([]discoveryv1.EndpointPort, bool) {
 			return ports, true
 		})
 		switch in.State {
 		case breaker.HalfOpen:
-			groups = keepReady(groups, in.HalfOpenEndpoints)
+			source = keepReady(source, in.HalfOpenEndpoints)
 		case breaker.Open:
-			for _, g := range groups {
+			for _, g := range source {
 				for i := range g.endpoints {
 					// Neither ready nor serving: kube-proxy rejects new connections at once, and
 					// the endpoints stay visible to whoever looks at the slice.
@@ -98,16 +135,19 @@ func Slices(in Input) ([]discoveryv1.EndpointSlice, int) {
 		}
 	}
 
+	for _, g := range source {
+		for _, ep := range g.endpoints {
+			if endpoints.IsReady(ep) {
+				counts.Endpoints++
+			}
+		}
+	}
+	groups = append(groups, source...)
+
 	var out []discoveryv1.EndpointSlice
-	published := 0
 	for _, g := range groups {
 		for start := 0; start < len(g.endpoints); start += MaxEndpointsPerSlice {
 			chunk := g.endpoints[start:min(start+MaxEndpointsPerSlice, len(g.endpoints))]
-			for _, ep := range chunk {
-				if endpoints.IsReady(ep) {
-					published++
-				}
-			}
 			out = append(out, in.slice(len(out), g.addressType, g.ports, chunk))
 		}
 	}
@@ -120,7 +160,7 @@ func Slices(in Input) ([]discoveryv1.EndpointSlice, int) {
 		}
 		out = append(out, in.slice(0, at, ports, nil))
 	}
-	return out, published
+	return out, counts
 }
 
 func (in Input) slice(i int, at discoveryv1.AddressType, ports []discoveryv1.EndpointPort,

@@ -95,8 +95,8 @@ func TestSlices(t *testing.T) {
 			if diff := cmp.Diff(tt.want, summary(out)); diff != "" {
 				t.Errorf("slices (-want +got):\n%s", diff)
 			}
-			if published != tt.published {
-				t.Errorf("published = %d, want %d", published, tt.published)
+			if published.Endpoints != tt.published || published.Responders != 0 {
+				t.Errorf("published = %+v, want %d endpoints", published, tt.published)
 			}
 			for _, sl := range out {
 				if sl.Labels[discoveryv1.LabelServiceName] != "payments" || sl.Labels[discoveryv1.LabelManagedBy] != "tripswitch.io" ||
@@ -127,7 +127,7 @@ func TestSlicesSplitsAtTheAPILimitAndIgnoresSourceSlicing(t *testing.T) {
 	}
 	a, pa := Slices(one)
 	b, pb := Slices(many)
-	if len(a) != 2 || len(a[0].Endpoints) != 1000 || len(a[1].Endpoints) != 200 || pa != 1200 {
+	if len(a) != 2 || len(a[0].Endpoints) != 1000 || len(a[1].Endpoints) != 200 || pa.Endpoints != 1200 {
 		t.Fatalf("want 1000+200 endpoints in two slices, got %d slices, %d published", len(a), pa)
 	}
 	if diff := cmp.Diff(a, b); diff != "" || pa != pb {

@@ -57,16 +57,7 @@ var _ = Describe("The EndpointSlice gate", func() {
 	})
 
 	It("recovers through HalfOpen, publishing one endpoint, then all of them", func(ctx SpecContext) {
-		bs := newBackends(3)
-		createTarget(ctx, ns, "inventory-backend", bs[0].port, bs...)
-		for _, b := range bs {
-			b.failing.Store(true)
-		}
-		// Two trials, the second at its endpoint's next turn, keep the breaker HalfOpen long
-		// enough to be seen.
-		createBreaker(ctx, ns, "inventory", `{target: {service: inventory-backend, port: http},
-			probe: {interval: 1s, timeout: 200ms}, trip: {consecutiveFailures: 1},
-			recovery: {openDuration: 2s, halfOpen: {trialProbes: 2, successThreshold: 2}}}`)
+		bs := createLingeringHalfOpen(ctx, ns, "inventory", 3)
 		Eventually(status(ctx, ns, "inventory")).Should(HaveField("State", tripswitchv1alpha1.StateOpen))
 		Eventually(front(ctx, ns, "inventory")).Should(And(HaveField("Slices", 1), HaveField("Ready", 0)))
 		seen := watchFront(ctx, ns, "inventory")

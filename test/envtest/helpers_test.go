@@ -160,6 +160,22 @@ func status(ctx context.Context, ns, name string) func(Gomega) tripswitchv1alpha
 	}
 }
 
+// createLingeringHalfOpen starts n failing backends behind a target name-backend and a breaker
+// name that trips on the first failure and, once they heal, stays HalfOpen for about a second:
+// two trials, the second at its endpoint's next turn, long enough to be seen.
+func createLingeringHalfOpen(ctx context.Context, ns, name string, n int) []*backend {
+	GinkgoHelper()
+	bs := newBackends(n)
+	createTarget(ctx, ns, name+"-backend", bs[0].port, bs...)
+	for _, b := range bs {
+		b.failing.Store(true)
+	}
+	createBreaker(ctx, ns, name, `{target: {service: `+name+`-backend, port: http},
+		probe: {interval: 1s, timeout: 200ms}, trip: {consecutiveFailures: 1},
+		recovery: {openDuration: 2s, halfOpen: {trialProbes: 2, successThreshold: 2}}}`)
+	return bs
+}
+
 // createBreaker creates a breaker from a YAML spec.
 func createBreaker(ctx context.Context, ns, name, specYAML string) {
 	GinkgoHelper()

@@ -18,6 +18,7 @@ import (
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -104,6 +105,8 @@ type managerOptions struct {
 	// guard and handBackTimeout tune the observer guard and the hand-back; zero is the default.
 	guard           guard.Config
 	handBackTimeout time.Duration
+	// responder is the responder Service a gate with whenOpen Respond publishes; empty is none.
+	responder types.NamespacedName
 }
 
 // startManager starts a manager process equivalent, with the CircuitBreaker controller, and
@@ -143,6 +146,7 @@ func startManager(opts managerOptions) (stop func()) {
 		StatusSyncPeriod:    opts.statusSyncPeriod,
 		Guard:               opts.guard,
 		HandBackTimeout:     opts.handBackTimeout,
+		Responder:           opts.responder,
 	})).To(Succeed())
 
 	done := make(chan struct{})
