@@ -2,7 +2,8 @@
 -- Closed is Healthy; Open is Degraded (the target is failing and traffic is held back);
 -- HalfOpen, and a breaker not yet reconciled, are Progressing. A breaker that cannot be
 -- reconciled (Stalled) is Degraded; one waiting on something (Reconciling) is Progressing. A
--- Closed breaker whose trip the observer guard holds is Degraded.
+-- Closed breaker whose trip the observer guard holds is Degraded. An Open breaker's message
+-- says when no responder answers its clients.
 local hs = {}
 
 local function condition(conditions, type)
@@ -63,6 +64,12 @@ elseif status.state == "Open" then
   end
   if status.lastProbe ~= nil and status.lastProbe.message ~= nil then
     hs.message = hs.message .. "; last probe: " .. status.lastProbe.message
+  end
+  -- Without a ready responder, clients get kube-proxy's rate-limited ICMP reject rather than a
+  -- fast answer: worth saying where people look.
+  local responder = condition(status.conditions, "Responder")
+  if responder ~= nil and responder.status == "False" then
+    hs.message = hs.message .. "; " .. responder.reason .. ": clients get kube-proxy's reject"
   end
   hs.message = hs.message .. mode
 elseif status.state == "HalfOpen" then
