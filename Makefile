@@ -36,6 +36,19 @@ endif
 
 GO_TEST_FLAGS ?= -timeout 45m
 
+# The data-plane suite (test/e2e) runs the real kube-proxy and kube-controller-manager, built
+# from source like kube-apiserver, with pods in network namespaces: it needs root. As root,
+# `make test` installs its Debian packages and builds its binaries; otherwise the suite skips
+# (and fails under CI=true). E2E_ASSETS is where kube-proxy and kube-controller-manager are.
+E2E_ASSETS ?= $(ENVTEST_ASSETS_DIR)
+# Debian package:command pairs that the data-plane suite needs.
+E2E_PACKAGES := iptables:iptables nftables:nft conntrack:conntrack iproute2:ip
+ifeq ($(shell id -u),0)
+E2E_DEP := e2e-packages e2e-binaries
+else
+E2E_DEP :=
+endif
+
 .PHONY: all
 all: build
 
@@ -79,8 +92,13 @@ tidy: ## Run go mod tidy on the project and on the envtest tools module.
 	cd hack/envtest && go mod tidy
 
 .PHONY: test
-test: manifests generate fmt vet build-installer $(ENVTEST_DEP) promtool ## Run every test: envtest suites on a source-built kube-apiserver, and promtool on the alerts.
-	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" PROMTOOL="$(PROMTOOL)" go test $(GO_TEST_FLAGS) ./... -coverprofile cover.out
+test: manifests generate fmt vet build-installer $(ENVTEST_DEP) promtool $(E2E_DEP) ## Run every test: envtest suites on a source-built kube-apiserver, the data-plane suite (as root), and promtool on the alerts.
+	@[ -n "$(E2E_DEP)" ] || echo "test/e2e: skipped: the data-plane suite needs root for network namespaces and iptables (as root: make test-e2e)"
+	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" PROMTOOL="$(PROMTOOL)" go test $(GO_TEST_FLAGS) ./... -coverprofile cover.out
+
+.PHONY: test-e2e
+test-e2e: manifests generate fmt vet $(ENVTEST_DEP) $(E2E_DEP) ## Run the data-plane suite only: real kube-proxy (iptables and nftables) and kube-controller-manager, pods in network namespaces (root).
+	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" go test $(GO_TEST_FLAGS) -count=1 -v ./test/e2e/...
 
 .PHONY: verify
 verify: controller-gen crd-ref-docs ## Fail when generated code, manifests, API docs, formatting or go.mod are out of date (run on a committed tree).
@@ -96,6 +114,27 @@ $(ENVTEST_ASSETS_DIR)/kube-apiserver $(ENVTEST_ASSETS_DIR)/etcd: | $(LOCALBIN)
 	rm -rf $(ENVTEST_ASSETS_DIR).tmp && mkdir -p $(ENVTEST_ASSETS_DIR).tmp
 	cd hack/envtest && go build -buildvcs=false -trimpath -ldflags='-s -w' -o $(ENVTEST_ASSETS_DIR).tmp/ ./kube-apiserver ./etcd
 	mkdir -p $(ENVTEST_ASSETS_DIR) && mv $(ENVTEST_ASSETS_DIR).tmp/* $(ENVTEST_ASSETS_DIR)/ && rmdir $(ENVTEST_ASSETS_DIR).tmp
+
+.PHONY: e2e-binaries
+e2e-binaries: $(E2E_ASSETS)/kube-proxy $(E2E_ASSETS)/kube-controller-manager ## Build kube-proxy and kube-controller-manager for the data-plane suite from source (~1.5 min after envtest; a no-op after).
+
+$(E2E_ASSETS)/kube-proxy $(E2E_ASSETS)/kube-controller-manager: | $(LOCALBIN)
+	@grep -q "k8s.io/kubernetes v$(ENVTEST_K8S_VERSION)" hack/envtest/go.mod || \
+		{ echo "hack/envtest/go.mod must require k8s.io/kubernetes v$(ENVTEST_K8S_VERSION) to match k8s.io/api"; exit 1; }
+	@echo "Building kube-proxy and kube-controller-manager $(ENVTEST_K8S_VERSION) from source into $(E2E_ASSETS)."
+	rm -rf $(E2E_ASSETS).e2e.tmp && mkdir -p $(E2E_ASSETS).e2e.tmp
+	cd hack/envtest && go build -buildvcs=false -trimpath -ldflags='-s -w' -o $(E2E_ASSETS).e2e.tmp/ ./kube-proxy ./kube-controller-manager
+	mkdir -p $(E2E_ASSETS) && mv $(E2E_ASSETS).e2e.tmp/* $(E2E_ASSETS)/ && rmdir $(E2E_ASSETS).e2e.tmp
+
+.PHONY: e2e-packages
+e2e-packages: ## Install the data-plane suite's Debian packages (iptables nftables conntrack iproute2) when their commands are missing; needs root.
+	@missing=$$(for pc in $(E2E_PACKAGES); do command -v $${pc#*:} >/dev/null || echo $${pc%%:*}; done | xargs); \
+	if [ -n "$$missing" ]; then \
+		command -v apt-get >/dev/null || { echo "Install $$missing (the data-plane suite needs them)"; exit 1; }; \
+		echo "Installing $$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing || \
+			{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; }; \
+	fi
 
 ##@ Build
 
