@@ -219,15 +219,37 @@ func (r *CircuitBreakerReconciler) applySlices(ctx context.Context, cb *tripswit
 	return r.syncSlices(ctx, append(existing, takeOver...), desired, false)
 }
 
-// syncSlices turns existing into desired, matched by name: updates before deletions, so that
-// endpoints move rather than vanish, and no write when nothing differs. An update merges
-// labels and annotations into what is there, unless replaceMeta, which makes them exactly
-// desired's (a last copy drops everything that tied the slice to its breaker).
+// syncSlices turns existing into desired, matched by name, with no write when nothing
+// differs. The order keeps kube-proxy from ever seeing the front without the endpoints it
+// should route to:
+//   - first, slices that go and publish nothing ready: an endpoint that an update is about to
+//     make ready elsewhere must not linger in one of them as not ready, because kube-proxy,
+//     merging an endpoint listed twice, was seen (1.37) to drop it for a sync, refusing
+//     connections, when an Open front with the responder closed;
+//   - then creates and updates, in desired's order;
+//   - last, the other slices that go, so that ready endpoints move rather than vanish.
+//
+// An update merges labels and annotations into what is there, unless replaceMeta, which
+// makes them exactly desired's (a last copy drops everything that tied the slice to its
+// breaker).
 func (r *CircuitBreakerReconciler) syncSlices(ctx context.Context, existing, desired []discoveryv1.EndpointSlice,
 	replaceMeta bool) error {
 	byName := map[string]*discoveryv1.EndpointSlice{}
 	for i := range existing {
 		byName[existing[i].Name] = &existing[i]
+	}
+	wanted := map[string]bool{}
+	for _, want := range desired {
+		wanted[want.Name] = true
+	}
+	for name, extra := range byName {
+		if wanted[name] || readyEndpoints([]discoveryv1.EndpointSlice{*extra}, "") > 0 {
+			continue
+		}
+		if err := r.Delete(ctx, extra); client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("deleting EndpointSlice %q: %w", extra.Name, err)
+		}
+		delete(byName, name)
 	}
 	for i := range desired {
 		want := &desired[i]
