@@ -1,5 +1,6 @@
 // Command manager runs the tripswitch operator: the CircuitBreaker controller, its probes and
-// its gates, behind leader election.
+// its gates, behind leader election. `manager responder` runs the open responder instead,
+// which answers the clients of Open fronts (responder.go).
 package main
 
 import (
@@ -115,6 +116,9 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "responder" {
+		os.Exit(responderMain(os.Args[2:])) // the open responder: see responder.go
+	}
 	o, err := parseFlags(flag.CommandLine, os.Args[1:])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
