@@ -23,6 +23,7 @@ var _ = Describe("The installer, dist/install.yaml", func() {
 		Expect(err).NotTo(HaveOccurred(), "run `make build-installer` (make test does) to write dist/install.yaml")
 		decoder := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
 		kinds := map[string]int{}
+		var names []string
 		for {
 			obj := &unstructured.Unstructured{}
 			if err := decoder.Decode(&obj.Object); errors.Is(err, io.EOF) {
@@ -34,6 +35,7 @@ var _ = Describe("The installer, dist/install.yaml", func() {
 				continue
 			}
 			kinds[obj.GetKind()]++
+			names = append(names, obj.GetKind()+"/"+obj.GetNamespace()+"/"+obj.GetName())
 			if obj.GetKind() == "Namespace" {
 				// A dry run creates nothing, and the namespaced objects need their namespace.
 				err := k8sClient.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: obj.GetName()}})
@@ -44,7 +46,10 @@ var _ = Describe("The installer, dist/install.yaml", func() {
 			Expect(err).NotTo(HaveOccurred(), "%s %s", obj.GetKind(), obj.GetName())
 			Expect(apierrors.IsInvalid(err)).To(BeFalse())
 		}
-		Expect(kinds).To(Equal(map[string]int{"Namespace": 1, "CustomResourceDefinition": 1, "ServiceAccount": 1, "Role": 1,
-			"RoleBinding": 1, "ClusterRole": 5, "ClusterRoleBinding": 2, "Service": 1, "Deployment": 1}))
+		Expect(kinds).To(Equal(map[string]int{"Namespace": 1, "CustomResourceDefinition": 1, "ServiceAccount": 2, "Role": 1,
+			"RoleBinding": 1, "ClusterRole": 6, "ClusterRoleBinding": 3, "Service": 2, "Deployment": 2, "PodDisruptionBudget": 1}))
+		// The manager's --responder-service default names the installed responder.
+		Expect(names).To(ContainElements("Service/tripswitch-system/tripswitch-responder",
+			"Deployment/tripswitch-system/tripswitch-responder", "PodDisruptionBudget/tripswitch-system/tripswitch-responder"))
 	})
 })
