@@ -90,6 +90,9 @@ type LoadSpec struct {
 	Mode LoadMode
 	// Path is the GET's path. Default "/".
 	Path string
+	// Host is the GET's Host header, such as the Service's DNS name that a real client would
+	// call (the rig has no DNS: Target is where it connects). Default Target.
+	Host string
 	// UserAgent is the GET's User-Agent. Default "tripswitch-e2e-client".
 	UserAgent string
 	// Headers are the response headers each attempt records. Default BackendHeader.
@@ -108,6 +111,9 @@ func (s LoadSpec) withDefaults() LoadSpec {
 	}
 	if s.Path == "" {
 		s.Path = "/"
+	}
+	if s.Host == "" {
+		s.Host = s.Target
 	}
 	if s.UserAgent == "" {
 		s.UserAgent = "tripswitch-e2e-client"
@@ -187,7 +193,7 @@ func (c *Client) Attempt(ctx context.Context, spec LoadSpec) Attempt {
 
 // get sends one GET on conn and reads the response.
 func get(conn net.Conn, spec LoadSpec) (int, map[string]string, error) {
-	req := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\nConnection: close\r\n\r\n", spec.Path, spec.Target, spec.UserAgent)
+	req := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\nConnection: close\r\n\r\n", spec.Path, spec.Host, spec.UserAgent)
 	if _, err := io.WriteString(conn, req); err != nil {
 		return 0, nil, err
 	}

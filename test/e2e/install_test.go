@@ -1,0 +1,182 @@
+package e2e_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/tripswitch/tripswitch/test/e2e/rig"
+)
+
+// systemNamespace is where the install runs, as in the default install.
+const systemNamespace = "tripswitch-system"
+
+// responderService is the manager's --responder-service default.
+const responderService = "tripswitch-responder"
+
+// The responder's listeners, as the default install's Deployment binds them.
+const (
+	responderHTTPPort   = 8480
+	responderResetPort  = 8481
+	responderHealthPort = 8482
+)
+
+// install is tripswitch as the default install runs it, on the rig: the responder's pods in
+// pod namespaces of their own behind the tripswitch-responder Service, which Kubernetes'
+// EndpointSlice controller publishes while a readiness prober (the kubelet's part) finds them
+// ready, and managers in the node namespace, as hostNetwork pods would be.
+type install struct {
+	bin string
+	// podKubeconfig reaches the API server from a pod namespace, through apiForward.
+	podKubeconfig string
+	responders    []*rig.Process
+}
+
+// installTripswitch starts the responders; managers are the stories' to start. Everything
+// stops in the current node's cleanup.
+func installTripswitch(ctx context.Context, responders int) *install {
+	GinkgoHelper()
+	in := &install{bin: cluster.GoBuild("./cmd/manager")}
+	c := cluster.Client()
+	err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: systemNamespace}})
+	Expect(client.IgnoreAlreadyExists(err)).To(Succeed())
+	in.podKubeconfig = forwardAPIToPods()
+
+	labels := map[string]string{"app.kubernetes.io/name": "tripswitch", "app.kubernetes.io/component": "responder"}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: systemNamespace, Name: responderService},
+		Spec: corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{
+			{Name: "http", Port: responderHTTPPort, TargetPort: intstr.FromString("http"), AppProtocol: ptr.To("http")},
+			{Name: "reset", Port: responderResetPort, TargetPort: intstr.FromString("reset")},
+		}},
+	}
+	Expect(client.IgnoreAlreadyExists(c.Create(ctx, svc))).To(Succeed())
+	for i := range responders {
+		in.responders = append(in.responders, in.startResponder(ctx, fmt.Sprintf("tripswitch-responder-%d", i), labels))
+	}
+	return in
+}
+
+// startResponder runs `manager responder` in a pod namespace of its own, with a Pod object
+// whose readiness follows the responder's /readyz.
+func (in *install) startResponder(ctx context.Context, name string, labels map[string]string) *rig.Process {
+	GinkgoHelper()
+	pod := cluster.NewPod(systemNamespace, name, labels, []corev1.ContainerPort{
+		{Name: "http", ContainerPort: responderHTTPPort, Protocol: corev1.ProtocolTCP},
+		{Name: "reset", ContainerPort: responderResetPort, Protocol: corev1.ProtocolTCP},
+	})
+	cmd := pod.Net.Command(context.Background(), in.bin, "responder",
+		fmt.Sprintf("--http-bind-address=:%d", responderHTTPPort),
+		fmt.Sprintf("--reset-bind-address=:%d", responderResetPort),
+		fmt.Sprintf("--health-probe-bind-address=:%d", responderHealthPort),
+		"--metrics-bind-address=0")
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+in.podKubeconfig)
+	p := cluster.StartCommand(name, cmd)
+	pod.ProbeReadiness(fmt.Sprintf("http://%s:%d/readyz", pod.Net.IP, responderHealthPort))
+	return p
+}
+
+// managerFlags are the default install's manager flags, where they matter here.
+func managerFlags(extra ...string) []string {
+	return append([]string{
+		"--leader-elect", "--leader-election-namespace=" + systemNamespace,
+		"--health-probe-bind-address=0", "--metrics-bind-address=0",
+		"--responder-service=" + systemNamespace + "/" + responderService,
+	}, extra...)
+}
+
+// startManager runs a manager in the node namespace.
+func (in *install) startManager(name string, extra ...string) *rig.Process {
+	GinkgoHelper()
+	return cluster.StartProcess(name, in.bin, managerFlags(extra...)...)
+}
+
+// forwardAPIToPods makes the API server reachable from pod namespaces, on the node's address,
+// and returns a kubeconfig for it: the API server listens on the node's loopback only. TLS
+// passes through untouched; the kubeconfig names the certificate's address as the server name.
+func forwardAPIToPods() string {
+	GinkgoHelper()
+	upstream, err := url.Parse(cluster.Config().Host)
+	Expect(err).NotTo(HaveOccurred())
+	l, err := net.Listen("tcp", net.JoinHostPort(rig.NodeIP, "0"))
+	Expect(err).NotTo(HaveOccurred())
+	var wg sync.WaitGroup
+	DeferCleanup(func() {
+		_ = l.Close()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			down, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go splice(down, upstream.Host)
+		}
+	}()
+
+	kubeconfig, err := clientcmd.LoadFromFile(cluster.Kubeconfig())
+	Expect(err).NotTo(HaveOccurred())
+	for _, c := range kubeconfig.Clusters {
+		c.TLSServerName = upstream.Hostname()
+		c.Server = "https://" + l.Addr().String()
+	}
+	path := filepath.Join(cluster.RunDir(), "kubeconfig-pods")
+	Expect(clientcmd.WriteToFile(*kubeconfig, path)).To(Succeed())
+	return path
+}
+
+// splice copies both ways between down and a new connection to address until either ends.
+func splice(down net.Conn, address string) {
+	defer down.Close()
+	up, err := net.Dial("tcp", address)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(up, down); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(down, up); done <- struct{}{} }()
+	<-done
+}
+
+// answeredByResponder says the attempt got the responder's answer: a 503 naming a breaker.
+func answeredByResponder(a rig.Attempt) bool {
+	return a.Outcome == rig.Responded && a.Status == http.StatusServiceUnavailable && a.Headers[breakerHeader] != ""
+}
+
+// breakerHeader is the header in which the responder names the breaker it answers for.
+const breakerHeader = "X-Tripswitch-Breaker"
+
+// loadHeaders are the response headers the stories record.
+var loadHeaders = []string{rig.BackendHeader, breakerHeader, "Retry-After"}
+
+// servedBy names who answered an attempt: a backend's name, "responder", or the outcome.
+func servedBy(a rig.Attempt) string {
+	switch {
+	case answeredByResponder(a):
+		return "responder"
+	case a.Backend() != "":
+		return a.Backend()
+	default:
+		return strings.ToLower(string(a.Outcome))
+	}
+}
