@@ -1,0 +1,182 @@
+package e2e_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	"github.com/sony/gobreaker/v2"
+
+	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
+	"github.com/tripswitch/tripswitch/test/e2e/rig"
+)
+
+// The outage story's callers, as the seed guides configure a client: a 10 s timeout, one call
+// every 100 ms at most, the next only once the last has ended.
+const (
+	callerTimeout = 10 * time.Second
+	callerPace    = 100 * time.Millisecond
+	outageLength  = 60 * time.Second
+)
+
+// callerKind is how a group of pods calls through an outage.
+type callerKind string
+
+const (
+	behindTripswitch callerKind = "(a) behind tripswitch, no breaker in the client"
+	clientBreaker    callerKind = "(b) sony/gobreaker in each client (5 failures in a row)"
+	noBreaker        callerKind = "(c) no breaker"
+)
+
+// outageCost is what an outage cost one group of callers.
+type outageCost struct {
+	kind    callerKind
+	clients int
+	calls   int
+	failed  int
+	// waited is the time callers spent in calls that failed.
+	waited time.Duration
+}
+
+func (c outageCost) String() string {
+	return fmt.Sprintf("| %s | %d | %d | %d | %s | %s |", c.kind, c.clients, c.calls, c.failed,
+		c.waited.Round(time.Second), (c.waited / time.Duration(c.clients)).Round(100*time.Millisecond))
+}
+
+// call makes one GET with the caller's timeout and says whether it failed (an error or a 5xx).
+func call(ctx context.Context, hc *http.Client, target, host string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+target+"/", nil)
+	if err != nil {
+		return err
+	}
+	req.Host = host
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode >= 500 {
+		return fmt.Errorf("HTTP %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// runCallers has every client call target until stop closes, and returns the cost.
+func runCallers(clients rig.Clients, kind callerKind, target, host string, stop <-chan struct{}) outageCost {
+	cost := outageCost{kind: kind, clients: len(clients)}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			hc := c.Net.HTTPClient(callerTimeout)
+			var cb *gobreaker.CircuitBreaker[any]
+			if kind == clientBreaker {
+				cb = gobreaker.NewCircuitBreaker[any](gobreaker.Settings{Name: "caller",
+					ReadyToTrip: func(counts gobreaker.Counts) bool { return counts.ConsecutiveFailures >= 5 }})
+			}
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				start := time.Now()
+				var err error
+				if cb != nil {
+					_, err = cb.Execute(func() (any, error) { return nil, call(context.Background(), hc, target, host) })
+				} else {
+					err = call(context.Background(), hc, target, host)
+				}
+				took := time.Since(start)
+				mu.Lock()
+				cost.calls++
+				if err != nil {
+					cost.failed++
+					cost.waited += took
+				}
+				mu.Unlock()
+				select {
+				case <-stop:
+					return
+				case <-time.After(callerPace - min(took, callerPace)):
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return cost
+}
+
+var _ = Describe("What an outage costs clients", Ordered, Label("outage"), func() {
+	var ns string
+	var costs []outageCost
+
+	BeforeAll(func(ctx SpecContext) {
+		installTripswitch(ctx, 2).startManager("manager-outage")
+		ns = cluster.NewNamespace("outage")
+	})
+
+	AfterAll(func() {
+		if len(costs) == 0 {
+			return
+		}
+		var lines []string
+		for _, c := range costs {
+			lines = append(lines, c.String())
+		}
+		AddReportEntry(fmt.Sprintf("%s, backends that hang for %v, callers with a %v timeout", cluster.ProxyMode(), outageLength, callerTimeout),
+			"| callers | pods | calls | failed | time spent in failed calls | per pod |\n|---|---|---|---|---|---|\n"+strings.Join(lines, "\n"))
+	})
+
+	for _, pods := range []int{20, 100} {
+		It(fmt.Sprintf("stays cheap for %d pods behind tripswitch, while every client breaker pays on its own", pods), func(ctx SpecContext) {
+			// The pods first: making hundreds of network namespaces loads the 2 cores for a
+			// moment, which must not pass for the target's failure.
+			groups := map[callerKind]rig.Clients{}
+			for _, kind := range []callerKind{behindTripswitch, clientBreaker, noBreaker} {
+				groups[kind] = rig.NewClients(pods)
+			}
+			name := fmt.Sprintf("payments-%d", pods)
+			bs := target(ctx, ns, name+"-backend", 3)
+			breaker(ctx, ns, name, `{target: {service: `+name+`-backend, port: http},
+				probe: {interval: 500ms, timeout: 500ms}, trip: {consecutiveFailures: 3}, recovery: {openDuration: 30s}}`)
+			front, direct := frontAddress(ctx, ns, name), cluster.ServiceAddress(ns, name+"-backend")
+			probe := rig.NewClients(1)[0]
+			Eventually(func() string { return servedBy(probe.Get(front)) }).Should(HavePrefix(name + "-backend-"))
+
+			stop := make(chan struct{})
+			results := make(chan outageCost, len(groups))
+			for kind, clients := range groups {
+				to, host := direct, name+"-backend."+ns
+				if kind == behindTripswitch {
+					to, host = front, name+"."+ns
+				}
+				go func() { results <- runCallers(clients, kind, to, host, stop) }()
+			}
+			Consistently(breakerStatus(ctx, ns, name), 2*time.Second).Should(HaveField("GateState", tripswitchv1alpha1.StateClosed),
+				"two healthy seconds first")
+			setBehavior(bs, rig.Hang)
+			outageStart := time.Now()
+			Eventually(breakerStatus(ctx, ns, name)).Should(HaveField("GateState", tripswitchv1alpha1.StateOpen))
+			Consistently(breakerStatus(ctx, ns, name), outageLength-time.Since(outageStart)).ShouldNot(
+				HaveField("GateState", tripswitchv1alpha1.StateClosed), "the breaker stays off the target for the whole outage")
+			close(stop)
+			byKind := map[callerKind]outageCost{}
+			for range 3 {
+				c := <-results
+				byKind[c.kind] = c
+				costs = append(costs, c)
+			}
+			a, b, c := byKind[behindTripswitch], byKind[clientBreaker], byKind[noBreaker]
+			Expect(a.waited).To(BeNumerically("<", b.waited/2), "tripswitch spares its callers most of the waiting: %v %v", a, b)
+			Expect(b.waited).To(BeNumerically("<", c.waited), "a client breaker helps, once each client has paid: %v %v", b, c)
+		})
+	}
+})
