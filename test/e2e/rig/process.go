@@ -237,3 +237,87 @@ func hasEnv(env []string, key string) bool {
 	}
 	return false
 }
+
+// Supervised is a program that is started again whenever it exits, as a kubelet restarts a
+// container of a pod with restartPolicy Always (here after 1 s, without a growing backoff).
+// The tripswitch manager exits when it loses its lease, and counts on that.
+type Supervised struct {
+	mu       sync.Mutex
+	current  *Process
+	restarts int
+}
+
+// StartSupervised starts cmd (made afresh by newCmd for every start) as StartCommand does, and
+// again whenever it exits, until the current Ginkgo node's cleanup.
+func (r *Rig) StartSupervised(name string, newCmd func() *exec.Cmd) *Supervised {
+	GinkgoHelper()
+	s := &Supervised{}
+	start := func() (*Process, error) {
+		cmd := newCmd()
+		if cmd.Env == nil {
+			cmd.Env = os.Environ()
+		}
+		if !hasEnv(cmd.Env, "KUBECONFIG") {
+			cmd.Env = append(cmd.Env, "KUBECONFIG="+r.kubeconfig)
+		}
+		p, err := startProcess(name, cmd)
+		if err == nil {
+			r.track(p)
+		}
+		return p, err
+	}
+	p, err := start()
+	Expect(err).NotTo(HaveOccurred())
+	s.current = p
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			s.mu.Lock()
+			p := s.current
+			s.mu.Unlock()
+			select {
+			case <-stop:
+				return
+			case <-p.Done():
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Second):
+			}
+			next, err := start()
+			if err != nil {
+				fmt.Fprintf(GinkgoWriter, "e2e: restarting %s: %v\n", name, err)
+				return
+			}
+			s.mu.Lock()
+			s.current, s.restarts = next, s.restarts+1
+			s.mu.Unlock()
+		}
+	}()
+	DeferCleanup(func() {
+		close(stop)
+		<-done
+		s.mu.Lock()
+		p := s.current
+		s.mu.Unlock()
+		p.Stop()
+	})
+	return s
+}
+
+// Current returns the process running now (or the last one, between restarts).
+func (s *Supervised) Current() *Process {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.current
+}
+
+// Restarts returns how often the program was started again.
+func (s *Supervised) Restarts() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.restarts
+}
