@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -222,10 +223,11 @@ func (r *CircuitBreakerReconciler) applySlices(ctx context.Context, cb *tripswit
 // syncSlices turns existing into desired, matched by name, with no write when nothing
 // differs. The order keeps kube-proxy from ever seeing the front without the endpoints it
 // should route to:
-//   - first, slices that go and publish nothing ready: an endpoint that an update is about to
-//     make ready elsewhere must not linger in one of them as not ready, because kube-proxy,
-//     merging an endpoint listed twice, was seen (1.37) to drop it for a sync, refusing
-//     connections, when an Open front with the responder closed;
+//   - first, slices that go and publish nothing kube-proxy could route to (no endpoint ready
+//     or serving): an endpoint that an update is about to make ready elsewhere must not
+//     linger in one of them as not ready, because kube-proxy, merging an endpoint listed
+//     twice, was seen (1.37) to drop it for a sync, refusing connections, when an Open front
+//     with the responder closed;
 //   - then creates and updates, in desired's order;
 //   - last, the other slices that go, so that ready endpoints move rather than vanish.
 //
@@ -243,7 +245,7 @@ func (r *CircuitBreakerReconciler) syncSlices(ctx context.Context, existing, des
 		wanted[want.Name] = true
 	}
 	for name, extra := range byName {
-		if wanted[name] || readyEndpoints([]discoveryv1.EndpointSlice{*extra}, "") > 0 {
+		if wanted[name] || slices.ContainsFunc(extra.Endpoints, routable) {
 			continue
 		}
 		if err := r.Delete(ctx, extra); client.IgnoreNotFound(err) != nil {
@@ -289,6 +291,13 @@ func (r *CircuitBreakerReconciler) syncSlices(ctx context.Context, existing, des
 		}
 	}
 	return nil
+}
+
+// routable says kube-proxy may send connections to ep: it is ready, or serving (kube-proxy
+// falls back to serving, terminating endpoints when a Service has no ready one). An unset
+// serving counts as serving, as the API asks consumers to read an unknown state.
+func routable(ep discoveryv1.Endpoint) bool {
+	return endpoints.IsReady(ep) || ptr.Deref(ep.Conditions.Serving, true)
 }
 
 // ownSlices lists this breaker's slices of one front Service.

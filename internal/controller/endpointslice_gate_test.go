@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/gate"
@@ -94,4 +95,23 @@ func TestReadyEndpoints(t *testing.T) {
 	list := []discoveryv1.EndpointSlice{kube, ours}
 	g.Expect(readyEndpoints(list, endpointSliceControllerName)).To(Equal(2), "an unset ready condition means ready")
 	g.Expect(readyEndpoints(list, "")).To(Equal(3))
+}
+
+func TestRoutableEndpoints(t *testing.T) {
+	for _, tt := range []struct {
+		name           string
+		ready, serving *bool
+		want           bool
+	}{
+		{"ready", ptr.To(true), ptr.To(true), true},
+		{"unset conditions read as ready", nil, nil, true},
+		{"serving while terminating is kube-proxy's fallback", ptr.To(false), ptr.To(true), true},
+		{"not ready, serving unknown", ptr.To(false), nil, true},
+		{"neither, as an Open front publishes the target", ptr.To(false), ptr.To(false), false},
+	} {
+		ep := discoveryv1.Endpoint{Conditions: discoveryv1.EndpointConditions{Ready: tt.ready, Serving: tt.serving}}
+		if got := routable(ep); got != tt.want {
+			t.Errorf("%s: routable = %v, want %v", tt.name, got, tt.want)
+		}
+	}
 }
