@@ -97,16 +97,27 @@ func NewRecorder(reg prometheus.Registerer) (*Recorder, error) {
 }
 
 func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	c, err := Reuse(reg, c)
+	if err != nil {
+		panic(err) // a programming error: two different metrics with one name
+	}
+	return c
+}
+
+// Reuse registers c with reg, or returns the collector of the same kind that is registered
+// under its name already, as when a process (a test) sets up a component twice. Any other
+// registration error is returned.
+func Reuse[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
 	if err := reg.Register(c); err != nil {
 		var already prometheus.AlreadyRegisteredError
 		if errors.As(err, &already) {
 			if existing, ok := already.ExistingCollector.(C); ok {
-				return existing
+				return existing, nil
 			}
 		}
-		panic(err) // a programming error: two different metrics with one name
+		return c, err
 	}
-	return c
+	return c, nil
 }
 
 // SetState sets the state gauge: 1 for state ("Closed", "Open" or "HalfOpen"), 0 for the others.

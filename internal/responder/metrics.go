@@ -1,12 +1,13 @@
 package responder
 
 import (
-	"errors"
 	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tripswitch/tripswitch/internal/metrics"
 )
 
 // AnswersName is the responder's one metric: answers, by kind and by whether the request
@@ -34,16 +35,9 @@ func newAnswers(reg prometheus.Registerer) (*answers, error) {
 		Help: "Answers of the open responder, by kind (http: 503, grpc: UNAVAILABLE, reset: a TCP reset) " +
 			"and by whether the request named a known breaker (known, unknown; always unknown for a reset)."},
 		[]string{"kind", "breaker"})
-	if err := reg.Register(vec); err != nil {
-		var already prometheus.AlreadyRegisteredError
-		existing, ok := vec, errors.As(err, &already)
-		if ok {
-			existing, ok = already.ExistingCollector.(*prometheus.CounterVec)
-		}
-		if !ok {
-			return nil, err
-		}
-		vec = existing
+	vec, err := metrics.Reuse(reg, vec)
+	if err != nil {
+		return nil, err
 	}
 	a := &answers{reset: vec.WithLabelValues(KindReset, "unknown")}
 	for i, breaker := range []string{"unknown", "known"} {
