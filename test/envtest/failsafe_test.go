@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
+	"github.com/tripswitch/tripswitch/test/apifault"
 )
 
 // allFrontEndpoints counts the ready endpoints of every slice of a Service, whoever manages
@@ -264,8 +265,10 @@ var _ = Describe("Fail-safe: tripswitch is never the outage", func() {
 	})
 
 	It("converges the gate within seconds once the API server accepts writes again", func(ctx SpecContext) {
-		proxy, viaProxy := newAPIProxy()
-		startManager(managerOptions{config: viaProxy})
+		proxy, err := apifault.Start(cfg)
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(proxy.Close)
+		startManager(managerOptions{config: proxy.Config()})
 		b := newBackend()
 		createTarget(ctx, ns, "stock-backend", b.port, b)
 		createBreaker(ctx, ns, "stock", `{target: {service: stock-backend, port: http},
@@ -277,18 +280,18 @@ var _ = Describe("Fail-safe: tripswitch is never the outage", func() {
 		if d, err := time.ParseDuration(os.Getenv("TRIPSWITCH_FAILING_WRITES")); err == nil {
 			outage = d
 		}
-		proxy.breakWrites("endpointslices")
+		proxy.BreakWrites("endpointslices")
 		b.failing.Store(true)
 		Eventually(status(ctx, ns, "stock")).Should(HaveField("State", tripswitchv1alpha1.StateOpen))
 		Consistently(front(ctx, ns, "stock"), outage).Should(HaveField("Ready", 1), "the slice writes really fail")
-		Expect(proxy.failed.Load()).To(BeNumerically(">", 3), "the manager kept retrying")
+		Expect(proxy.Refused()).To(BeNumerically(">", 3), "the manager kept retrying")
 
 		healed := time.Now()
-		proxy.heal()
+		proxy.Heal()
 		Eventually(front(ctx, ns, "stock"), outage+30*time.Second, 10*time.Millisecond).Should(HaveField("Ready", 0))
 		lag := time.Since(healed)
 		fmt.Fprintf(GinkgoWriter, "the gate converged %s after the API server healed, after %s of failing slice writes (%d refused)\n",
-			lag, outage, proxy.failed.Load())
+			lag, outage, proxy.Refused())
 		Expect(lag).To(BeNumerically("<", 5*time.Second))
 	})
 })
