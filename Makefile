@@ -55,8 +55,19 @@ all: build
 ##@ Demo
 
 .PHONY: demo
-demo: build $(ENVTEST_DEP) ## Watch a breaker trip and recover on a local control plane (DEMO_KEEP=1 leaves it running).
-	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" go run ./hack/demo -manager bin/manager
+demo: build $(ENVTEST_DEP) ## Watch a breaker trip and recover: as root, a pod's calls through the real kube-proxy; otherwise the breaker's states on a local control plane (DEMO_KEEP=1: that one, left running).
+	@if [ "$(DEMO_KEEP)" != 1 ] && [ "$$(id -u)" = 0 ] && ip netns add tsdemo-check-$$$$ 2>/dev/null && ip netns del tsdemo-check-$$$$; then \
+		$(MAKE) --no-print-directory demo-dataplane; \
+	else \
+		echo "make demo: the data-plane demo (a pod's calls through the real kube-proxy) needs root and network namespaces; showing the breaker's states on a local control plane instead."; \
+		KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" go run ./hack/demo -manager bin/manager; \
+	fi
+
+.PHONY: demo-dataplane
+demo-dataplane: $(ENVTEST_DEP) e2e-packages e2e-binaries ## The data-plane demo alone (root): the suite's demo story, printed as it goes.
+	go test -c -o $(LOCALBIN)/e2e.test ./test/e2e
+	cd test/e2e && KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" E2E_DEMO=1 $(LOCALBIN)/e2e.test \
+		-ginkgo.label-filter=demo -ginkgo.succinct -ginkgo.no-color
 
 ##@ General
 
