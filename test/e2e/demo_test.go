@@ -51,6 +51,8 @@ var _ = Describe("The demo", Label("demo"), Ordered, func() {
 
 		caller := rig.NewClients(1)[0]
 		spec := rig.LoadSpec{Target: front, Host: "payments." + ns + ".svc.cluster.local", Headers: loadHeaders}
+		Eventually(func() rig.Attempt { return caller.Attempt(ctx, spec) }).Should(Satisfy(okFromTarget),
+			"kube-proxy routes the new front before the story starts")
 		calls := &demoCalls{out: out, say: say}
 		stopCalls := make(chan struct{})
 		var wg sync.WaitGroup
