@@ -71,7 +71,8 @@ func (p *httpProber) Probe(parent context.Context, ep Endpoint) Result {
 // roundTrip sends the GET and returns the status code. The connection goes back to the idle
 // map only when the response was read to its end and allows reuse.
 func (p *httpProber) roundTrip(ctx context.Context, ep Endpoint, mayReuse bool) (int, error) {
-	conn, reused := p.idle.take(ep)
+	l := p.idle.take(ep)
+	conn, reused := l.conn, l.reused
 	if reused && !mayReuse {
 		_ = conn.Close()
 		reused = false
@@ -79,6 +80,7 @@ func (p *httpProber) roundTrip(ctx context.Context, ep Endpoint, mayReuse bool) 
 	if !reused {
 		var err error
 		if conn, err = p.connect(ctx, ep); err != nil {
+			p.idle.put(ep, l, nil, false, false)
 			return 0, err
 		}
 	}
@@ -86,10 +88,8 @@ func (p *httpProber) roundTrip(ctx context.Context, ep Endpoint, mayReuse bool) 
 	defer func() {
 		if keep {
 			_ = conn.SetDeadline(time.Time{})
-			p.idle.put(ep, conn)
-		} else {
-			_ = conn.Close()
 		}
+		p.idle.put(ep, l, conn, true, keep)
 	}()
 
 	// The deadline bounds every read and write; cancellation (a removed breaker) interrupts

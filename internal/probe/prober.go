@@ -139,7 +139,7 @@ func (f *Factory) New(spec Spec) (Prober, error) {
 	case spec.TCP:
 		return &tcpProber{spec: spec, dial: f.dial, clock: f.clock}, nil
 	default: // Validate leaves gRPC as the only kind
-		return &grpcProber{spec: spec, dial: f.dial, clock: f.clock}, nil
+		return &grpcProber{spec: spec, dial: f.dial, clock: f.clock, conns: connCache[*grpcConn]{shared: true}}, nil
 	}
 }
 
@@ -279,8 +279,9 @@ func (c *grpcConn) lastDialErr() error {
 	return nil
 }
 
-func (p *grpcProber) conn(ep Endpoint) (*grpcConn, error) {
-	return p.conns.get(ep, func() (*grpcConn, error) {
+// conn returns the endpoint's shared connection; the probe releases it when done.
+func (p *grpcProber) conn(ep Endpoint) (lease[*grpcConn], error) {
+	return p.conns.acquire(ep, func() (*grpcConn, error) {
 		c := &grpcConn{dial: p.dial}
 		var err error
 		// passthrough: the endpoint is an address already, with nothing to resolve.
@@ -299,10 +300,12 @@ func (p *grpcProber) Probe(parent context.Context, ep Endpoint) Result {
 	start := p.clock.Now()
 	ctx, cancel := context.WithTimeout(parent, p.spec.Timeout)
 	defer cancel()
-	c, err := p.conn(ep)
+	l, err := p.conn(ep)
 	if err != nil {
 		return finish(p.spec, p.clock, ep, start, breaker.Failure, "gRPC client: "+err.Error())
 	}
+	defer p.conns.release(ep, l)
+	c := l.conn
 	resp, err := healthpb.NewHealthClient(c.ClientConn).Check(ctx, &healthpb.HealthCheckRequest{Service: p.spec.GRPC.Service})
 	if err != nil {
 		// UNAVAILABLE from a failed dial: the dial error says whose the failure is. It is
