@@ -2,10 +2,12 @@ package probe
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
@@ -116,22 +118,62 @@ func (p *httpProber) roundTrip(ctx context.Context, ep Endpoint, mayReuse bool) 
 		return 0, p.reusedErr(err, reused)
 	}
 
+	// The status line and headers are read through a limit; the body is bounded below.
+	limited := &headerLimit{r: conn, left: maxResponseHeader}
 	br := readers.Get().(*bufio.Reader)
-	br.Reset(conn)
+	br.Reset(limited)
 	defer func() {
 		br.Reset(nil)
 		readers.Put(br)
 	}()
 	resp, err := http.ReadResponse(br, req)
+	if err != nil && limited.err != nil {
+		// The parser reports a line that the limit or the deadline cut short as malformed
+		// (quoting what the endpoint sent); the read's own error says what happened.
+		err = limited.err
+	}
 	if err != nil {
 		return 0, p.reusedErr(err, reused)
 	}
+	limited.left = math.MaxInt64
 	// Drain a bounded amount, so that a small body keeps the connection reusable and a
 	// large or endless one costs neither memory nor time: it closes the connection.
 	n, _ := io.CopyN(io.Discard, resp.Body, maxBody+1)
 	_ = resp.Body.Close()
 	keep = n <= maxBody && !resp.Close && br.Buffered() == 0 && stop()
 	return resp.StatusCode, nil
+}
+
+// errResponseHeaderTooLarge fails a probe whose response's status line and headers exceed
+// maxResponseHeader.
+var errResponseHeaderTooLarge = errors.New("response status line and headers exceed " +
+	strconv.Itoa(maxResponseHeader>>10) + " KiB")
+
+// headerLimit lets left more bytes through and then fails with errResponseHeaderTooLarge.
+// Under the bufio.Reader that ReadResponse parses from, it bounds what an endpoint can make
+// the manager read, and hold, before the header ends, as net/http.Transport does with
+// MaxResponseHeaderBytes.
+// It keeps the first read error, too.
+type headerLimit struct {
+	r    io.Reader
+	left int64
+	err  error
+}
+
+func (l *headerLimit) Read(b []byte) (int, error) {
+	if l.left <= 0 {
+		l.err = cmp.Or(l.err, errResponseHeaderTooLarge)
+		return 0, errResponseHeaderTooLarge
+	}
+	if int64(len(b)) > l.left {
+		b = b[:l.left]
+	}
+	n, err := l.r.Read(b)
+	l.left -= int64(n)
+	if err != nil && l.err == nil {
+		l.err = err
+	}
+	return n, err
 }
 
 // reusedErr marks an EOF or reset on a reused connection: the endpoint closed it while idle.

@@ -89,6 +89,12 @@ type Prober interface {
 // alive without a large or endless body costing memory or time.
 const maxBody = 4 << 10
 
+// maxResponseHeader bounds the status line and headers of a response together. net/http's
+// ReadResponse reads them with no limit of its own, so an endpoint that answers 200 OK and
+// then sends headers forever would grow the manager's memory until it is killed. Health
+// endpoints answer with a few hundred bytes; past this, the response is a Failure.
+const maxResponseHeader = 32 << 10
+
 // Factory builds probers that share a dialer and a clock.
 type Factory struct {
 	dial  DialFunc
@@ -193,6 +199,8 @@ func describe(err error, timeout time.Duration) string {
 		return "connection reset"
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
 		return "no route to host"
+	case errors.Is(err, errResponseHeaderTooLarge):
+		return errResponseHeaderTooLarge.Error()
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return "connection closed by the endpoint"
 	}
