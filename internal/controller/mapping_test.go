@@ -223,13 +223,13 @@ func TestProbeSpec(t *testing.T) {
 	}, {
 		name: "HTTP headers (canonical, repeated names kept), codes, HTTPS and host",
 		probe: P{Timeout: mappingDur(500 * time.Millisecond), HTTP: &tripswitchv1alpha1.HTTPProbe{
-			Path: "/healthz?full=1", Scheme: tripswitchv1alpha1.SchemeHTTPS, Host: "payments.example.com:8443",
+			Path: "/healthz?full=1", Scheme: tripswitchv1alpha1.SchemeHTTPS, Host: "payments.example.com",
 			Headers: []tripswitchv1alpha1.HTTPHeader{{Name: "x-probe", Value: "a"}, {Name: "X-Probe", Value: "b"},
 				{Name: "Authorization", Value: "Bearer t"}},
 			SuccessCodes: "200-299,304", NeutralCodes: "429,503", InsecureSkipVerify: true}},
 		want: func(t *testing.T) probe.Spec {
 			return probe.Spec{Timeout: 500 * time.Millisecond, HTTP: &probe.HTTPSpec{
-				Path: "/healthz?full=1", HTTPS: true, Host: "payments.example.com:8443",
+				Path: "/healthz?full=1", HTTPS: true, Host: "payments.example.com",
 				Headers: http.Header{"X-Probe": {"a", "b"}, "Authorization": {"Bearer t"}},
 				Success: mustCodes(t, "200-299,304"), Neutral: mustCodes(t, "429,503"), InsecureSkipVerify: true}}
 		},

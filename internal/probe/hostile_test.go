@@ -118,7 +118,7 @@ func TestHTTPProbeBoundsTheResponseHeader(t *testing.T) {
 			g.Expect(read.Load()).To(BeNumerically("<=", maxResponseHeader+4<<10))
 			// Parsing allocates several times what it reads (a string and a map entry per
 			// header line); unbounded, it allocates gigabytes within the timeout.
-			g.Expect(after.TotalAlloc-before.TotalAlloc).To(BeNumerically("<", 4<<20))
+			g.Expect(after.TotalAlloc - before.TotalAlloc).To(BeNumerically("<", 4<<20))
 			g.Expect(r.Latency).To(BeNumerically("<", time.Second), "the probe must end as soon as the limit is reached")
 		})
 	}

@@ -6,18 +6,22 @@ package probe
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
@@ -60,16 +64,22 @@ type Spec struct {
 type HTTPSpec struct {
 	Path  string
 	HTTPS bool
-	// Host, when set, is the Host header and the TLS server name.
+	// Host, when set, is the Host header and, unless TLS.ServerName is set, the TLS server
+	// name; then it may not have a port.
 	Host               string
 	Headers            http.Header
 	Success, Neutral   CodeSet
 	InsecureSkipVerify bool
+	// TLS applies when HTTPS is set.
+	TLS TLSSpec
 }
 
 // GRPCSpec is a grpc.health.v1.Health/Check call.
 type GRPCSpec struct {
 	Service string
+	// UseTLS makes the call over TLS, checked as TLS says.
+	UseTLS bool
+	TLS    TLSSpec
 }
 
 // Prober probes endpoints according to one Spec. Probe is safe for concurrent use.
@@ -123,6 +133,45 @@ func (s Spec) Validate() error {
 	if kinds != 1 {
 		return fmt.Errorf("a probe needs exactly one of HTTP, TCP and gRPC, got %d", kinds)
 	}
+	switch {
+	case s.HTTP != nil:
+		return s.HTTP.validate()
+	case s.GRPC != nil && s.GRPC.UseTLS:
+		_, err := s.GRPC.TLS.clientConfig("", false)
+		return err
+	}
+	return nil
+}
+
+// validate refuses what would fail every probe before it is sent, and so trip a healthy
+// target: a request that cannot be built or written, a Host that cannot be a TLS server name
+// and a CA bundle that does not parse. The CRD refuses most of these at admission.
+func (h *HTTPSpec) validate() error {
+	p := &httpProber{http: h}
+	if h.HTTPS {
+		if h.TLS.ServerName == "" && strings.Contains(h.Host, ":") {
+			return fmt.Errorf("host %q has a port, so it cannot be the TLS server name: set tls.serverName", h.Host)
+		}
+		cfg, err := h.TLS.clientConfig(h.Host, h.InsecureSkipVerify)
+		if err != nil {
+			return err
+		}
+		p.tlsConfig = cfg
+	}
+	req, err := p.request(context.Background(), netip.MustParseAddrPort("192.0.2.1:8080"))
+	if err != nil {
+		return fmt.Errorf("path %q: %w", h.Path, err)
+	}
+	for name, values := range req.Header {
+		for _, v := range values {
+			if !httpguts.ValidHeaderFieldName(name) || !httpguts.ValidHeaderFieldValue(v) {
+				return fmt.Errorf("header %q: not a valid name and value", name)
+			}
+		}
+	}
+	if h.Host != "" && !httpguts.ValidHostHeader(h.Host) {
+		return fmt.Errorf("host %q is not a valid Host header", h.Host)
+	}
 	return nil
 }
 
@@ -135,17 +184,20 @@ func (f *Factory) New(spec Spec) (Prober, error) {
 	case spec.HTTP != nil:
 		p := &httpProber{spec: spec, http: spec.HTTP, clock: f.clock, dial: f.dial}
 		if spec.HTTP.HTTPS {
-			p.tlsConfig = &tls.Config{
-				ServerName:         spec.HTTP.Host,
-				InsecureSkipVerify: spec.HTTP.InsecureSkipVerify, //nolint:gosec // only when the user asks for it
-				MinVersion:         tls.VersionTLS12,
-			}
+			// Validate parsed the same configuration.
+			p.tlsConfig, _ = spec.HTTP.TLS.clientConfig(spec.HTTP.Host, spec.HTTP.InsecureSkipVerify)
 		}
 		return p, nil
 	case spec.TCP:
 		return &tcpProber{spec: spec, dial: f.dial, clock: f.clock}, nil
 	default: // Validate leaves gRPC as the only kind
-		return &grpcProber{spec: spec, dial: f.dial, clock: f.clock, conns: connCache[*grpcConn]{shared: true}}, nil
+		p := &grpcProber{spec: spec, dial: f.dial, clock: f.clock, conns: connCache[*grpcConn]{shared: true},
+			creds: insecure.NewCredentials()}
+		if spec.GRPC.UseTLS {
+			cfg, _ := spec.GRPC.TLS.clientConfig("", false) // Validate parsed it
+			p.creds = credentials.NewTLS(cfg)
+		}
+		return p, nil
 	}
 }
 
@@ -206,7 +258,7 @@ func describe(err error, timeout time.Duration) string {
 	}
 	var tlsErr *tls.CertificateVerificationError
 	if errors.As(err, &tlsErr) {
-		return "TLS certificate not trusted: " + tlsErr.Err.Error()
+		return "TLS certificate not trusted: " + certificateProblem(tlsErr.Err)
 	}
 	// Strip the wrapping that names the URL or the address: the endpoint is reported apart.
 	for {
@@ -216,11 +268,54 @@ func describe(err error, timeout time.Duration) string {
 		}
 		err = next
 	}
-	msg := err.Error()
-	if len(msg) > 200 {
-		msg = msg[:200]
+	return excerpt(err.Error())
+}
+
+// certificateProblem says why a certificate failed verification in words of tripswitch's
+// own. The x509 errors quote the certificate (the names it is valid for, the subject of the
+// authority it names), and whoever may write the target's EndpointSlices chooses what
+// answers: that text must not reach status.lastProbe, where anyone who reads the breaker sees
+// it.
+func certificateProblem(err error) string {
+	var hostErr x509.HostnameError
+	var authErr x509.UnknownAuthorityError
+	var invalidErr x509.CertificateInvalidError
+	switch {
+	case errors.As(err, &hostErr):
+		// Host is the server name the probe asked for: the spec's, or the endpoint's address.
+		return "not valid for " + excerpt(hostErr.Host)
+	case errors.As(err, &authErr):
+		return "signed by an unknown authority"
+	case errors.As(err, &invalidErr) && invalidErr.Reason == x509.Expired:
+		return "expired or not yet valid"
+	case errors.As(err, &invalidErr):
+		return "not valid for this use"
 	}
-	return msg
+	return "verification failed"
+}
+
+// maxExcerpt bounds the text of another party's making, such as a gRPC status message or a
+// malformed response, that a message quotes.
+const maxExcerpt = 96
+
+// excerpt bounds s to maxExcerpt bytes of printable ASCII, replacing anything else with '?',
+// so that what an endpoint sends cannot fill status, break a log line or smuggle control
+// characters into a terminal.
+func excerpt(s string) string {
+	cut := len(s) > maxExcerpt
+	if cut {
+		s = s[:maxExcerpt]
+	}
+	b := []byte(s)
+	for i, c := range b {
+		if c < ' ' || c > '~' {
+			b[i] = '?'
+		}
+	}
+	if cut {
+		return string(b) + "..."
+	}
+	return string(b)
 }
 
 type tcpProber struct {
@@ -252,6 +347,7 @@ type grpcProber struct {
 	spec  Spec
 	dial  DialFunc
 	clock clock.PassiveClock
+	creds credentials.TransportCredentials // insecure, or TLS as spec.GRPC.TLS says
 
 	conns connCache[*grpcConn]
 }
@@ -266,6 +362,9 @@ type grpcConn struct {
 	*grpc.ClientConn
 	dial    DialFunc
 	dialErr atomic.Pointer[error] // nil after a dial that succeeded
+	// handshakeErr is the error of the last TLS handshake, kept for the same reason: see
+	// recordingCreds.
+	handshakeErr atomic.Pointer[error]
 }
 
 // dialContext is the connection's grpc.WithContextDialer.
@@ -291,12 +390,18 @@ func (c *grpcConn) lastDialErr() error {
 func (p *grpcProber) conn(ep Endpoint) (lease[*grpcConn], error) {
 	return p.conns.acquire(ep, func() (*grpcConn, error) {
 		c := &grpcConn{dial: p.dial}
+		opts := []grpc.DialOption{
+			grpc.WithTransportCredentials(recordingCreds{TransportCredentials: p.creds, last: &c.handshakeErr}),
+			grpc.WithContextDialer(c.dialContext),
+		}
+		if name := p.spec.GRPC.TLS.ServerName; p.spec.GRPC.UseTLS && name != "" {
+			// gRPC takes the TLS server name from the authority, which is also the
+			// :authority the server sees, as a client of that name would send it.
+			opts = append(opts, grpc.WithAuthority(name))
+		}
 		var err error
 		// passthrough: the endpoint is an address already, with nothing to resolve.
-		c.ClientConn, err = grpc.NewClient("passthrough:///"+ep.String(),
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithContextDialer(c.dialContext),
-		)
+		c.ClientConn, err = grpc.NewClient("passthrough:///"+ep.String(), opts...)
 		if err != nil {
 			return nil, err
 		}
@@ -324,6 +429,14 @@ func (p *grpcProber) Probe(parent context.Context, ep Endpoint) Result {
 			if reason, ok := localReason(parent, dialErr); ok {
 				return local(p.spec, p.clock, ep, start, reason, dialErr)
 			}
+			// gRPC's own text for these is long and quotes the certificate; say it as the
+			// other probes do.
+			if dialErr != nil {
+				return finish(p.spec, p.clock, ep, start, breaker.Failure, describe(dialErr, p.spec.Timeout))
+			}
+			if hs := c.handshakeErr.Load(); hs != nil {
+				return finish(p.spec, p.clock, ep, start, breaker.Failure, describe(*hs, p.spec.Timeout))
+			}
 		}
 		return failed(parent, ctx, p.spec, p.clock, ep, start, err, describeGRPC)
 	}
@@ -346,11 +459,8 @@ func describeGRPC(err error, timeout time.Duration) string {
 	case codes.NotFound:
 		return "gRPC health: service unknown"
 	}
-	msg := s.Message()
-	if len(msg) > 160 {
-		msg = msg[:160]
-	}
-	return "gRPC " + s.Code().String() + ": " + msg
+	// The status message is the server's (or, for UNAVAILABLE, the dial's) text.
+	return "gRPC " + s.Code().String() + ": " + excerpt(s.Message())
 }
 
 func (p *grpcProber) Forget(ep Endpoint) { p.conns.forget(ep) }
