@@ -18,6 +18,10 @@ const (
 	// ResponderPublished, False with NoReadyResponder, when clients get kube-proxy's ICMP
 	// reject instead. It is absent otherwise.
 	ConditionResponder = "Responder"
+	// ConditionEndpointsNotProbed is True while some ready endpoints of the target lie
+	// outside the manager's --probe-allowed-cidrs: they are never dialled and count as if not
+	// ready, and the message names a few. It is absent otherwise.
+	ConditionEndpointsNotProbed = "EndpointsNotProbed"
 )
 
 // Condition reasons.
@@ -61,4 +65,7 @@ const (
 	// ReasonNoReadyResponder: no responder endpoint is ready (or none is configured), so the
 	// front publishes none and kube-proxy rejects clients with rate-limited ICMP.
 	ReasonNoReadyResponder = "NoReadyResponder"
+	// ReasonOutsideProbeAllowedCIDRs: ready endpoints of the target are outside the
+	// manager's --probe-allowed-cidrs (ConditionEndpointsNotProbed).
+	ReasonOutsideProbeAllowedCIDRs = "OutsideProbeAllowedCIDRs"
 )

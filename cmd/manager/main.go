@@ -26,6 +26,7 @@ import (
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/controller"
+	"github.com/tripswitch/tripswitch/internal/endpoints"
 	"github.com/tripswitch/tripswitch/internal/guard"
 	"github.com/tripswitch/tripswitch/internal/probe"
 )
@@ -42,6 +43,7 @@ type options struct {
 	statusSyncPeriod        time.Duration
 	maxConcurrentProbes     int
 	probeAddressMap         string
+	probeAllowedCIDRs       string
 	guard                   guard.Config
 	handBackTimeout         time.Duration
 	responderService        string
@@ -69,6 +71,10 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 	fs.StringVar(&o.probeAddressMap, "probe-address-map", "",
 		"For local development only: dial endpoints in one prefix at the same offset in another, "+
 			"such as 192.0.2.0/24=127.0.0.0/24, so that EndpointSlices with documentation addresses reach loopback servers.")
+	fs.StringVar(&o.probeAllowedCIDRs, "probe-allowed-cidrs", endpoints.AllAddresses,
+		"Comma-separated CIDR prefixes that probes may go to, such as the pod network's. A ready endpoint of a target "+
+			"outside them is never dialled and counts as if not ready; the breaker's EndpointsNotProbed condition names it. "+
+			"The default allows every address.")
 	fs.Float64Var(&o.guard.MaxTripFraction, "max-trip-fraction", controller.DefaultGuard.MaxTripFraction,
 		"Observer guard: when more than this share of the gated breakers (mode Auto) would trip within "+
 			"--observer-guard-window, the manager suspects itself and holds the trips beyond it. 1 disables the guard.")
@@ -99,6 +105,9 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 		if _, err := probe.ParseAddressMap(o.probeAddressMap); err != nil {
 			return nil, fmt.Errorf("--probe-address-map: %w", err)
 		}
+	}
+	if _, err := endpoints.ParsePrefixes(o.probeAllowedCIDRs); err != nil {
+		return nil, fmt.Errorf("--probe-allowed-cidrs: %w", err)
 	}
 	if err := o.guard.Validate(); err != nil {
 		return nil, fmt.Errorf("observer guard flags: %w", err)
@@ -172,6 +181,7 @@ func run(o *options) error {
 		dial = m.Dialer((&net.Dialer{}).DialContext)
 		ctrl.Log.WithName("setup").Info("Probe addresses are rewritten; this is for local development only", "map", o.probeAddressMap)
 	}
+	allowed, _ := endpoints.ParsePrefixes(o.probeAllowedCIDRs)
 	if err := controller.Setup(ctx, mgr, controller.Options{
 		Dial:                dial,
 		MaxConcurrentProbes: o.maxConcurrentProbes,
@@ -179,6 +189,7 @@ func run(o *options) error {
 		Guard:               o.guard,
 		HandBackTimeout:     o.handBackTimeout,
 		Responder:           responder,
+		ProbeAllowedCIDRs:   allowed,
 	}); err != nil {
 		return fmt.Errorf("setting up the CircuitBreaker controller: %w", err)
 	}
@@ -191,7 +202,7 @@ func run(o *options) error {
 	}
 
 	ctrl.Log.WithName("setup").Info("Starting manager", "leaderElection", o.leaderElect, "responderService", o.responderService, "statusSyncPeriod", o.statusSyncPeriod,
-		"maxTripFraction", o.guard.MaxTripFraction, "observerGuardWindow", o.guard.Window,
+		"probeAllowedCIDRs", o.probeAllowedCIDRs, "maxTripFraction", o.guard.MaxTripFraction, "observerGuardWindow", o.guard.Window,
 		"observerGuardMinBreakers", o.guard.MinBreakers, "observerGuardReleaseTimeout", o.guard.ReleaseTimeout)
 	return mgr.Start(ctx)
 }

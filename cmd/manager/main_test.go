@@ -48,6 +48,12 @@ func TestParseFlags(t *testing.T) {
 		{args: []string{"--responder-service=a/b/c"}, wantErr: "--responder-service must be namespace/name"},
 		{args: []string{"--responder-service=Ops/answer"}, wantErr: "--responder-service must be namespace/name"},
 		{args: []string{"--responder-service=ops/"}, wantErr: "--responder-service must be namespace/name"},
+		{args: nil, check: func(o *options) bool { return o.probeAllowedCIDRs == "0.0.0.0/0,::/0" }},
+		{args: []string{"--probe-allowed-cidrs=10.244.0.0/16,fd00:10:244::/48"}, check: func(o *options) bool {
+			return o.probeAllowedCIDRs == "10.244.0.0/16,fd00:10:244::/48"
+		}},
+		{args: []string{"--probe-allowed-cidrs="}, wantErr: "--probe-allowed-cidrs: no prefix given"},
+		{args: []string{"--probe-allowed-cidrs=10.244.0.0"}, wantErr: "--probe-allowed-cidrs"},
 		{args: []string{"--probe-address-map=192.0.2.0/24=127.0.0.0/24", "--max-concurrent-probes=10"}, check: func(o *options) bool {
 			return o.probeAddressMap == "192.0.2.0/24=127.0.0.0/24" && o.maxConcurrentProbes == 10
 		}},

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -69,6 +70,9 @@ type CircuitBreakerReconciler struct {
 	// Responder is the Service of tripswitch's responder, whose ready endpoints a gate with
 	// whenOpen Respond publishes; empty, Respond behaves as Reject and says so.
 	Responder types.NamespacedName
+	// ProbeAllowedCIDRs are where probes may go; nil is everywhere. A ready endpoint outside
+	// them is not probed (see probeable).
+	ProbeAllowedCIDRs []netip.Prefix
 
 	// lastSync is when each breaker's status was last written, for the write economy.
 	lastSync sync.Map // types.NamespacedName -> time.Time

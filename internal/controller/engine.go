@@ -44,7 +44,7 @@ func (r *CircuitBreakerReconciler) reconcileEngine(ctx context.Context, st *reco
 	case st.target == nil:
 		reg.KeepEndpoints = true // unknown is not empty: keep probing what was there
 	case st.target.resolved:
-		reg.Endpoints = st.target.ready
+		reg.Endpoints = st.target.probed
 	}
 	if err := r.Scheduler.Upsert(key, reg); err != nil {
 		// Compile validated run as the scheduler does, and the fallback is valid by

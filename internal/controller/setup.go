@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -32,6 +33,8 @@ type Options struct {
 	// Responder is the Service of tripswitch's responder (namespace and name); empty, a gate
 	// with whenOpen Respond rejects as Reject does, and its Responder condition says why.
 	Responder types.NamespacedName
+	// ProbeAllowedCIDRs are the only addresses probes may go to; nil allows every address.
+	ProbeAllowedCIDRs []netip.Prefix
 	// Clock drives the probes, the engines, the guard and the reconciler; nil is the real
 	// clock. Tests pass a fake one.
 	Clock clock.WithDelayedExecution
@@ -75,14 +78,15 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		return fmt.Errorf("adding the probe scheduler: %w", err)
 	}
 	return (&CircuitBreakerReconciler{
-		Client:           mgr.GetClient(),
-		Scheduler:        scheduler,
-		Recorder:         mgr.GetEventRecorder("tripswitch"),
-		Metrics:          recorder,
-		Guard:            g,
-		Clock:            clk,
-		StatusSyncPeriod: o.StatusSyncPeriod,
-		HandBackTimeout:  o.HandBackTimeout,
-		Responder:        o.Responder,
+		Client:            mgr.GetClient(),
+		Scheduler:         scheduler,
+		Recorder:          mgr.GetEventRecorder("tripswitch"),
+		Metrics:           recorder,
+		Guard:             g,
+		Clock:             clk,
+		StatusSyncPeriod:  o.StatusSyncPeriod,
+		HandBackTimeout:   o.HandBackTimeout,
+		Responder:         o.Responder,
+		ProbeAllowedCIDRs: o.ProbeAllowedCIDRs,
 	}).SetupWithManager(ctx, mgr)
 }

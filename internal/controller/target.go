@@ -4,12 +4,16 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/endpoints"
@@ -22,6 +26,8 @@ type target struct {
 	port    corev1.ServicePort
 	slices  []discoveryv1.EndpointSlice
 	ready   []netip.AddrPort
+	// probed are the ready endpoints inside the manager's --probe-allowed-cidrs.
+	probed []netip.AddrPort
 	// resolved says that service, port and slices are all known.
 	resolved bool
 }
@@ -50,8 +56,48 @@ func (r *CircuitBreakerReconciler) reconcileTarget(ctx context.Context, st *reco
 	if err != nil {
 		return err
 	}
-	st.target = &target{service: svc, port: port, slices: slices, ready: endpoints.Ready(port, slices), resolved: true}
+	ready := endpoints.Ready(port, slices)
+	probed, refused := endpoints.Allowed(ready, r.ProbeAllowedCIDRs)
+	st.target = &target{service: svc, port: port, slices: slices, ready: ready, probed: probed, resolved: true}
+	r.reportNotProbed(ctx, st.cb, len(ready), refused)
 	return nil
+}
+
+// maxNamedNotProbed bounds how many endpoints the EndpointsNotProbed condition names.
+const maxNamedNotProbed = 5
+
+// reportNotProbed keeps the EndpointsNotProbed condition in step with the ready endpoints
+// outside --probe-allowed-cidrs. Anyone who may write EndpointSlices labelled with the target's
+// name can add addresses to it, such as a node's kubelet or another tenant's pods; probing
+// them would send the manager there and bring their answers back into status. They are skipped
+// as if not ready, so that a foreign address can neither trip a healthy target nor be probed.
+// The gate leaves them alone: the front publishes what the target's slices publish, as the
+// target Service itself does, so a wrong flag cannot take traffic away.
+func (r *CircuitBreakerReconciler) reportNotProbed(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker, ready int,
+	refused []netip.AddrPort) {
+	if len(refused) == 0 {
+		meta.RemoveStatusCondition(&cb.Status.Conditions, tripswitchv1alpha1.ConditionEndpointsNotProbed)
+		return
+	}
+	named := make([]string, 0, maxNamedNotProbed)
+	for _, ep := range refused[:min(len(refused), maxNamedNotProbed)] {
+		named = append(named, ep.String())
+	}
+	more := ""
+	if len(refused) > maxNamedNotProbed {
+		more = fmt.Sprintf(" and %d more", len(refused)-maxNamedNotProbed)
+	}
+	message := fmt.Sprintf("%d of the target's %d ready endpoints are outside the manager's --probe-allowed-cidrs, so they "+
+		"are not probed and count as if not ready: %s%s. The front Service still publishes them, as the target Service does.",
+		len(refused), ready, strings.Join(named, ", "), more)
+	if meta.FindStatusCondition(cb.Status.Conditions, tripswitchv1alpha1.ConditionEndpointsNotProbed) == nil {
+		log.FromContext(ctx).Info("Ready endpoints of the target are outside --probe-allowed-cidrs and are not probed",
+			"count", len(refused), "endpoints", named)
+	}
+	meta.SetStatusCondition(&cb.Status.Conditions, metav1.Condition{
+		Type: tripswitchv1alpha1.ConditionEndpointsNotProbed, Status: metav1.ConditionTrue,
+		Reason: tripswitchv1alpha1.ReasonOutsideProbeAllowedCIDRs, Message: message, ObservedGeneration: cb.Generation,
+	})
 }
 
 // lookupService gets a Service from the cache, or nil when it does not exist.

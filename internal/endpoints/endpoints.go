@@ -1,10 +1,13 @@
-// Package endpoints reads a Service's ready endpoints from its EndpointSlices.
+// Package endpoints reads a Service's ready endpoints from its EndpointSlices, and says which
+// of them the manager may probe.
 package endpoints
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -71,4 +74,44 @@ func slicePort(slice *discoveryv1.EndpointSlice, name string) (int32, bool) {
 		}
 	}
 	return 0, false
+}
+
+// AllAddresses allows every IPv4 and IPv6 address: --probe-allowed-cidrs' default.
+const AllAddresses = "0.0.0.0/0,::/0"
+
+// ParsePrefixes parses a comma-separated list of CIDR prefixes, such as "10.0.0.0/8,fd00::/8".
+// It refuses an empty list, which would allow nothing and so probe nothing.
+func ParsePrefixes(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for item := range strings.SplitSeq(s, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(item)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p.Masked())
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no prefix given; " + AllAddresses + " allows every address")
+	}
+	return out, nil
+}
+
+// Allowed splits endpoints into those inside one of the prefixes and those outside all of
+// them, keeping their order. Nil prefixes allow every endpoint.
+func Allowed(eps []netip.AddrPort, prefixes []netip.Prefix) (in, out []netip.AddrPort) {
+	if prefixes == nil {
+		return eps, nil
+	}
+	for _, ep := range eps {
+		if slices.ContainsFunc(prefixes, func(p netip.Prefix) bool { return p.Contains(ep.Addr()) }) {
+			in = append(in, ep)
+		} else {
+			out = append(out, ep)
+		}
+	}
+	return in, out
 }

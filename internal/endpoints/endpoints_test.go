@@ -66,3 +66,48 @@ func TestServicePortAndReady(t *testing.T) {
 		t.Errorf("an unnamed single port should match the slice's unnamed port, got %v", got)
 	}
 }
+
+func TestAllowed(t *testing.T) {
+	eps := []netip.AddrPort{
+		netip.MustParseAddrPort("10.244.1.7:8080"), netip.MustParseAddrPort("10.0.0.5:10250"),
+		netip.MustParseAddrPort("[fd00:10:244::7]:8080"), netip.MustParseAddrPort("[2001:db8::1]:8080"),
+	}
+	for _, tt := range []struct {
+		prefixes string
+		in, out  []string
+	}{
+		{AllAddresses, []string{"10.244.1.7:8080", "10.0.0.5:10250", "[fd00:10:244::7]:8080", "[2001:db8::1]:8080"}, nil},
+		{"10.244.0.0/16, fd00:10:244::/48", []string{"10.244.1.7:8080", "[fd00:10:244::7]:8080"},
+			[]string{"10.0.0.5:10250", "[2001:db8::1]:8080"}},
+		// A prefix with host bits is its network, as the API's CIDR fields read it.
+		{"10.244.1.1/24", []string{"10.244.1.7:8080"}, []string{"10.0.0.5:10250", "[fd00:10:244::7]:8080", "[2001:db8::1]:8080"}},
+		{"0.0.0.0/0", []string{"10.244.1.7:8080", "10.0.0.5:10250"}, []string{"[fd00:10:244::7]:8080", "[2001:db8::1]:8080"}},
+	} {
+		prefixes, err := ParsePrefixes(tt.prefixes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in, out := Allowed(eps, prefixes)
+		str := func(eps []netip.AddrPort) []string {
+			var s []string
+			for _, ep := range eps {
+				s = append(s, ep.String())
+			}
+			return s
+		}
+		if diff := cmp.Diff(tt.in, str(in)); diff != "" {
+			t.Errorf("%s: allowed (-want +got):\n%s", tt.prefixes, diff)
+		}
+		if diff := cmp.Diff(tt.out, str(out)); diff != "" {
+			t.Errorf("%s: refused (-want +got):\n%s", tt.prefixes, diff)
+		}
+	}
+	if in, out := Allowed(eps, nil); len(in) != len(eps) || out != nil {
+		t.Errorf("nil prefixes must allow everything")
+	}
+	for _, bad := range []string{"", " , ", "10.0.0.0", "10.0.0.0/33", "pods"} {
+		if _, err := ParsePrefixes(bad); err == nil {
+			t.Errorf("ParsePrefixes(%q) accepted it", bad)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"cmp"
 	"context"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
@@ -107,6 +108,8 @@ type managerOptions struct {
 	handBackTimeout time.Duration
 	// responder is the responder Service a gate with whenOpen Respond publishes; empty is none.
 	responder types.NamespacedName
+	// probeAllowedCIDRs is --probe-allowed-cidrs, before the address map; nil allows all.
+	probeAllowedCIDRs []netip.Prefix
 }
 
 // startManager starts a manager process equivalent, with the CircuitBreaker controller, and
@@ -147,6 +150,7 @@ func startManager(opts managerOptions) (stop func()) {
 		Guard:               opts.guard,
 		HandBackTimeout:     opts.handBackTimeout,
 		Responder:           opts.responder,
+		ProbeAllowedCIDRs:   opts.probeAllowedCIDRs,
 	})).To(Succeed())
 
 	done := make(chan struct{})
