@@ -217,6 +217,9 @@ type ProbeSpec struct {
 }
 
 // HTTPProbe is an HTTP GET against each endpoint.
+// +kubebuilder:validation:XValidation:rule="!has(self.tls) || (has(self.scheme) && self.scheme == 'HTTPS')",message="probe.http.tls needs scheme HTTPS"
+// +kubebuilder:validation:XValidation:rule="!has(self.host) || !self.host.contains(':') || !has(self.scheme) || self.scheme != 'HTTPS' || (has(self.tls) && has(self.tls.serverName))",message="an HTTPS probe's host is also its TLS server name, which cannot have a port: drop the port, or set tls.serverName"
+// +kubebuilder:validation:XValidation:rule="!has(self.insecureSkipVerify) || !self.insecureSkipVerify || !has(self.tls) || !has(self.tls.caBundle)",message="probe.http.insecureSkipVerify skips the very check that tls.caBundle is for: set one of them"
 type HTTPProbe struct {
 	// path is the request path, with an optional query. It has no spaces or control
 	// characters, and every % starts an escape such as %20, so that it makes a valid URL.
@@ -231,7 +234,9 @@ type HTTPProbe struct {
 	// +optional
 	Scheme Scheme `json:"scheme,omitempty"`
 
-	// host is sent as the Host header (and as the TLS server name); defaults to the endpoint address.
+	// host is sent as the Host header; defaults to the endpoint address. For HTTPS it is also
+	// the TLS server name unless tls.serverName is set, so it may then have a port only
+	// beside tls.serverName.
 	// +kubebuilder:validation:MaxLength=253
 	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]{1,5})?$`
 	// +optional
@@ -258,6 +263,34 @@ type HTTPProbe struct {
 	// insecureSkipVerify skips verification of the endpoint's certificate for HTTPS probes.
 	// +optional
 	InsecureSkipVerify bool `json:"insecureSkipVerify,omitempty"`
+
+	// tls says how an HTTPS probe checks the endpoint's certificate; it needs scheme HTTPS.
+	// +optional
+	TLS *ProbeTLS `json:"tls,omitempty"`
+}
+
+// ProbeTLS says how a probe checks the endpoint's certificate: against which authorities,
+// and for which name.
+type ProbeTLS struct {
+	// caBundle is one or more PEM certificates ("-----BEGIN CERTIFICATE-----" blocks, and
+	// nothing else between them but whitespace): the authorities trusted to sign the
+	// endpoint's certificate, instead of the manager's system roots. At most 64 KiB. A bundle
+	// whose blocks do not parse as X.509 certificates is reported as the InvalidSpec
+	// condition, and the breaker keeps running with its last good configuration.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=65536
+	// +kubebuilder:validation:XValidation:rule="self.matches(r'^\\s*(-----BEGIN CERTIFICATE-----\\r?\\n[A-Za-z0-9+/=\\r\\n]+-----END CERTIFICATE-----\\s*)+$')",message="caBundle must be one or more PEM certificates (-----BEGIN CERTIFICATE----- ... -----END CERTIFICATE-----) and nothing else"
+	// +optional
+	CABundle string `json:"caBundle,omitempty"`
+
+	// serverName is sent in the TLS handshake (SNI) and must be named by the endpoint's
+	// certificate. Defaults to probe.http.host for HTTPS, and otherwise to the endpoint's
+	// IP address. For gRPC it is also the :authority of the health check.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$`
+	// +optional
+	ServerName string `json:"serverName,omitempty"`
 }
 
 // StatusCodes is a comma-separated list of HTTP status codes and inclusive ranges, such as
@@ -293,6 +326,11 @@ type GRPCProbe struct {
 	// +kubebuilder:validation:MaxLength=256
 	// +optional
 	Service string `json:"service,omitempty"`
+
+	// tls, when present, makes the check over TLS, verified as it says; an empty tls: {}
+	// trusts the manager's system roots and checks the endpoint's IP address.
+	// +optional
+	TLS *ProbeTLS `json:"tls,omitempty"`
 }
 
 // TripSpec lists the rules that open the breaker.

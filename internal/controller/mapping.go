@@ -100,7 +100,7 @@ func probeSpec(spec *tripswitchv1alpha1.CircuitBreakerSpec) (probe.Spec, error) 
 	case p.TCP != nil:
 		out.TCP = true
 	case p.GRPC != nil:
-		out.GRPC = &probe.GRPCSpec{Service: p.GRPC.Service}
+		out.GRPC = &probe.GRPCSpec{Service: p.GRPC.Service, UseTLS: p.GRPC.TLS != nil, TLS: probeTLS(p.GRPC.TLS)}
 	default:
 		h := p.HTTP
 		success, err := probe.ParseCodes(string(h.SuccessCodes))
@@ -116,9 +116,16 @@ func probeSpec(spec *tripswitchv1alpha1.CircuitBreakerSpec) (probe.Spec, error) 
 			headers.Add(hd.Name, hd.Value)
 		}
 		out.HTTP = &probe.HTTPSpec{Path: h.Path, HTTPS: h.Scheme == tripswitchv1alpha1.SchemeHTTPS, Host: h.Host,
-			Headers: headers, Success: success, Neutral: neutral, InsecureSkipVerify: h.InsecureSkipVerify}
+			Headers: headers, Success: success, Neutral: neutral, InsecureSkipVerify: h.InsecureSkipVerify, TLS: probeTLS(h.TLS)}
 	}
 	return out, nil
+}
+
+func probeTLS(t *tripswitchv1alpha1.ProbeTLS) probe.TLSSpec {
+	if t == nil {
+		return probe.TLSSpec{}
+	}
+	return probe.TLSSpec{CABundle: t.CABundle, ServerName: t.ServerName}
 }
 
 // seedFor fixes a breaker's jitter by its UID, so that every leader computes the same

@@ -15,6 +15,7 @@ import (
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/breaker"
 	"github.com/tripswitch/tripswitch/internal/probe"
+	"github.com/tripswitch/tripswitch/internal/testcerts"
 )
 
 // The helpers here carry a mapping prefix, because other files of this package change often.
@@ -254,6 +255,28 @@ func TestProbeSpec(t *testing.T) {
 		name:  "grpc asking about the whole server",
 		probe: P{GRPC: &tripswitchv1alpha1.GRPCProbe{}},
 		want:  func(*testing.T) probe.Spec { return probe.Spec{Timeout: time.Second, GRPC: &probe.GRPCSpec{}} },
+	}, {
+		name:  "grpc over TLS with the system roots",
+		probe: P{GRPC: &tripswitchv1alpha1.GRPCProbe{TLS: &tripswitchv1alpha1.ProbeTLS{}}},
+		want: func(*testing.T) probe.Spec {
+			return probe.Spec{Timeout: time.Second, GRPC: &probe.GRPCSpec{UseTLS: true}}
+		},
+	}, {
+		name:  "grpc over TLS with a CA bundle and a server name",
+		probe: P{GRPC: &tripswitchv1alpha1.GRPCProbe{TLS: &tripswitchv1alpha1.ProbeTLS{CABundle: mappingCA.PEM, ServerName: "payments.svc"}}},
+		want: func(*testing.T) probe.Spec {
+			return probe.Spec{Timeout: time.Second, GRPC: &probe.GRPCSpec{UseTLS: true,
+				TLS: probe.TLSSpec{CABundle: mappingCA.PEM, ServerName: "payments.svc"}}}
+		},
+	}, {
+		name: "HTTPS host with a port beside a CA bundle and a server name",
+		probe: P{HTTP: &tripswitchv1alpha1.HTTPProbe{Scheme: tripswitchv1alpha1.SchemeHTTPS, Host: "payments.example.com:8443",
+			SuccessCodes: "200", TLS: &tripswitchv1alpha1.ProbeTLS{CABundle: mappingCA.PEM, ServerName: "payments.svc"}}},
+		want: func(t *testing.T) probe.Spec {
+			return probe.Spec{Timeout: time.Second, HTTP: &probe.HTTPSpec{Path: "/", HTTPS: true, Host: "payments.example.com:8443",
+				Headers: http.Header{}, Success: mustCodes(t, "200"),
+				TLS: probe.TLSSpec{CABundle: mappingCA.PEM, ServerName: "payments.svc"}}}
+		},
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -266,6 +289,9 @@ func TestProbeSpec(t *testing.T) {
 		})
 	}
 }
+
+// mappingCA's certificate is a CA bundle that parses.
+var mappingCA = testcerts.NewCA("mapping CA")
 
 func TestCompile(t *testing.T) {
 	g := NewWithT(t)
@@ -306,6 +332,16 @@ func TestCompileErrors(t *testing.T) {
 		name:    "malformed neutral codes",
 		spec:    tripswitchv1alpha1.CircuitBreakerSpec{Probe: tripswitchv1alpha1.ProbeSpec{HTTP: &tripswitchv1alpha1.HTTPProbe{NeutralCodes: "600"}}},
 		wantErr: "probe.http.neutralCodes",
+	}, {
+		name: "a CA bundle that is PEM but no certificate (CEL cannot tell)",
+		spec: tripswitchv1alpha1.CircuitBreakerSpec{Probe: tripswitchv1alpha1.ProbeSpec{GRPC: &tripswitchv1alpha1.GRPCProbe{
+			TLS: &tripswitchv1alpha1.ProbeTLS{CABundle: testcerts.NotParsing}}}},
+		wantErr: "probe: caBundle: PEM block 1: x509:",
+	}, {
+		name: "an HTTPS host with a port and no server name, past an older CRD",
+		spec: tripswitchv1alpha1.CircuitBreakerSpec{Probe: tripswitchv1alpha1.ProbeSpec{HTTP: &tripswitchv1alpha1.HTTPProbe{
+			Scheme: tripswitchv1alpha1.SchemeHTTPS, Host: "payments:8443"}}},
+		wantErr: `probe: host "payments:8443" has a port`,
 	}, {
 		name:    "no timeout",
 		edit:    func(s *tripswitchv1alpha1.CircuitBreakerSpec) { s.Probe.Timeout = mappingDur(0) },

@@ -2,14 +2,7 @@ package probe
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -28,52 +21,8 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/tripswitch/tripswitch/internal/breaker"
+	"github.com/tripswitch/tripswitch/internal/testcerts"
 )
-
-// testCA is a certificate authority made for one test.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  string
-}
-
-func newTestCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &testCA{cert: cert, key: key, pem: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))}
-}
-
-// issue makes a server certificate for names, valid until notAfter.
-func (ca *testCA) issue(t *testing.T, notAfter time.Time, names ...string) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: names[0]},
-		DNSNames: names, NotBefore: time.Now().Add(-2 * time.Hour), NotAfter: notAfter,
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
 
 // serveTLS starts an HTTPS server with cert on loopback; it answers 200 and remembers the
 // Host header it was sent.
@@ -93,14 +42,14 @@ func serveTLS(t *testing.T, cert tls.Certificate, host *string) Endpoint {
 }
 
 func TestHTTPSProbeWithACABundleAndServerName(t *testing.T) {
-	ca, otherCA := newTestCA(t, "Tenant B Private CA"), newTestCA(t, "Someone Else's CA")
+	ca, otherCA := testcerts.NewCA("Tenant B Private CA"), testcerts.NewCA("Someone Else's CA")
 	var host string
-	good := serveTLS(t, ca.issue(t, time.Now().Add(time.Hour), "payments.tenant-b.svc"), &host)
-	expired := serveTLS(t, ca.issue(t, time.Now().Add(-time.Hour), "payments.tenant-b.svc"), nil)
+	good := serveTLS(t, ca.Issue(time.Now().Add(time.Hour), "payments.tenant-b.svc"), &host)
+	expired := serveTLS(t, ca.Issue(time.Now().Add(-time.Hour), "payments.tenant-b.svc"), nil)
 	f := NewFactory(nil, clock.RealClock{})
 	https := func(edit func(*HTTPSpec)) Spec {
 		return httpSpec(t, func(s *Spec) {
-			s.HTTP.HTTPS, s.HTTP.TLS.CABundle = true, ca.pem
+			s.HTTP.HTTPS, s.HTTP.TLS.CABundle = true, ca.PEM
 			edit(s.HTTP)
 		})
 	}
@@ -124,13 +73,13 @@ func TestHTTPSProbeWithACABundleAndServerName(t *testing.T) {
 			good, breaker.Failure, "TLS certificate not trusted: not valid for 127.0.0.1", ""},
 		{"a wrong serverName", https(func(h *HTTPSpec) { h.TLS.ServerName = "billing.svc" }),
 			good, breaker.Failure, "TLS certificate not trusted: not valid for billing.svc", ""},
-		{"another CA", https(func(h *HTTPSpec) { h.TLS.CABundle, h.TLS.ServerName = otherCA.pem, "payments.tenant-b.svc" }),
+		{"another CA", https(func(h *HTTPSpec) { h.TLS.CABundle, h.TLS.ServerName = otherCA.PEM, "payments.tenant-b.svc" }),
 			good, breaker.Failure, "TLS certificate not trusted: signed by an unknown authority", ""},
 		{"the system's roots without a bundle", https(func(h *HTTPSpec) { h.TLS.CABundle, h.TLS.ServerName = "", "payments.tenant-b.svc" }),
 			good, breaker.Failure, "TLS certificate not trusted: signed by an unknown authority", ""},
 		{"an expired certificate", https(func(h *HTTPSpec) { h.TLS.ServerName = "payments.tenant-b.svc" }),
 			expired, breaker.Failure, "TLS certificate not trusted: expired or not yet valid", ""},
-		{"a bundle of two CAs", https(func(h *HTTPSpec) { h.TLS.CABundle, h.TLS.ServerName = otherCA.pem+ca.pem, "payments.tenant-b.svc" }),
+		{"a bundle of two CAs", https(func(h *HTTPSpec) { h.TLS.CABundle, h.TLS.ServerName = otherCA.PEM+ca.PEM, "payments.tenant-b.svc" }),
 			good, breaker.Success, "HTTP 200", ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -147,8 +96,8 @@ func TestHTTPSProbeWithACABundleAndServerName(t *testing.T) {
 }
 
 func TestGRPCProbeOverTLS(t *testing.T) {
-	ca, otherCA := newTestCA(t, "Tenant B Private CA"), newTestCA(t, "Someone Else's CA")
-	cert := ca.issue(t, time.Now().Add(time.Hour), "payments.tenant-b.svc")
+	ca, otherCA := testcerts.NewCA("Tenant B Private CA"), testcerts.NewCA("Someone Else's CA")
+	cert := ca.Issue(time.Now().Add(time.Hour), "payments.tenant-b.svc")
 	l := listenOn(t, "127.0.0.1")
 	srv := grpc.NewServer(grpc.Creds(credentials.NewServerTLSFromCert(&cert)))
 	hs := health.NewServer()
@@ -164,13 +113,13 @@ func TestGRPCProbeOverTLS(t *testing.T) {
 		outcome breaker.Outcome
 		message string
 	}{
-		{"CA bundle and server name", GRPCSpec{UseTLS: true, TLS: TLSSpec{CABundle: ca.pem, ServerName: "payments.tenant-b.svc"}},
+		{"CA bundle and server name", GRPCSpec{UseTLS: true, TLS: TLSSpec{CABundle: ca.PEM, ServerName: "payments.tenant-b.svc"}},
 			breaker.Success, "gRPC health SERVING"},
-		{"a wrong server name", GRPCSpec{UseTLS: true, TLS: TLSSpec{CABundle: ca.pem, ServerName: "billing.svc"}},
+		{"a wrong server name", GRPCSpec{UseTLS: true, TLS: TLSSpec{CABundle: ca.PEM, ServerName: "billing.svc"}},
 			breaker.Failure, "TLS certificate not trusted: not valid for billing.svc"},
-		{"the endpoint's address", GRPCSpec{UseTLS: true, TLS: TLSSpec{CABundle: ca.pem}},
+		{"the endpoint's address", GRPCSpec{UseTLS: true, TLS: TLSSpec{CABundle: ca.PEM}},
 			breaker.Failure, "TLS certificate not trusted: not valid for 127.0.0.1"},
-		{"another CA", GRPCSpec{UseTLS: true, TLS: TLSSpec{CABundle: otherCA.pem, ServerName: "payments.tenant-b.svc"}},
+		{"another CA", GRPCSpec{UseTLS: true, TLS: TLSSpec{CABundle: otherCA.PEM, ServerName: "payments.tenant-b.svc"}},
 			breaker.Failure, "TLS certificate not trusted: signed by an unknown authority"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -225,8 +174,8 @@ func (h failingHealth) Check(context.Context, *healthpb.HealthCheckRequest) (*he
 }
 
 func TestSpecValidateRefusesWhatEveryProbeWouldFailOn(t *testing.T) {
-	ca := newTestCA(t, "CA")
-	notParsing := "-----BEGIN CERTIFICATE-----\nTUlJQm9vb29vb29vb29vb28=\n-----END CERTIFICATE-----\n"
+	ca := testcerts.NewCA("CA")
+	notParsing := testcerts.NotParsing
 	key := "-----BEGIN EC PRIVATE KEY-----\nTUlJQm9vb29vb29vb29vb28=\n-----END EC PRIVATE KEY-----\n"
 	https := func(edit func(*HTTPSpec)) Spec {
 		return httpSpec(t, func(s *Spec) { s.HTTP.HTTPS = true; edit(s.HTTP) })
@@ -236,9 +185,9 @@ func TestSpecValidateRefusesWhatEveryProbeWouldFailOn(t *testing.T) {
 		spec Spec
 		want string // empty: valid
 	}{
-		{"a CA bundle", https(func(h *HTTPSpec) { h.TLS.CABundle = ca.pem }), ""},
+		{"a CA bundle", https(func(h *HTTPSpec) { h.TLS.CABundle = ca.PEM }), ""},
 		{"a CA bundle that does not parse", https(func(h *HTTPSpec) { h.TLS.CABundle = notParsing }), "caBundle: PEM block 1: x509:"},
-		{"a private key in the CA bundle", https(func(h *HTTPSpec) { h.TLS.CABundle = ca.pem + key }),
+		{"a private key in the CA bundle", https(func(h *HTTPSpec) { h.TLS.CABundle = ca.PEM + key }),
 			"caBundle: PEM block 2 is a EC PRIVATE KEY, not a CERTIFICATE"},
 		{"a CA bundle without PEM", https(func(h *HTTPSpec) { h.TLS.CABundle = "hello" }), "caBundle: no PEM certificate found"},
 		{"a gRPC CA bundle that does not parse", Spec{Timeout: time.Second, GRPC: &GRPCSpec{UseTLS: true, TLS: TLSSpec{CABundle: notParsing}}},

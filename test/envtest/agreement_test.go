@@ -413,6 +413,9 @@ func (g *specGen) probe() (map[string]any, bool) {
 		if g.chance(0.5) {
 			grpc["service"] = oneOf(g, "", "payments.v1.Payments", "grpc.health.v1.Health")
 		}
+		if g.chance(0.3) {
+			grpc["tls"] = g.tls()
+		}
 		p["grpc"] = grpc
 	default:
 		if g.edge && g.chance(0.3) {
@@ -472,7 +475,31 @@ func (g *specGen) httpProbe() map[string]any {
 	if g.chance(0.2) {
 		h["insecureSkipVerify"] = g.chance(0.5)
 	}
+	if g.chance(0.2) {
+		h["tls"] = g.tls()
+	}
 	return h
+}
+
+// tls draws a probe.http.tls or probe.grpc.tls. A bundle that is PEM-shaped but does not
+// parse is left out: admission cannot tell, and the controller reports it as InvalidSpec by
+// design ("keeps the last good configuration when a CA bundle does not parse", test/envtest).
+func (g *specGen) tls() map[string]any {
+	t := map[string]any{}
+	if g.chance(0.5) {
+		t["caBundle"] = envtestCA.PEM
+		if g.edge && g.chance(0.3) {
+			t["caBundle"] = oneOf(g, "", "hello", "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+				strings.TrimSuffix(envtestCA.PEM, "\n")+"trailing words")
+		}
+	}
+	if g.chance(0.5) {
+		t["serverName"] = oneOf(g, "payments.svc", "10.0.0.1", "a")
+		if g.edge && g.chance(0.3) {
+			t["serverName"] = oneOf(g, "payments:443", "", "-a", "a_b")
+		}
+	}
+	return t
 }
 
 func (g *specGen) codes() string {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -25,7 +26,11 @@ import (
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/controller"
+	"github.com/tripswitch/tripswitch/internal/testcerts"
 )
+
+// envtestCA signs the certificates of the suite's TLS servers; its PEM is a valid caBundle.
+var envtestCA = testcerts.NewCA("tripswitch envtest CA")
 
 // breakerFromYAML builds a CircuitBreaker named name from a spec written in YAML, so that the
 // table below can hold values the Go types could not express (unknown enums, wrong types).
@@ -231,6 +236,23 @@ recovery: {backoff: {}}
 			"spec.probe.http.path in body should match"),
 		Entry("target Service name that is not a DNS label", "a", `{target: {service: Payments, port: 80}}`,
 			"spec.target.service in body should match"),
+		// An HTTPS host is the TLS server name too, where a port makes every probe fail.
+		Entry("HTTPS host with a port", "a", `{target: {service: b, port: 80}, probe: {http: {scheme: HTTPS, host: "payments:8443"}}}`,
+			"an HTTPS probe's host is also its TLS server name, which cannot have a port: drop the port, or set tls.serverName"),
+		Entry("HTTP tls without HTTPS", "a", `{target: {service: b, port: 80}, probe: {http: {tls: {serverName: payments}}}}`,
+			"probe.http.tls needs scheme HTTPS"),
+		Entry("TLS server name with a port", "a",
+			`{target: {service: b, port: 80}, probe: {http: {scheme: HTTPS, tls: {serverName: "payments:8443"}}}}`,
+			"spec.probe.http.tls.serverName in body should match"),
+		Entry("CA bundle that is not PEM", "a", `{target: {service: b, port: 80}, probe: {http: {scheme: HTTPS, tls: {caBundle: "MIIB..."}}}}`,
+			"caBundle must be one or more PEM certificates (-----BEGIN CERTIFICATE----- ... -----END CERTIFICATE-----) and nothing else"),
+		Entry("CA bundle with a private key in it", "a",
+			fmt.Sprintf(`{target: {service: b, port: 80}, probe: {grpc: {tls: {caBundle: %q}}}}`,
+				envtestCA.PEM+"-----BEGIN EC PRIVATE KEY-----\nTUlJQm9v\n-----END EC PRIVATE KEY-----\n"),
+			"caBundle must be one or more PEM certificates"),
+		Entry("CA bundle beside insecureSkipVerify", "a",
+			fmt.Sprintf(`{target: {service: b, port: 80}, probe: {http: {scheme: HTTPS, insecureSkipVerify: true, tls: {caBundle: %q}}}}`, envtestCA.PEM),
+			"probe.http.insecureSkipVerify skips the very check that tls.caBundle is for: set one of them"),
 	)
 
 	DescribeTable("accepts a borderline spec, and the operator can run it",
@@ -267,6 +289,13 @@ recovery: {backoff: {}}
 			`{target: {service: b, port: 80}, probe: {http: {path: "/café/[v1]/{id}|~"}}}`),
 		Entry("HTTP header value with a tab and an empty one",
 			`{target: {service: b, port: 80}, probe: {http: {headers: [{name: X-A, value: "a\tb"}, {name: X-B, value: ""}]}}}`),
+		Entry("HTTPS host with a port beside a TLS server name",
+			`{target: {service: b, port: 80}, probe: {http: {scheme: HTTPS, host: "payments.example.com:8443", tls: {serverName: payments.svc}}}}`),
+		Entry("plain HTTP host with a port", `{target: {service: b, port: 80}, probe: {http: {host: "payments:8080"}}}`),
+		Entry("gRPC over TLS with the system roots", `{target: {service: b, port: 80}, probe: {grpc: {tls: {}}}}`),
+		Entry("a bundle of two CAs with CRLF line ends and blank lines",
+			fmt.Sprintf(`{target: {service: b, port: 80}, probe: {http: {scheme: HTTPS, tls: {caBundle: %q, serverName: "10.0.0.1"}}}}`,
+				strings.ReplaceAll(envtestCA.PEM+"\n"+testcerts.NewCA("another").PEM, "\n", "\r\n"))),
 	)
 
 	It("defines the kubectl get columns, short names and category as designed", func(ctx SpecContext) {

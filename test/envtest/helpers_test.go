@@ -3,6 +3,7 @@ package envtest_test
 import (
 	"context"
 	"fmt"
+	"log"
 	"net"
 	"net/http"
 	"slices"
@@ -56,26 +57,31 @@ func newBackends(n int) []*backend {
 		Expect(err).NotTo(HaveOccurred())
 		port = int32(l.Addr().(*net.TCPAddr).Port)
 		b.port = port
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			b.hits.Add(1)
-			b.inflight.Add(1)
-			defer b.inflight.Add(-1)
-			if b.hanging.Load() {
-				select {
-				case <-r.Context().Done():
-				case <-time.After(30 * time.Second):
-				}
-				return
-			}
-			if b.failing.Load() {
-				w.WriteHeader(http.StatusServiceUnavailable)
-			}
-		})}
-		go func() { _ = srv.Serve(l) }()
-		DeferCleanup(srv.Close)
+		b.serve(l)
 		out = append(out, b)
 	}
 	return out
+}
+
+// serve answers HTTP on l until the story ends.
+func (b *backend) serve(l net.Listener) {
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b.hits.Add(1)
+		b.inflight.Add(1)
+		defer b.inflight.Add(-1)
+		if b.hanging.Load() {
+			select {
+			case <-r.Context().Done():
+			case <-time.After(30 * time.Second):
+			}
+			return
+		}
+		if b.failing.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}), ErrorLog: log.New(GinkgoWriter, "backend: ", 0)}
+	go func() { _ = srv.Serve(l) }()
+	DeferCleanup(srv.Close)
 }
 
 // address is what the backend looks like in an EndpointSlice.
