@@ -2,9 +2,7 @@ package probe
 
 import (
 	"context"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/netip"
 	"sync/atomic"
 	"testing"
@@ -24,19 +22,10 @@ func TestHTTPForgetDuringAProbeClosesItsConnection(t *testing.T) {
 	g := NewWithT(t)
 	entered, release := make(chan struct{}, 1), make(chan struct{})
 	var closed atomic.Int32
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+	ep := serveCounting(t, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
 		entered <- struct{}{}
 		<-release
-	}))
-	srv.Listener = listenOn(t, "127.0.0.1")
-	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateClosed {
-			closed.Add(1)
-		}
-	}
-	srv.Start()
-	t.Cleanup(srv.Close)
-	ep := netip.MustParseAddrPort(srv.Listener.Addr().String())
+	}), http.StateClosed, &closed)
 	p, err := NewFactory(nil, clock.RealClock{}).New(httpSpec(t, func(s *Spec) { s.Timeout = 5 * time.Second }))
 	g.Expect(err).NotTo(HaveOccurred())
 	defer p.Close()

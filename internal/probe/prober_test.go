@@ -128,18 +128,25 @@ func TestHTTPProbe(t *testing.T) {
 	}
 }
 
-func TestHTTPProbeKeepsConnectionsAlive(t *testing.T) {
-	var conns atomic.Int32
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+// serveCounting starts an HTTP server for h on loopback that counts its connections as they
+// reach state.
+func serveCounting(t *testing.T, h http.Handler, state http.ConnState, count *atomic.Int32) Endpoint {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(h)
 	srv.Listener = listenOn(t, "127.0.0.1")
 	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			conns.Add(1)
+		if s == state {
+			count.Add(1)
 		}
 	}
 	srv.Start()
 	t.Cleanup(srv.Close)
-	ep := netip.MustParseAddrPort(srv.Listener.Addr().String())
+	return netip.MustParseAddrPort(srv.Listener.Addr().String())
+}
+
+func TestHTTPProbeKeepsConnectionsAlive(t *testing.T) {
+	var conns atomic.Int32
+	ep := serveCounting(t, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}), http.StateNew, &conns)
 	p, err := NewFactory(nil, clock.RealClock{}).New(httpSpec(t))
 	if err != nil {
 		t.Fatal(err)

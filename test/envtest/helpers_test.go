@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,7 +34,9 @@ type backend struct {
 	failing atomic.Bool
 	// hanging makes the backend hold every request until the client gives up.
 	hanging atomic.Bool
-	hits    atomic.Int64
+	// headerBomb makes the backend answer 200 OK and then send headers without end.
+	headerBomb atomic.Bool
+	hits       atomic.Int64
 	// inflight counts requests being answered now.
 	inflight atomic.Int32
 }
@@ -69,6 +72,10 @@ func (b *backend) serve(l net.Listener) {
 		b.hits.Add(1)
 		b.inflight.Add(1)
 		defer b.inflight.Add(-1)
+		if b.headerBomb.Load() {
+			sendHeadersForever(w)
+			return
+		}
 		if b.hanging.Load() {
 			select {
 			case <-r.Context().Done():
@@ -82,6 +89,25 @@ func (b *backend) serve(l net.Listener) {
 	}), ErrorLog: log.New(GinkgoWriter, "backend: ", 0)}
 	go func() { _ = srv.Serve(l) }()
 	DeferCleanup(srv.Close)
+}
+
+// sendHeadersForever takes the connection over, answers 200 OK and sends headers until the
+// client goes.
+func sendHeadersForever(w http.ResponseWriter) {
+	c, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("HTTP/1.1 200 OK\r\n")); err != nil {
+		return
+	}
+	chunk := []byte(strings.Repeat("X-Bomb: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n", 64))
+	for {
+		if _, err := c.Write(chunk); err != nil {
+			return
+		}
+	}
 }
 
 // address is what the backend looks like in an EndpointSlice.

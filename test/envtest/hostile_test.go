@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strings"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -24,39 +23,6 @@ func newTLSBackend(cert tls.Certificate) *backend {
 	Expect(err).NotTo(HaveOccurred())
 	b.port = int32(l.Addr().(*net.TCPAddr).Port)
 	b.serve(l)
-	return b
-}
-
-// newHeaderBomb starts a server that answers every request with 200 OK and then headers
-// without end, on its own loopback address; it counts the requests.
-func newHeaderBomb() *backend {
-	GinkgoHelper()
-	b := &backend{n: int(nextHost.Add(1)%250) + 2}
-	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.%d:0", b.n))
-	Expect(err).NotTo(HaveOccurred())
-	DeferCleanup(l.Close)
-	b.port = int32(l.Addr().(*net.TCPAddr).Port)
-	chunk := []byte(strings.Repeat("X-Bomb: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n", 64))
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				b.hits.Add(1)
-				if _, err := c.Write([]byte("HTTP/1.1 200 OK\r\n")); err != nil {
-					return
-				}
-				for {
-					if _, err := c.Write(chunk); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
 	return b
 }
 
@@ -102,7 +68,8 @@ var _ = Describe("Hostile and broken endpoints", func() {
 			})
 
 		It("trips on a pod that answers 200 OK and then sends headers forever, and names the limit", func(ctx SpecContext) {
-			bomb := newHeaderBomb()
+			bomb := newBackend()
+			bomb.headerBomb.Store(true)
 			createTarget(ctx, ns, "vault-backend", bomb.port, bomb)
 			createBreaker(ctx, ns, "vault", `{target: {service: vault-backend, port: http},
 				probe: {interval: 100ms, timeout: 100ms}, trip: {consecutiveFailures: 3}}`)
