@@ -16,11 +16,13 @@ CONTROLLER_TOOLS_VERSION ?= v0.23.0
 KUSTOMIZE_VERSION ?= v5.8.2
 PROMTOOL_VERSION ?= v0.316.0
 CRD_REF_DOCS_VERSION ?= v0.3.0
+GOLANGCI_LINT_VERSION ?= v2.15.0
 
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 KUSTOMIZE ?= $(LOCALBIN)/kustomize-$(KUSTOMIZE_VERSION)
 PROMTOOL ?= $(LOCALBIN)/promtool-$(PROMTOOL_VERSION)
 CRD_REF_DOCS ?= $(LOCALBIN)/crd-ref-docs-$(CRD_REF_DOCS_VERSION)
+GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
 # envtest needs kube-apiserver and etcd at the Kubernetes version that matches k8s.io/api
 # (v0.37.2 -> 1.37.2). They cannot be downloaded here, so hack/envtest builds them from source.
@@ -97,6 +99,10 @@ fmt: ## Run go fmt.
 vet: ## Run go vet.
 	go vet ./...
 
+.PHONY: lint
+lint: golangci-lint ## Run golangci-lint (govet, staticcheck, errcheck, gosec, ineffassign, unused; see .golangci.yml).
+	$(GOLANGCI_LINT) run ./...
+
 .PHONY: tidy
 tidy: ## Run go mod tidy on the project and on the envtest tools module.
 	go mod tidy
@@ -127,7 +133,7 @@ test-e2e: manifests generate fmt vet $(ENVTEST_DEP) $(E2E_DEP) ## Run the data-p
 	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" go test $(GO_TEST_FLAGS) -count=1 -v ./test/e2e/...
 
 .PHONY: verify
-verify: controller-gen crd-ref-docs ## Fail when generated code, manifests, API docs, formatting or go.mod are out of date (run on a committed tree).
+verify: controller-gen crd-ref-docs golangci-lint ## Fail when generated code, manifests, API docs, formatting or go.mod are out of date, or golangci-lint finds anything (run on a committed tree).
 	hack/verify.sh
 
 .PHONY: envtest
@@ -239,6 +245,11 @@ $(KUSTOMIZE): | $(LOCALBIN)
 crd-ref-docs: $(CRD_REF_DOCS) ## Install crd-ref-docs into ./bin.
 $(CRD_REF_DOCS): | $(LOCALBIN)
 	$(call go-install-tool,$(CRD_REF_DOCS),github.com/elastic/crd-ref-docs,$(CRD_REF_DOCS_VERSION))
+
+.PHONY: golangci-lint
+golangci-lint: $(GOLANGCI_LINT) ## Install golangci-lint into ./bin (about 3 minutes the first time).
+$(GOLANGCI_LINT): | $(LOCALBIN)
+	$(call go-install-tool,$(GOLANGCI_LINT),github.com/golangci/golangci-lint/v2/cmd/golangci-lint,$(GOLANGCI_LINT_VERSION))
 
 .PHONY: promtool
 promtool: $(PROMTOOL) ## Install promtool into ./bin (built from source, about 3 minutes the first time).

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# verify.sh fails when generated code, manifests, the API reference, formatting or go.mod are not what the
-# generators make of the sources. It catches both a stale generated file that was committed
+# verify.sh fails when golangci-lint finds anything, or when generated code, manifests, the API
+# reference, formatting or go.mod are not what the generators make of the sources. It catches both a stale generated file that was committed
 # and a hand edit that is not committed yet (which regenerating would silently undo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,4 +28,5 @@ if [[ -n "$(git status --porcelain --untracked-files=all)" ]]; then
 	git status --short
 	exit 1
 fi
-echo "verify: generated code, manifests, formatting and go.mod are up to date"
+make --no-print-directory lint
+echo "verify: generated code, manifests, formatting and go.mod are up to date; golangci-lint found nothing"

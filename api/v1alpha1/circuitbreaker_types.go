@@ -720,7 +720,3 @@ type CircuitBreakerList struct {
 	// items are the CircuitBreakers.
 	Items []CircuitBreaker `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&CircuitBreaker{}, &CircuitBreakerList{})
-}

@@ -24,6 +24,7 @@ func ServicePort(svc *corev1.Service, port intstr.IntOrString) (corev1.ServicePo
 			return p, nil
 		}
 	}
+	//nolint:staticcheck // ST1005: "Service" is the Kubernetes kind; the message reaches status as it is.
 	return corev1.ServicePort{}, fmt.Errorf("Service %q has no port %s", svc.Name, port.String())
 }
 

@@ -185,7 +185,7 @@ type breakableConn struct {
 
 func (c *breakableConn) Read(b []byte) (int, error) {
 	if c.broken.Load() {
-		_ = c.Conn.Close()
+		_ = c.Close()
 		return 0, net.ErrClosed
 	}
 	return c.Conn.Read(b)
@@ -193,7 +193,7 @@ func (c *breakableConn) Read(b []byte) (int, error) {
 
 func (c *breakableConn) Write(b []byte) (int, error) {
 	if c.broken.Load() {
-		_ = c.Conn.Close()
+		_ = c.Close()
 		return 0, net.ErrClosed
 	}
 	return c.Conn.Write(b)

@@ -170,19 +170,19 @@ func startChild(c config) (*child, error) {
 	}
 	ch := &child{cmd: cmd, in: in, out: bufio.NewScanner(out)}
 	if !ch.out.Scan() {
-		ch.stop()
+		_ = ch.stop()
 		return nil, errors.New("the responder printed no addresses")
 	}
 	addrs := strings.Fields(ch.out.Text())
 	if len(addrs) != 2 {
-		ch.stop()
+		_ = ch.stop()
 		return nil, fmt.Errorf("the responder printed %q", ch.out.Text())
 	}
 	if ch.http, err = net.ResolveTCPAddr("tcp", addrs[0]); err == nil {
 		ch.rst, err = net.ResolveTCPAddr("tcp", addrs[1])
 	}
 	if err != nil {
-		ch.stop()
+		_ = ch.stop()
 		return nil, err
 	}
 	return ch, nil
@@ -248,7 +248,7 @@ func run(cfg config) error {
 	if err != nil {
 		return err
 	}
-	defer c.stop()
+	defer func() { _ = c.stop() }()
 	var srcs []syscall.SockaddrInet4
 	if cfg.sources > 1 {
 		for i := 1; i <= cfg.sources; i++ {
