@@ -78,7 +78,7 @@ func NewRecorder(reg prometheus.Registerer) (*Recorder, error) {
 			Help: "1 while the observer guard holds trips back because too many breakers would trip at once."}),
 		localErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: LocalErrorsName,
 			Help: "Probes that failed for a reason of the manager's own (file descriptors, buffers, ephemeral ports, " +
-				"cancellation, a start past the probe's deadline); they count as Neutral, never against a target."},
+				"a start past the probe's deadline); they count as Neutral, never against a target."},
 			[]string{"reason"}),
 	}
 	r.state = register(reg, r.state)

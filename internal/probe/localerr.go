@@ -27,7 +27,8 @@ const (
 	LocalEphemeralPorts = "ephemeral_ports"
 	// LocalCanceled: the manager cancelled the probe (the context given to Probe), because it
 	// is shutting down, lost its leadership, or the breaker or endpoint was removed. The
-	// probe's own timeout is not this: it stays a target Failure.
+	// probe's own timeout is not this: it stays a target Failure. The scheduler records
+	// nothing of a probe it cancelled, so this reason reaches neither status nor a metric.
 	LocalCanceled = "canceled"
 	// LocalStartedLate is not produced by the probers: the Scheduler uses it for a probe whose
 	// start came after its own deadline (due time plus timeout), because the manager was too
@@ -36,13 +37,13 @@ const (
 	LocalStartedLate = "started_late"
 )
 
-// LocalReasons lists every reason, so that a metric can create its series up front and a
-// dashboard sees zeros rather than no data.
+// LocalReasons lists every reason the manager counts, so that a metric can create its series
+// up front and a dashboard sees zeros rather than no data. LocalCanceled is not among them:
+// the scheduler records nothing of a probe it cancelled, not even as a local error.
 var LocalReasons = []string{
 	LocalFileDescriptors,
 	LocalBuffers,
 	LocalEphemeralPorts,
-	LocalCanceled,
 	LocalStartedLate,
 }
 

@@ -633,28 +633,36 @@ func (s *Scheduler) dispatch(ctx context.Context, sl *slot, due time.Time) {
 		defer s.probes.Done()
 		r := ref.Probe(probeCtx, sl.ep)
 		<-s.sem
-		s.record(sl, ref, r)
+		s.record(probeCtx, sl, ref, r)
 	}()
 }
 
 // record feeds a result to the engine and tells the controller about a transition, or about
 // a trip the observer guard started or stopped holding. Every admitted probe ends here in a
 // recorded outcome or a released trial slot.
-func (s *Scheduler) record(sl *slot, ref *proberRef, r Result) {
+//
+// A probe whose context the scheduler cancelled (a shutdown, a lost lease, a removed breaker)
+// is not recorded at all, whatever its prober made of it: the manager stopped it, so it says
+// nothing about the target, and counting it even as Neutral or as a local error would put a
+// line in every breaker's status and the local-error metric at every rollout.
+func (s *Scheduler) record(ctx context.Context, sl *slot, ref *proberRef, r Result) {
 	e := sl.entry
 	e.mu.Lock()
 	sl.inflight = false
 	ticket := sl.ticket
 	ref.inflight--
-	if ref.retired {
+	if ref.retired || ctx.Err() != nil {
 		// The probe was edited while this one ran: its result answers the old question, so
 		// it counts for nothing, but a trial gives its slot back for a probe of the new kind.
-		if ref.inflight == 0 {
+		// The same holds for a probe the scheduler cancelled.
+		if ref.retired && ref.inflight == 0 {
 			ref.Close()
 		}
 		if !e.removed {
 			e.engine.Release(ticket)
-			s.kickTrial(e)
+			if ctx.Err() == nil {
+				s.kickTrial(e)
+			}
 		}
 		e.mu.Unlock()
 		return

@@ -426,3 +426,43 @@ func TestSchedulerHoldsTripsUnderTheObserverGuard(t *testing.T) {
 	g.Eventually(gd.Active, 5*time.Second).Should(BeFalse(), "the holds end when the probes succeed")
 	g.Eventually(func() [2]int { o, h := counts(); return [2]int{o, h} }).Should(Equal([2]int{3, 0}))
 }
+
+// outcomes is a ProbeObserver that counts what it hears.
+type outcomes struct{ heard [4]atomic.Int32 }
+
+func (o *outcomes) ObserveProbe(outcome int, _ time.Duration) { o.heard[outcome].Add(1) }
+
+func (o *outcomes) total() int32 {
+	var n int32
+	for i := range o.heard {
+		n += o.heard[i].Load()
+	}
+	return n
+}
+
+// TestSchedulerRecordsNoProbeItCancelled stops the scheduler, as a shutdown or a lost lease
+// does, while a probe hangs: the manager stopped that probe, so it says nothing about the
+// target and must leave no trace, neither an outcome nor a local error.
+func TestSchedulerRecordsNoProbeItCancelled(t *testing.T) {
+	g := NewWithT(t)
+	hang := &recorder{}
+	hang.hanging.Store(true)
+	ep, _ := serve(t, "127.0.0.1", hang)
+	s := NewScheduler(NewFactory(nil, clock.RealClock{}), clock.RealClock{}, 4)
+	heard := &outcomes{}
+	s.SetProbeObservers(func(types.NamespacedName) ProbeObserver { return heard })
+	var local atomic.Int32
+	s.SetLocalErrorObserver(func(string) { local.Add(1) })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = s.Start(ctx) }()
+	reg := registration(t, 5*time.Second, ep)
+	reg.Spec.Timeout = 5 * time.Second
+	g.Expect(s.Upsert(key(1), reg)).To(Succeed())
+	g.Eventually(hang.inflight.Load, 7*time.Second).Should(BeEquivalentTo(1))
+
+	cancel()
+	<-done
+	g.Expect(heard.total()).To(BeZero(), "a probe the manager cancelled was recorded as an outcome")
+	g.Expect(local.Load()).To(BeZero(), "a probe the manager cancelled was counted as a local error")
+}
