@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -31,7 +32,7 @@ import (
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/guard"
 	"github.com/tripswitch/tripswitch/internal/metrics"
-	"github.com/tripswitch/tripswitch/internal/probe"
+	"github.com/tripswitch/tripswitch/internal/runner"
 )
 
 // servicesIndex indexes CircuitBreakers by every Service they read: target, front and
@@ -53,7 +54,7 @@ const handBackPoll = time.Second
 // CircuitBreakerReconciler reconciles CircuitBreaker objects.
 type CircuitBreakerReconciler struct {
 	client.Client
-	Scheduler *probe.Scheduler
+	Scheduler *runner.Scheduler
 	Recorder  recorder.EventRecorder
 	// Metrics, when set, records state and transitions and is dropped with the breaker.
 	Metrics *metrics.Recorder
@@ -79,6 +80,19 @@ type CircuitBreakerReconciler struct {
 	// lastGood is the last configuration each breaker ran with, kept for a spec that the API
 	// server accepted but the operator cannot run.
 	lastGood sync.Map // types.NamespacedName -> Runnable
+	// transitions is the work queue that the scheduler's transitions go to, once the
+	// controller has started its sources; see enqueueTransition.
+	transitions atomic.Pointer[workqueue.TypedRateLimitingInterface[reconcile.Request]]
+}
+
+// enqueueTransition is the scheduler's OnChange: transitions decided by probes or deadlines
+// go straight into the work queue, with no API call until the engine has something to say.
+// The scheduler is built before the controller's queue exists; a transition before then is
+// dropped, and the first reconcile of every breaker reads it anyway.
+func (r *CircuitBreakerReconciler) enqueueTransition(key types.NamespacedName) {
+	if q := r.transitions.Load(); q != nil {
+		(*q).Add(reconcile.Request{NamespacedName: key})
+	}
 }
 
 // +kubebuilder:rbac:groups=tripswitch.io,resources=circuitbreakers,verbs=get;list;watch;patch
@@ -194,15 +208,9 @@ func (r *CircuitBreakerReconciler) SetupWithManager(ctx context.Context, mgr ctr
 		func(obj client.Object) []string { return servicesOf(obj.(*tripswitchv1alpha1.CircuitBreaker)) }); err != nil {
 		return fmt.Errorf("indexing CircuitBreakers by Service: %w", err)
 	}
-	if r.Metrics != nil {
-		r.Scheduler.SetProbeObservers(func(key types.NamespacedName) probe.ProbeObserver {
-			return r.Metrics.Breaker(key.Namespace, key.Name)
-		})
-	}
-	// Transitions decided by probes or deadlines come from the scheduler, straight into the
-	// work queue: no API call until the engine has something to say.
+	// The scheduler's transitions reach the work queue through enqueueTransition.
 	transitions := source.Func(func(_ context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
-		r.Scheduler.SetOnChange(func(key types.NamespacedName) { q.Add(reconcile.Request{NamespacedName: key}) })
+		r.transitions.Store(&q)
 		return nil
 	})
 	return ctrl.NewControllerManagedBy(mgr).

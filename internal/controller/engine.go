@@ -14,7 +14,7 @@ import (
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/breaker"
-	"github.com/tripswitch/tripswitch/internal/probe"
+	"github.com/tripswitch/tripswitch/internal/runner"
 )
 
 // reconcileEngine registers the breaker with the scheduler (restoring it from status the
@@ -35,7 +35,7 @@ func (r *CircuitBreakerReconciler) reconcileEngine(ctx context.Context, st *reco
 			message: fmt.Sprintf("the spec cannot be run: %v; %s", compileErr, how)}
 		log.FromContext(ctx).Error(compileErr, "The API server accepted a spec that cannot be run", "fallback", how)
 	}
-	reg := probe.Registration{
+	reg := runner.Registration{
 		Spec: run.Probe, Interval: run.Interval, Config: run.Engine,
 		Restore: snapshotFromStatus(&cb.Status), Seed: seedFor(cb),
 		Gated: run.Engine.Mode == breaker.Auto, HeldSince: heldSince(&cb.Status),
@@ -58,8 +58,9 @@ func (r *CircuitBreakerReconciler) reconcileEngine(ctx context.Context, st *reco
 		r.Scheduler.Reset(key)
 		cb.Status.LastResetToken = token
 	}
+	changes := r.Scheduler.TakeChanges(key)
 	view, _ := r.Scheduler.View(key)
-	for _, change := range view.Changes {
+	for _, change := range changes {
 		r.announce(ctx, cb, change)
 		if r.Metrics != nil {
 			r.Metrics.Transition(cb.Namespace, cb.Name, change.From.String(), change.To.String(), change.Reason.String())
@@ -106,7 +107,7 @@ func (r *CircuitBreakerReconciler) fallback(key types.NamespacedName, spec *trip
 }
 
 // announce records one transition as an event and a log line.
-func (r *CircuitBreakerReconciler) announce(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker, c probe.Change) {
+func (r *CircuitBreakerReconciler) announce(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker, c runner.Change) {
 	message := ""
 	if c.Probe != nil {
 		message = fmt.Sprintf(" after %s from %s", c.Probe.Message, c.Probe.Endpoint)
@@ -130,7 +131,7 @@ func (r *CircuitBreakerReconciler) announce(ctx context.Context, cb *tripswitchv
 // reportHold keeps the ObserverGuard condition in step with the guard: present while the
 // breaker's trip is held, with a message that says why and what happens next, and gone when
 // the hold ends. The start and the end of a hold are events, like transitions.
-func (r *CircuitBreakerReconciler) reportHold(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker, hold *probe.Hold) {
+func (r *CircuitBreakerReconciler) reportHold(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker, hold *runner.Hold) {
 	was := meta.FindStatusCondition(cb.Status.Conditions, tripswitchv1alpha1.ConditionObserverGuard)
 	if hold == nil {
 		if was == nil {
@@ -161,7 +162,7 @@ func (r *CircuitBreakerReconciler) reportHold(ctx context.Context, cb *tripswitc
 }
 
 // holdMessage explains a held trip to whoever reads the condition.
-func (r *CircuitBreakerReconciler) holdMessage(hold *probe.Hold) string {
+func (r *CircuitBreakerReconciler) holdMessage(hold *runner.Hold) string {
 	release := "held trips are never released by time (--observer-guard-release-timeout=0)"
 	window := "the observer guard window"
 	if r.Guard != nil {

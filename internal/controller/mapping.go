@@ -12,6 +12,7 @@ import (
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/breaker"
 	"github.com/tripswitch/tripswitch/internal/probe"
+	"github.com/tripswitch/tripswitch/internal/runner"
 )
 
 // Runnable is what a breaker's spec compiles to: everything the scheduler needs to run it.
@@ -173,7 +174,7 @@ func snapshotFromStatus(st *tripswitchv1alpha1.CircuitBreakerStatus) *breaker.Sn
 }
 
 // applyView writes the engine's view into status.
-func applyView(st *tripswitchv1alpha1.CircuitBreakerStatus, v probe.View) {
+func applyView(st *tripswitchv1alpha1.CircuitBreakerStatus, v runner.View) {
 	s := v.Snapshot
 	st.State = apiStates[s.State]
 	st.GateState = apiStates[v.Gate]

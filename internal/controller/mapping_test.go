@@ -15,6 +15,7 @@ import (
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/breaker"
 	"github.com/tripswitch/tripswitch/internal/probe"
+	"github.com/tripswitch/tripswitch/internal/runner"
 	"github.com/tripswitch/tripswitch/internal/testcerts"
 )
 
@@ -444,7 +445,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 			last := &probe.Result{Endpoint: netip.MustParseAddrPort("10.1.2.3:8080"), Outcome: breaker.Failure,
 				Latency: 3*time.Millisecond + 400*time.Microsecond, Message: "connection refused", Time: since}
 			st := &tripswitchv1alpha1.CircuitBreakerStatus{}
-			applyView(st, probe.View{Snapshot: tt.in, Gate: tt.gate,
+			applyView(st, runner.View{Snapshot: tt.in, Gate: tt.gate,
 				Window: breaker.WindowStats{Probes: 20, Failures: 12, Slow: 1}, LastProbe: last})
 
 			g.Expect(st.State).To(Equal(apiState[tt.in.State]))

@@ -24,6 +24,7 @@ import (
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/gate"
 	"github.com/tripswitch/tripswitch/internal/probe"
+	"github.com/tripswitch/tripswitch/internal/runner"
 )
 
 var now = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
@@ -64,7 +65,7 @@ func newFixture(t *testing.T, cb *tripswitchv1alpha1.CircuitBreaker, objects ...
 		return nil, errors.New("no network in unit tests")
 	}
 	return &fixture{c: c, clk: clk, r: &CircuitBreakerReconciler{
-		Client: c, Scheduler: probe.NewScheduler(probe.NewFactory(refuse, clk), clk, 4), Clock: clk,
+		Client: c, Scheduler: runner.New(runner.Options{NewProber: probe.NewFactory(refuse, clk).New, Clock: clk, MaxConcurrentProbes: 4}), Clock: clk,
 		StatusSyncPeriod: 10 * time.Second, HandBackTimeout: DefaultHandBackTimeout,
 	}}
 }

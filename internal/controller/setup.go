@@ -14,6 +14,7 @@ import (
 	"github.com/tripswitch/tripswitch/internal/guard"
 	"github.com/tripswitch/tripswitch/internal/metrics"
 	"github.com/tripswitch/tripswitch/internal/probe"
+	"github.com/tripswitch/tripswitch/internal/runner"
 )
 
 // Options say how Setup wires the controller. The manager binary, the envtest suite and the
@@ -71,15 +72,8 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 	g := guard.New(guardConfig, clk)
 	g.SetActiveObserver(recorder.SetObserverGuard)
 
-	scheduler := probe.NewScheduler(probe.NewFactory(o.Dial, clk), clk, o.MaxConcurrentProbes)
-	scheduler.SetGuard(g)
-	scheduler.SetLocalErrorObserver(recorder.LocalError)
-	if err := mgr.Add(scheduler); err != nil {
-		return fmt.Errorf("adding the probe scheduler: %w", err)
-	}
-	return (&CircuitBreakerReconciler{
+	r := &CircuitBreakerReconciler{
 		Client:            mgr.GetClient(),
-		Scheduler:         scheduler,
 		Recorder:          mgr.GetEventRecorder("tripswitch"),
 		Metrics:           recorder,
 		Guard:             g,
@@ -88,5 +82,20 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		HandBackTimeout:   o.HandBackTimeout,
 		Responder:         o.Responder,
 		ProbeAllowedCIDRs: o.ProbeAllowedCIDRs,
-	}).SetupWithManager(ctx, mgr)
+	}
+	r.Scheduler = runner.New(runner.Options{
+		NewProber:           probe.NewFactory(o.Dial, clk).New,
+		Clock:               clk,
+		MaxConcurrentProbes: o.MaxConcurrentProbes,
+		Guard:               g,
+		Observers: func(key types.NamespacedName) runner.ProbeObserver {
+			return recorder.Breaker(key.Namespace, key.Name)
+		},
+		LocalErrors: recorder.LocalError,
+		OnChange:    r.enqueueTransition,
+	})
+	if err := mgr.Add(r.Scheduler); err != nil {
+		return fmt.Errorf("adding the probe scheduler: %w", err)
+	}
+	return r.SetupWithManager(ctx, mgr)
 }

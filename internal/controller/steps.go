@@ -10,7 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
-	"github.com/tripswitch/tripswitch/internal/probe"
+	"github.com/tripswitch/tripswitch/internal/runner"
 )
 
 // reconcileState is what the steps of one reconcile share: the breaker being worked on, its
@@ -22,7 +22,7 @@ type reconcileState struct {
 	// says what the target offers, possibly nothing.
 	target *target
 	// view is the engine's state once the engine step ran.
-	view *probe.View
+	view *runner.View
 	// requeueAfter is the next deadline a step knows of.
 	requeueAfter time.Duration
 }

@@ -11,7 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
-	"github.com/tripswitch/tripswitch/internal/probe"
+	"github.com/tripswitch/tripswitch/internal/runner"
 )
 
 func TestRunStepsRunsEveryStepWhoseNeedsAreMet(t *testing.T) {
@@ -43,7 +43,7 @@ func TestRunStepsRunsEveryStepWhoseNeedsAreMet(t *testing.T) {
 				stepThat("gate", needTarget, nil, nil), stepThat("handBack", needTargetLookup, nil, nil)},
 			[]string{"target", "handBack"}, 1},
 		{"the gates run once the engine gave its view, even after the target failed",
-			[]step{stepThat("target", 0, boom, nil), stepThat("engine", 0, nil, func(st *reconcileState) { st.view = &probe.View{} }),
+			[]step{stepThat("target", 0, boom, nil), stepThat("engine", 0, nil, func(st *reconcileState) { st.view = &runner.View{} }),
 				stepThat("annotations", needView, nil, nil)},
 			[]string{"target", "engine", "annotations"}, 1},
 	} {

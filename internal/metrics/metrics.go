@@ -22,6 +22,7 @@ const (
 	ProbeDurationName      = "tripswitch_probe_duration_seconds"
 	ObserverGuardName      = "tripswitch_observer_guard_active"
 	LocalErrorsName        = "tripswitch_probe_local_errors_total"
+	StartLatenessName      = "tripswitch_probe_start_lateness_seconds"
 	InfoName               = "tripswitch_breaker_info"
 	stateClosed, stateOpen = "closed", "open"
 	stateHalfOpen          = "half_open"
@@ -44,6 +45,7 @@ type Recorder struct {
 	probeDuration *prometheus.HistogramVec
 	guard         prometheus.Gauge
 	localErrors   *prometheus.CounterVec
+	startLateness prometheus.Histogram
 	info          *prometheus.GaugeVec
 
 	// infoMu guards infoOf: the target and front each breaker's info series carries now.
@@ -71,6 +73,11 @@ func NewRecorder(reg prometheus.Registerer) (*Recorder, error) {
 			Help: "How long probes took, successful or not.",
 			// 100µs to 10s: loopback and in-zone probes up to the longest timeout.
 			Buckets: prometheus.ExponentialBucketsRange(0.0001, 10, 16)}, []string{"namespace", "name"}),
+		startLateness: prometheus.NewHistogram(prometheus.HistogramOpts{Name: StartLatenessName,
+			Help: "How late probes started against their turn, across all breakers: waiting for a free place under " +
+				"--max-concurrent-probes. Probes that would start after their own deadline are not sent and not observed.",
+			// 100µs to 10s: from a manager at ease to one whose probes wait out whole timeouts.
+			Buckets: prometheus.ExponentialBucketsRange(0.0001, 10, 16)}),
 		info: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: InfoName,
 			Help: "Always 1: the breaker's target and front Service, to join onto its other series in alerts and dashboards."},
 			[]string{"namespace", "name", "target", "front"}),
@@ -89,6 +96,7 @@ func NewRecorder(reg prometheus.Registerer) (*Recorder, error) {
 	r.probeDuration = register(reg, r.probeDuration)
 	r.guard = register(reg, r.guard)
 	r.localErrors = register(reg, r.localErrors)
+	r.startLateness = register(reg, r.startLateness)
 	for _, reason := range probe.LocalReasons {
 		r.localErrors.WithLabelValues(reason) // every reason shows as 0 before its first error
 	}
@@ -195,7 +203,7 @@ func (r *Recorder) Delete(namespace, name string) {
 // Breaker returns the probe metrics of one breaker with their labels resolved, so that
 // recording a probe costs no label lookup.
 func (r *Recorder) Breaker(namespace, name string) *BreakerMetrics {
-	m := &BreakerMetrics{duration: r.probeDuration.WithLabelValues(namespace, name)}
+	m := &BreakerMetrics{duration: r.probeDuration.WithLabelValues(namespace, name), startLateness: r.startLateness}
 	for i, o := range Outcomes {
 		m.outcomes[i] = r.probes.WithLabelValues(namespace, name, o)
 	}
@@ -209,6 +217,14 @@ func (r *Recorder) Breaker(namespace, name string) *BreakerMetrics {
 type BreakerMetrics struct {
 	outcomes [4]prometheus.Counter // indexed like Outcomes and breaker.Outcome
 	duration prometheus.Observer
+	// startLateness is the manager-wide histogram: it sizes the manager, not the breaker, so
+	// it has no breaker labels.
+	startLateness prometheus.Observer
+}
+
+// ObserveStart records how late one of the breaker's probes started against its turn.
+func (m *BreakerMetrics) ObserveStart(lateness time.Duration) {
+	m.startLateness.Observe(lateness.Seconds())
 }
 
 // ObserveProbe counts one probe; outcome indexes Outcomes.

@@ -19,6 +19,9 @@ func TestRecorder(t *testing.T) {
 		t.Fatalf("a second recorder on one registry must reuse its collectors: %v", err)
 	}
 	b := r.Breaker("shop", "payments")
+	b.ObserveStart(200 * time.Microsecond)
+	b.ObserveStart(2 * time.Second)
+	r.Breaker("shop", "other").ObserveStart(0)
 	b.ObserveProbe(0, 3*time.Millisecond)
 	b.ObserveProbe(1, 500*time.Millisecond)
 	b.ObserveProbe(1, time.Second)
@@ -74,6 +77,15 @@ tripswitch_breaker_info{front="payments",name="payments",namespace="shop",target
 	if n := testutil.CollectAndCount(r.probeDuration); n != 2 {
 		t.Errorf("%d histogram series, want 2", n)
 	}
+	if n := testutil.CollectAndCount(r.startLateness); n != 1 {
+		t.Errorf("%d start lateness series, want 1 for the whole manager", n)
+	}
+	if got, err := testutil.GatherAndCount(reg, StartLatenessName); err != nil || got != 1 {
+		t.Errorf("%s: %d series (%v), want 1", StartLatenessName, got, err)
+	}
+	if n := histogramCount(t, reg, StartLatenessName); n != 3 {
+		t.Errorf("%s counted %d starts, want 3", StartLatenessName, n)
+	}
 
 	r.Delete("shop", "payments")
 	if n := testutil.CollectAndCount(r.transitions); n != 0 {
@@ -95,4 +107,19 @@ tripswitch_breaker_trips_total{name="other",namespace="shop"} 0
 	if n := testutil.CollectAndCount(r.probes); n != 4 {
 		t.Errorf("%d probe series after deletion, want the other breaker's 4", n)
 	}
+}
+
+func histogramCount(t *testing.T, reg prometheus.Gatherer, name string) uint64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == name {
+			return f.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
+	t.Fatalf("%s is not registered", name)
+	return 0
 }

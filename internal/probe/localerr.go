@@ -28,9 +28,10 @@ const (
 	// LocalCanceled: the manager cancelled the probe (the context given to Probe), because it
 	// is shutting down, lost its leadership, or the breaker or endpoint was removed. The
 	// probe's own timeout is not this: it stays a target Failure. The scheduler records
-	// nothing of a probe it cancelled, so this reason reaches neither status nor a metric.
+	// nothing of a probe it cancelled (internal/runner), so this reason reaches neither status nor
+	// a metric.
 	LocalCanceled = "canceled"
-	// LocalStartedLate is not produced by the probers: the Scheduler uses it for a probe whose
+	// LocalStartedLate is not produced by the probers: internal/runner uses it for a probe whose
 	// start came after its own deadline (due time plus timeout), because the manager was too
 	// busy to send it; such a probe is not sent at all. It is declared here so that every
 	// reason lives in one place.

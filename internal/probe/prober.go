@@ -1,6 +1,6 @@
 // Package probe checks a CircuitBreaker's target endpoints over HTTP, TCP or gRPC and turns
-// each check into a breaker outcome. The Scheduler runs every breaker's probes on one manager,
-// spread over their intervals under a global concurrency bound.
+// each check into a breaker outcome: one probe, one Result. internal/runner decides when to
+// probe and what the outcomes do.
 package probe
 
 import (

@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,6 +34,7 @@ import (
 
 	"github.com/tripswitch/tripswitch/internal/breaker"
 	"github.com/tripswitch/tripswitch/internal/probe"
+	"github.com/tripswitch/tripswitch/internal/runner"
 )
 
 func main() {
@@ -140,13 +142,15 @@ func run(breakers, endpointsPer int, interval, duration time.Duration, concurren
 	// The scheduler.
 	heap0, stack0 := heap()
 	codes, _ := probe.ParseCodes("200-399")
-	sched := probe.NewScheduler(probe.NewFactory(nil, clock.RealClock{}), clock.RealClock{}, concurrency)
+	starts := &startRecord{}
+	sched := runner.New(runner.Options{NewProber: probe.NewFactory(nil, clock.RealClock{}).New, MaxConcurrentProbes: concurrency,
+		Observers: func(types.NamespacedName) runner.ProbeObserver { return starts }})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan struct{})
 	go func() { defer close(done); _ = sched.Start(ctx) }()
 	for b := range breakers {
-		err := sched.Upsert(types.NamespacedName{Namespace: "bench", Name: fmt.Sprintf("b%d", b)}, probe.Registration{
+		err := sched.Upsert(types.NamespacedName{Namespace: "bench", Name: fmt.Sprintf("b%d", b)}, runner.Registration{
 			Spec:      probe.Spec{Timeout: interval, HTTP: &probe.HTTPSpec{Path: "/healthz", Success: codes}},
 			Interval:  interval,
 			Endpoints: eps[b*endpointsPer : (b+1)*endpointsPer],
@@ -160,6 +164,7 @@ func run(breakers, endpointsPer int, interval, duration time.Duration, concurren
 	// Warm up for two intervals: every connection is open, phases are in their rhythm.
 	time.Sleep(2 * interval)
 	warm := sched.Stats()
+	starts.reset()
 	cpu0, t0 := cpuTime(), time.Now()
 	time.Sleep(duration)
 	cpu1, elapsed, end := cpuTime(), time.Since(t0), sched.Stats()
@@ -178,7 +183,7 @@ func run(breakers, endpointsPer int, interval, duration time.Duration, concurren
 	probes := float64(end.Completed - warm.Completed)
 	ourCPU := (cpu1 - cpu0).Seconds() / probes * 1000
 	fmt.Printf("scheduler:  %.0f probes/s achieved (%.4f of scheduled), %.3f CPU s per 1,000 probes, p99 lateness %s, p50 %s\n",
-		probes/elapsed.Seconds(), probes/elapsed.Seconds()/scheduled, ourCPU, end.LatenessQuantile(0.99), end.LatenessQuantile(0.5))
+		probes/elapsed.Seconds(), probes/elapsed.Seconds()/scheduled, ourCPU, starts.quantile(0.99), starts.quantile(0.5))
 	fmt.Printf("            heap %.1f KiB per breaker, goroutine stacks %.1f KiB per breaker (%d keep-alive connections)\n",
 		float64(heap1-heap0)/float64(breakers)/1024, float64(int64(stack1)-int64(stack0))/float64(breakers)/1024, total)
 
@@ -226,4 +231,36 @@ func run(breakers, endpointsPer int, interval, duration time.Duration, concurren
 	fmt.Printf("bare loop:  %.0f requests/s, %.3f CPU s per 1,000 requests\n", float64(sent.Load())/elapsed.Seconds(), refCPU)
 	fmt.Printf("cost ratio: %.2f× the bare loop per probe\n", ourCPU/refCPU)
 	return nil
+}
+
+// startRecord keeps how late every probe started, exactly, so that quantiles need no buckets.
+type startRecord struct {
+	mu   sync.Mutex
+	late []time.Duration
+}
+
+func (r *startRecord) ObserveStart(d time.Duration) {
+	r.mu.Lock()
+	r.late = append(r.late, d)
+	r.mu.Unlock()
+}
+
+func (r *startRecord) ObserveProbe(int, time.Duration) {}
+
+func (r *startRecord) reset() {
+	r.mu.Lock()
+	r.late = r.late[:0]
+	r.mu.Unlock()
+}
+
+// quantile is the q-quantile of the recorded latenesses (nearest rank), 0 with none.
+func (r *startRecord) quantile(q float64) time.Duration {
+	r.mu.Lock()
+	late := slices.Clone(r.late)
+	r.mu.Unlock()
+	if len(late) == 0 {
+		return 0
+	}
+	slices.Sort(late)
+	return late[min(len(late)-1, int(q*float64(len(late))))]
 }

@@ -1,4 +1,4 @@
-package probe
+package runner
 
 import (
 	"context"
@@ -21,6 +21,7 @@ import (
 
 	"github.com/tripswitch/tripswitch/internal/breaker"
 	"github.com/tripswitch/tripswitch/internal/guard"
+	"github.com/tripswitch/tripswitch/internal/probe"
 )
 
 // recorder is an HTTP backend that logs when each request arrived and can be switched
@@ -69,19 +70,23 @@ func (rec *recorder) times() []time.Time {
 	return append([]time.Time(nil), rec.arrivals...)
 }
 
-func registration(t *testing.T, interval time.Duration, eps ...Endpoint) Registration {
+func registration(t *testing.T, interval time.Duration, eps ...probe.Endpoint) Registration {
 	return Registration{
-		Spec:      httpSpec(t, func(s *Spec) { s.HTTP.Path = "/"; s.Timeout = min(time.Second, interval) }),
+		Spec:      httpSpec(t, func(s *probe.Spec) { s.HTTP.Path = "/"; s.Timeout = min(time.Second, interval) }),
 		Interval:  interval,
 		Endpoints: eps,
 		Config:    breaker.Config{ConsecutiveFailures: 3, OpenDuration: time.Hour, TrialProbes: 1, SuccessThreshold: 1},
 	}
 }
 
-// startScheduler runs a scheduler until the test ends.
-func startScheduler(t *testing.T, maxConcurrent int) *Scheduler {
+// startScheduler runs a scheduler until the test ends, probing through a real net.Dialer
+// unless o says otherwise.
+func startScheduler(t *testing.T, o Options) *Scheduler {
 	t.Helper()
-	s := NewScheduler(NewFactory(nil, clock.RealClock{}), clock.RealClock{}, maxConcurrent)
+	if o.NewProber == nil {
+		o.NewProber = probe.NewFactory(nil, clock.RealClock{}).New
+	}
+	s := New(o)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -103,7 +108,7 @@ func TestSchedulerSpreadsProbesAcrossTheInterval(t *testing.T) {
 	g := NewWithT(t)
 	rec := &recorder{}
 	ep, _ := serve(t, "127.0.0.1", rec)
-	s := startScheduler(t, 64)
+	s := startScheduler(t, Options{MaxConcurrentProbes: 64})
 	const breakers, interval = 50, 500 * time.Millisecond
 	start := time.Now()
 	for i := range breakers {
@@ -134,13 +139,14 @@ func TestSchedulerRespectsTheConcurrencyBound(t *testing.T) {
 	g := NewWithT(t)
 	rec := &recorder{delay: 100 * time.Millisecond}
 	ep, _ := serve(t, "127.0.0.1", rec)
-	s := startScheduler(t, 3)
+	late := &starts{}
+	s := startScheduler(t, Options{MaxConcurrentProbes: 3, Observers: func(types.NamespacedName) ProbeObserver { return late }})
 	for i := range 20 {
 		g.Expect(s.Upsert(key(i), registration(t, 200*time.Millisecond, ep))).To(Succeed())
 	}
 	g.Eventually(rec.count, 5*time.Second).Should(BeNumerically(">=", 30))
 	g.Expect(rec.peak.Load()).To(BeEquivalentTo(3), "the bound should be reached and never exceeded")
-	g.Expect(s.Stats().LatenessQuantile(0.99)).To(BeNumerically(">", 50*time.Millisecond),
+	g.Expect(late.max()).To(BeNumerically(">", 50*time.Millisecond),
 		"a saturated scheduler probes late instead of exceeding its bound")
 }
 
@@ -149,29 +155,28 @@ func TestSchedulerOpenBreakerSendsNoProbes(t *testing.T) {
 	rec := &recorder{}
 	rec.failing.Store(true)
 	ep, _ := serve(t, "127.0.0.1", rec)
-	s := startScheduler(t, 8)
 	var notified atomic.Int32
-	s.SetOnChange(func(k types.NamespacedName) {
+	s := startScheduler(t, Options{MaxConcurrentProbes: 8, OnChange: func(k types.NamespacedName) {
 		if k == key(1) {
 			notified.Add(1)
 		}
-	})
+	}})
 	g.Expect(s.Upsert(key(1), registration(t, 50*time.Millisecond, ep))).To(Succeed())
 
 	g.Eventually(notified.Load).Should(BeEquivalentTo(1))
+	changes := s.TakeChanges(key(1))
 	v, ok := s.View(key(1))
 	g.Expect(ok).To(BeTrue())
 	g.Expect(v.Snapshot.State).To(Equal(breaker.Open))
-	g.Expect(v.Changes).To(HaveLen(1))
-	g.Expect(v.Changes[0].Reason).To(Equal(breaker.ConsecutiveFailures))
-	g.Expect(v.Changes[0].Probe.Message).To(Equal("HTTP 503"))
+	g.Expect(changes).To(HaveLen(1))
+	g.Expect(changes[0].Reason).To(Equal(breaker.ConsecutiveFailures))
+	g.Expect(changes[0].Probe.Message).To(Equal("HTTP 503"))
 	g.Expect(v.LastProbe.Endpoint).To(Equal(ep))
 	g.Expect(v.Probes[breaker.Failure]).To(BeEquivalentTo(3))
 
 	g.Consistently(rec.count, time.Second).Should(Equal(3), "an Open breaker must not probe")
 	g.Expect(notified.Load()).To(BeEquivalentTo(1), "steady Open state must not notify the controller")
-	v, _ = s.View(key(1))
-	g.Expect(v.Changes).To(BeEmpty(), "View takes the changes it returns")
+	g.Expect(s.TakeChanges(key(1))).To(BeEmpty(), "TakeChanges forgets the changes it returns")
 }
 
 func TestSchedulerRecoversThroughAnImmediateTrial(t *testing.T) {
@@ -179,7 +184,7 @@ func TestSchedulerRecoversThroughAnImmediateTrial(t *testing.T) {
 	rec := &recorder{}
 	rec.failing.Store(true)
 	ep, _ := serve(t, "127.0.0.1", rec)
-	s := startScheduler(t, 8)
+	s := startScheduler(t, Options{MaxConcurrentProbes: 8})
 	reg := registration(t, 2*time.Second, ep)
 	reg.Config.ConsecutiveFailures = 1
 	reg.Config.OpenDuration = time.Second
@@ -187,8 +192,7 @@ func TestSchedulerRecoversThroughAnImmediateTrial(t *testing.T) {
 
 	var changes []Change
 	collect := func() []Change {
-		v, _ := s.View(key(1))
-		changes = append(changes, v.Changes...)
+		changes = append(changes, s.TakeChanges(key(1))...)
 		return changes
 	}
 	g.Eventually(collect, 5*time.Second).Should(HaveLen(1))
@@ -207,7 +211,7 @@ func TestSchedulerFollowsEndpointChanges(t *testing.T) {
 	a, b := &recorder{}, &recorder{}
 	epA, _ := serve(t, "127.0.0.1", a)
 	epB, _ := serve(t, "127.0.0.2", b)
-	s := startScheduler(t, 8)
+	s := startScheduler(t, Options{MaxConcurrentProbes: 8})
 	g.Expect(s.Upsert(key(1), registration(t, 50*time.Millisecond, epA))).To(Succeed())
 	g.Eventually(a.count).Should(BeNumerically(">=", 2))
 	g.Expect(b.count()).To(BeZero())
@@ -228,7 +232,7 @@ func TestSchedulerResumesAnOpenBreakerFromStatus(t *testing.T) {
 	g := NewWithT(t)
 	rec := &recorder{}
 	ep, _ := serve(t, "127.0.0.1", rec)
-	s := startScheduler(t, 8)
+	s := startScheduler(t, Options{MaxConcurrentProbes: 8})
 	reg := registration(t, 50*time.Millisecond, ep)
 	openUntil := time.Now().Add(700 * time.Millisecond)
 	reg.Restore = &breaker.Snapshot{State: breaker.Open, Reason: breaker.ConsecutiveFailures, Since: time.Now(),
@@ -263,7 +267,7 @@ func TestSchedulerLeavesNoGoroutineBehind(t *testing.T) {
 
 	baseline := goleak.IgnoreCurrent()
 	ctx, cancel := context.WithCancel(context.Background())
-	s := NewScheduler(NewFactory(nil, clock.RealClock{}), clock.RealClock{}, 8)
+	s := New(Options{NewProber: probe.NewFactory(nil, clock.RealClock{}).New, MaxConcurrentProbes: 8})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -272,7 +276,7 @@ func TestSchedulerLeavesNoGoroutineBehind(t *testing.T) {
 
 	g.Expect(s.Upsert(key(1), registration(t, 50*time.Millisecond, httpEP))).To(Succeed())
 	tcpReg := registration(t, 50*time.Millisecond, tcpEP)
-	tcpReg.Spec = Spec{Timeout: time.Second, TCP: true}
+	tcpReg.Spec = probe.Spec{Timeout: time.Second, TCP: true}
 	g.Expect(s.Upsert(key(2), tcpReg)).To(Succeed())
 	hangReg := registration(t, time.Second, hangEP)
 	g.Expect(s.Upsert(key(3), hangReg)).To(Succeed())
@@ -286,8 +290,8 @@ func TestSchedulerLeavesNoGoroutineBehind(t *testing.T) {
 	}
 	g.Eventually(func() error {
 		return goleak.Find(baseline,
-			goleak.IgnoreTopFunction("github.com/tripswitch/tripswitch/internal/probe.(*Scheduler).Start"),
-			goleak.IgnoreAnyFunction("github.com/tripswitch/tripswitch/internal/probe.(*recorder).ServeHTTP"))
+			goleak.IgnoreTopFunction("github.com/tripswitch/tripswitch/internal/runner.(*Scheduler).Start"),
+			goleak.IgnoreAnyFunction("github.com/tripswitch/tripswitch/internal/runner.(*recorder).ServeHTTP"))
 	}, 3*time.Second).Should(Succeed())
 
 	// So does stopping the scheduler.
@@ -307,7 +311,7 @@ func TestSchedulerGivesATrialSlotBackWhenTheProbeIsEditedMidTrial(t *testing.T) 
 	rec := &recorder{}
 	rec.failing.Store(true)
 	ep, _ := serve(t, "127.0.0.1", rec)
-	s := startScheduler(t, 8)
+	s := startScheduler(t, Options{MaxConcurrentProbes: 8})
 	reg := registration(t, 3*time.Second, ep) // timeout 1s, the next turn 3s away
 	reg.Config.ConsecutiveFailures, reg.Config.OpenDuration = 1, time.Second
 	g.Expect(s.Upsert(key(1), reg)).To(Succeed())
@@ -318,7 +322,7 @@ func TestSchedulerGivesATrialSlotBackWhenTheProbeIsEditedMidTrial(t *testing.T) 
 	g.Eventually(state(s, key(1)), 3*time.Second).Should(Equal(breaker.HalfOpen))
 	g.Eventually(rec.inflight.Load).Should(BeEquivalentTo(1), "the trial hangs")
 	edited := reg
-	edited.Spec = httpSpec(t, func(sp *Spec) { sp.HTTP.Path = "/ready"; sp.Timeout = time.Second })
+	edited.Spec = httpSpec(t, func(sp *probe.Spec) { sp.HTTP.Path = "/ready"; sp.Timeout = time.Second })
 	g.Expect(s.Upsert(key(1), edited)).To(Succeed())
 	rec.hanging.Store(false)
 
@@ -333,14 +337,16 @@ func TestSchedulerSkipsAProbeThatCouldOnlyStartPastItsDeadline(t *testing.T) {
 	slow.hanging.Store(true)
 	slowEP, _ := serve(t, "127.0.0.1", slow)
 	fastEP, _ := serve(t, "127.0.0.2", fast)
-	s := startScheduler(t, 1) // one probe at a time: the hanging one holds it for its whole timeout
 	var late atomic.Int32
-	s.SetLocalErrorObserver(func(reason string) {
-		if reason == LocalStartedLate {
+	// One probe at a time, and two breakers whose probes hang take turns to hold it for their
+	// whole timeout: the manager is starved.
+	s := startScheduler(t, Options{MaxConcurrentProbes: 1, LocalErrors: func(reason string) {
+		if reason == probe.LocalStartedLate {
 			late.Add(1)
 		}
-	})
+	}})
 	g.Expect(s.Upsert(key(1), registration(t, time.Second, slowEP))).To(Succeed())
+	g.Expect(s.Upsert(key(3), registration(t, time.Second, slowEP))).To(Succeed())
 	g.Eventually(slow.inflight.Load).Should(BeEquivalentTo(1))
 	fastReg := registration(t, 100*time.Millisecond, fastEP)
 	fastReg.Config.ConsecutiveFailures = 1
@@ -357,13 +363,9 @@ func TestSchedulerCountsTheManagersOwnErrorsAsNeutral(t *testing.T) {
 	emfile := func(context.Context, string, string) (net.Conn, error) {
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("socket", syscall.EMFILE)}
 	}
-	s := NewScheduler(NewFactory(emfile, clock.RealClock{}), clock.RealClock{}, 4)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = s.Start(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
 	var reasons sync.Map
-	s.SetLocalErrorObserver(func(reason string) { reasons.Store(reason, true) })
+	s := startScheduler(t, Options{NewProber: probe.NewFactory(emfile, clock.RealClock{}).New, MaxConcurrentProbes: 4,
+		LocalErrors: func(reason string) { reasons.Store(reason, true) }})
 	reg := registration(t, 50*time.Millisecond, netip.MustParseAddrPort("127.0.0.1:9"))
 	reg.Config.ConsecutiveFailures = 1
 	g.Expect(s.Upsert(key(1), reg)).To(Succeed())
@@ -371,8 +373,8 @@ func TestSchedulerCountsTheManagersOwnErrorsAsNeutral(t *testing.T) {
 	g.Eventually(func() uint64 { v, _ := s.View(key(1)); return v.Probes[breaker.Neutral] }).Should(BeNumerically(">=", 3))
 	v, _ := s.View(key(1))
 	g.Expect(v.Snapshot.State).To(Equal(breaker.Closed))
-	g.Expect(v.LastProbe.Local).To(Equal(LocalFileDescriptors))
-	_, seen := reasons.Load(LocalFileDescriptors)
+	g.Expect(v.LastProbe.Local).To(Equal(probe.LocalFileDescriptors))
+	_, seen := reasons.Load(probe.LocalFileDescriptors)
 	g.Expect(seen).To(BeTrue())
 }
 
@@ -381,14 +383,9 @@ func TestSchedulerHoldsTripsUnderTheObserverGuard(t *testing.T) {
 	rec := &recorder{}
 	ep, _ := serve(t, "127.0.0.1", rec)
 	gd := guard.New(guard.Config{MaxTripFraction: 0.5, Window: time.Minute, MinBreakers: 5}, clock.RealClock{})
-	s := NewScheduler(NewFactory(nil, clock.RealClock{}), clock.RealClock{}, 16)
-	s.SetGuard(gd)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = s.Start(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
 	var notified sync.Map
-	s.SetOnChange(func(k types.NamespacedName) { notified.Store(k, true) })
+	s := startScheduler(t, Options{MaxConcurrentProbes: 16, Guard: gd,
+		OnChange: func(k types.NamespacedName) { notified.Store(k, true) }})
 
 	for i := range 6 {
 		reg := registration(t, 50*time.Millisecond, ep)
@@ -430,6 +427,7 @@ func TestSchedulerHoldsTripsUnderTheObserverGuard(t *testing.T) {
 // outcomes is a ProbeObserver that counts what it hears.
 type outcomes struct{ heard [4]atomic.Int32 }
 
+func (o *outcomes) ObserveStart(time.Duration)                {}
 func (o *outcomes) ObserveProbe(outcome int, _ time.Duration) { o.heard[outcome].Add(1) }
 
 func (o *outcomes) total() int32 {
@@ -448,11 +446,10 @@ func TestSchedulerRecordsNoProbeItCancelled(t *testing.T) {
 	hang := &recorder{}
 	hang.hanging.Store(true)
 	ep, _ := serve(t, "127.0.0.1", hang)
-	s := NewScheduler(NewFactory(nil, clock.RealClock{}), clock.RealClock{}, 4)
 	heard := &outcomes{}
-	s.SetProbeObservers(func(types.NamespacedName) ProbeObserver { return heard })
 	var local atomic.Int32
-	s.SetLocalErrorObserver(func(string) { local.Add(1) })
+	s := New(Options{NewProber: probe.NewFactory(nil, clock.RealClock{}).New, MaxConcurrentProbes: 4,
+		Observers: func(types.NamespacedName) ProbeObserver { return heard }, LocalErrors: func(string) { local.Add(1) }})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = s.Start(ctx) }()

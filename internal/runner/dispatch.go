@@ -1,0 +1,545 @@
+package runner
+
+import (
+	"container/heap"
+	"context"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/tripswitch/tripswitch/internal/breaker"
+	"github.com/tripswitch/tripswitch/internal/guard"
+	"github.com/tripswitch/tripswitch/internal/probe"
+)
+
+// How the scheduler shares its concurrency bound, so that no breaker or namespace starves
+// another, and a probe that hangs until its timeout delays nobody else's:
+//
+//   - The dispatcher never waits for a free place. A turn that comes due goes into a queue,
+//     and a place that comes free goes to the next queued turn at once.
+//   - HalfOpen trials go first, and may use a reserve beyond the bound (Limits.TrialReserve),
+//     so a trial never waits behind Closed probes, even when hanging probes fill the bound.
+//   - A breaker may have at most Limits.PerBreaker probes in flight or queued. A turn that
+//     comes due beyond that is skipped (not sent, not counted, as an Open breaker's turns
+//     are), so one breaker with hundreds of hanging endpoints holds a quarter of the bound
+//     at most, and the rest stays free for everybody else.
+//   - The next place goes to the namespace with the fewest probes in flight, and within it to
+//     the breaker with the fewest in flight; ties go to the oldest turn. So when many
+//     breakers hang at once (a dead node hosts pods of many Services), their queued turns
+//     wait behind every breaker that has nothing in flight, and those wait at most for the
+//     next probe to return, not for a queue of hanging probes.
+
+// Limits say how the concurrency bound is shared.
+type Limits struct {
+	// MaxInFlight bounds the probes in flight, HalfOpen trials aside.
+	MaxInFlight int
+	// PerBreaker bounds one breaker's probes in flight and queued, HalfOpen trials aside.
+	PerBreaker int
+	// TrialReserve is how many probes beyond MaxInFlight may be in flight for HalfOpen trials.
+	TrialReserve int
+}
+
+// LimitsFor shares a bound of maxConcurrent probes: a quarter of it for any one breaker, and
+// a quarter more for HalfOpen trials.
+func LimitsFor(maxConcurrent int) Limits {
+	n := max(1, maxConcurrent)
+	return Limits{MaxInFlight: n, PerBreaker: max(1, n/4), TrialReserve: max(1, n/4)}
+}
+
+// namespace is one namespace's share of the bound. Its fields belong to Scheduler.mu.
+type namespace struct {
+	name     string
+	entries  int // breakers registered
+	inflight int
+	waiting  breakerHeap // its breakers with turns queued
+	index    int         // in fairQueue.namespaces; -1 when out of it
+}
+
+// namespace returns the namespace called name, making it if needed. Callers hold s.mu.
+func (s *Scheduler) namespace(name string) *namespace {
+	ns, ok := s.namespaces[name]
+	if !ok {
+		ns = &namespace{name: name, index: -1}
+		s.namespaces[name] = ns
+	}
+	return ns
+}
+
+// forgetNamespace drops a namespace with no breaker and no probe in flight left. Callers hold
+// s.mu.
+func (s *Scheduler) forgetNamespace(ns *namespace) {
+	if ns.entries == 0 && ns.inflight == 0 && ns.index < 0 && s.namespaces[ns.name] == ns {
+		delete(s.namespaces, ns.name)
+	}
+}
+
+// fairQueue holds the turns that came due and wait for a place: HalfOpen trials in order, and
+// the others by namespace and breaker, fewest in flight first. Its methods run under
+// Scheduler.mu.
+type fairQueue struct {
+	trials     []*slot
+	namespaces nsHeap
+}
+
+// fix puts e and its namespace where their probes in flight and queued turns place them now.
+func (q *fairQueue) fix(e *entry) {
+	ns := e.ns
+	switch {
+	case len(e.waiting) == 0 && e.waitIndex >= 0:
+		heap.Remove(&ns.waiting, e.waitIndex)
+	case len(e.waiting) > 0 && e.waitIndex < 0:
+		heap.Push(&ns.waiting, e)
+	case e.waitIndex >= 0:
+		heap.Fix(&ns.waiting, e.waitIndex)
+	}
+	switch {
+	case ns.waiting.Len() == 0 && ns.index >= 0:
+		heap.Remove(&q.namespaces, ns.index)
+	case ns.waiting.Len() > 0 && ns.index < 0:
+		heap.Push(&q.namespaces, ns)
+	case ns.index >= 0:
+		heap.Fix(&q.namespaces, ns.index)
+	}
+}
+
+// push queues a turn of sl that came due at due.
+func (q *fairQueue) push(sl *slot, due time.Time, trial bool) {
+	sl.waiting, sl.waitDue = true, due
+	if trial {
+		q.trials = append(q.trials, sl)
+		return
+	}
+	sl.entry.waiting = append(sl.entry.waiting, sl)
+	q.fix(sl.entry)
+}
+
+// drop takes a queued turn of sl out of the queue. A trial is only marked, and skipped when
+// its turn comes.
+func (q *fairQueue) drop(sl *slot) {
+	if !sl.waiting {
+		return
+	}
+	sl.waiting = false
+	e := sl.entry
+	if i := slices.Index(e.waiting, sl); i >= 0 {
+		e.waiting = slices.Delete(e.waiting, i, i+1)
+		q.fix(e)
+	}
+}
+
+// nextTrial takes the oldest queued trial, if any.
+func (q *fairQueue) nextTrial() *slot {
+	for len(q.trials) > 0 {
+		sl := q.trials[0]
+		q.trials[0] = nil
+		q.trials = q.trials[1:]
+		if sl.waiting && !sl.gone {
+			sl.waiting = false
+			return sl
+		}
+	}
+	return nil
+}
+
+// next takes the turn that the next free place goes to, if any.
+func (q *fairQueue) next() *slot {
+	if q.namespaces.Len() == 0 {
+		return nil
+	}
+	e := q.namespaces[0].waiting[0]
+	sl := e.waiting[0]
+	e.waiting[0] = nil
+	e.waiting = e.waiting[1:]
+	sl.waiting = false
+	q.fix(e)
+	return sl
+}
+
+// Start runs the dispatcher until ctx ends, then waits for the probes in flight.
+func (s *Scheduler) Start(ctx context.Context) error {
+	s.mu.Lock()
+	s.ctx = ctx
+	for _, e := range s.entries {
+		// Entries registered before Start get contexts that end with the scheduler.
+		e.mu.Lock()
+		e.cancel()
+		e.ctx, e.cancel = context.WithCancel(ctx)
+		e.mu.Unlock()
+	}
+	s.mu.Unlock()
+	log.FromContext(ctx).Info("Starting probe scheduler", "maxConcurrentProbes", s.limits.MaxInFlight,
+		"perBreaker", s.limits.PerBreaker, "trialReserve", s.limits.TrialReserve)
+
+	timer := s.clock.NewTimer(time.Hour)
+	defer timer.Stop()
+	for ctx.Err() == nil {
+		wait := s.dispatch()
+		if !timer.Stop() {
+			select {
+			case <-timer.C():
+			default:
+			}
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+		case <-s.wake:
+		case <-timer.C():
+		}
+	}
+	s.probes.Wait()
+	s.mu.Lock()
+	keys := slices.Collect(maps.Keys(s.entries))
+	s.mu.Unlock()
+	for _, key := range keys {
+		s.Remove(key)
+	}
+	return nil
+}
+
+// dispatch queues every turn that is due, starts what the bound allows, and returns how long
+// to wait for the next turn.
+func (s *Scheduler) dispatch() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.clock.Now()
+	for s.turns.Len() > 0 && !s.turns[0].due.After(now) {
+		sl := s.turns[0]
+		due := sl.due
+		// Next turn: skip the turns that were missed rather than bunching them up.
+		interval := sl.entry.interval
+		sl.due = due.Add(interval)
+		if !sl.due.After(now) {
+			sl.due = now.Add(interval - now.Sub(due)%interval)
+		}
+		heap.Fix(&s.turns, 0)
+		s.offer(sl, due)
+	}
+	s.grant(now)
+	if s.turns.Len() == 0 {
+		return time.Hour
+	}
+	return s.turns[0].due.Sub(now)
+}
+
+// offer queues a turn that came due, unless there is nothing to send: the endpoint's previous
+// turn is still queued or in flight, the engine admits no probe (Open, or HalfOpen with its
+// trials out), or the breaker has its share of the bound in flight and queued. Callers hold
+// s.mu.
+func (s *Scheduler) offer(sl *slot, due time.Time) {
+	if sl.waiting || sl.inflight {
+		return
+	}
+	e := sl.entry
+	e.mu.Lock()
+	state, admits := e.engine.State(), e.engine.CanAdmit()
+	e.mu.Unlock()
+	switch {
+	case !admits:
+		return
+	case state == breaker.HalfOpen:
+		s.queue.push(sl, due, true)
+	case e.inflight+len(e.waiting) >= s.limits.PerBreaker:
+		s.stats.skippedAtCap.Add(1)
+		if !e.atCap {
+			e.atCap = true
+			s.logAtCap(e)
+		}
+	default:
+		e.atCap = false
+		s.queue.push(sl, due, false)
+	}
+}
+
+// grant starts queued turns while the bound allows: trials first, then the others in the
+// fair queue's order. Callers hold s.mu.
+func (s *Scheduler) grant(now time.Time) {
+	if s.ctx == nil || s.ctx.Err() != nil {
+		return
+	}
+	for {
+		if s.inflight < s.limits.MaxInFlight+s.limits.TrialReserve {
+			if sl := s.queue.nextTrial(); sl != nil {
+				s.start(sl, now)
+				continue
+			}
+		}
+		if s.inflight >= s.limits.MaxInFlight {
+			return
+		}
+		sl := s.queue.next()
+		if sl == nil {
+			return
+		}
+		s.start(sl, now)
+	}
+}
+
+// start sends the probe of a queued turn if the engine admits it. A probe that could only
+// start after its own deadline (due plus timeout) is not sent: on a manager that starved it,
+// its outcome would say more about the manager than about the target. Callers hold s.mu.
+func (s *Scheduler) start(sl *slot, now time.Time) {
+	e := sl.entry
+	late := now.Sub(sl.waitDue)
+	e.mu.Lock()
+	if e.removed || sl.gone {
+		e.mu.Unlock()
+		return
+	}
+	if late >= e.spec.Timeout && e.engine.CanAdmit() {
+		e.mu.Unlock()
+		s.localError(e.key, probe.Result{Endpoint: sl.ep, Outcome: breaker.Neutral, Local: probe.LocalStartedLate,
+			Message: "probe started " + late.Round(time.Millisecond).String() + " late, after its own deadline (not sent)"})
+		return
+	}
+	ticket, admitted := e.engine.Admit()
+	if !admitted {
+		e.mu.Unlock()
+		return
+	}
+	if e.engine.State() == breaker.HalfOpen {
+		s.armDeadline(e) // the trial's bound
+	}
+	ref := e.prober
+	ref.inflight++
+	ctx, observer := e.ctx, e.observer
+	e.mu.Unlock()
+
+	sl.inflight = true
+	e.inflight++
+	e.ns.inflight++
+	s.inflight++
+	s.queue.fix(e)
+	s.stats.started.Add(1)
+	if observer != nil {
+		observer.ObserveStart(late)
+	}
+	s.probes.Add(1)
+	go s.run(ctx, sl, ref, ticket)
+}
+
+// run sends one probe, records it, and gives its place to the next queued turn.
+func (s *Scheduler) run(ctx context.Context, sl *slot, ref *proberRef, ticket breaker.Ticket) {
+	defer s.probes.Done()
+	r := ref.Probe(ctx, sl.ep)
+	trialNow := s.record(ctx, sl, ref, ticket, r)
+	e := sl.entry
+	s.mu.Lock()
+	sl.inflight = false
+	e.inflight--
+	e.ns.inflight--
+	s.inflight--
+	s.queue.fix(e)
+	if e.removed {
+		s.forgetNamespace(e.ns)
+	}
+	s.grant(s.clock.Now())
+	s.mu.Unlock()
+	if trialNow {
+		s.tick(e)
+	}
+}
+
+// record feeds a result to the engine and tells the controller about a transition, or about
+// a trip the observer guard started or stopped holding. Every admitted probe ends here in a
+// recorded outcome or a released trial slot. It says whether a HalfOpen breaker's next trial
+// should go out at once, because a trial slot came free without an outcome.
+//
+// A probe whose context the scheduler cancelled (a shutdown, a lost lease, a removed breaker)
+// is not recorded at all, whatever its prober made of it: the manager stopped it, so it says
+// nothing about the target, and counting it even as Neutral or as a local error would put a
+// line in every breaker's status and the local-error metric at every rollout.
+func (s *Scheduler) record(ctx context.Context, sl *slot, ref *proberRef, ticket breaker.Ticket, r probe.Result) bool {
+	e := sl.entry
+	e.mu.Lock()
+	ref.inflight--
+	if ref.retired || ctx.Err() != nil {
+		// The probe was edited while this one ran: its result answers the old question, so
+		// it counts for nothing, but a trial gives its slot back for a probe of the new kind.
+		// The same holds for a probe the scheduler cancelled.
+		if ref.retired && ref.inflight == 0 {
+			ref.Close()
+		}
+		trialNow := false
+		if !e.removed {
+			e.engine.Release(ticket)
+			trialNow = ctx.Err() == nil && e.engine.State() == breaker.HalfOpen && e.engine.CanAdmit()
+		}
+		e.mu.Unlock()
+		return trialNow
+	}
+	if e.removed {
+		e.mu.Unlock()
+		return false
+	}
+	s.stats.completed.Add(1)
+	if e.observer != nil {
+		e.observer.ObserveProbe(int(r.Outcome), r.Latency)
+	}
+	e.last = &r
+	e.probes[r.Outcome]++
+	heldBefore := e.guardHeld
+	e.verdict = guard.Allow
+	t, changed := e.engine.Record(ticket, r.Outcome)
+	if changed {
+		result := r
+		e.changes = append(e.changes, Change{Transition: t, Probe: &result, Released: e.verdict == guard.Release})
+		s.armDeadline(e)
+	}
+	s.releaseHold(e)
+	holdChanged := heldBefore != e.guardHeld
+	e.mu.Unlock()
+	if r.Local != "" {
+		s.localError(e.key, r)
+	}
+	if changed || holdChanged {
+		s.changed(e.key)
+	}
+	return false
+}
+
+// logEvery bounds how often the scheduler logs about one kind of trouble: when the manager's
+// file descriptors run out, every probe fails the same way, and one line says enough.
+const logEvery = 5 * time.Second
+
+// rateLimitedLog lets a line out every logEvery at most, and counts the ones held back.
+type rateLimitedLog struct {
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+// allow says whether a line may go out at now, and how many were held back since the last.
+func (l *rateLimitedLog) allow(now time.Time) (suppressed int, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.last.IsZero() && now.Sub(l.last) < logEvery {
+		l.suppressed++
+		return 0, false
+	}
+	suppressed = l.suppressed
+	l.last, l.suppressed = now, 0
+	return suppressed, true
+}
+
+// localError counts a probe that failed for a reason of the manager's own, and logs it unless
+// a line went out less than logEvery ago.
+func (s *Scheduler) localError(key types.NamespacedName, r probe.Result) {
+	if s.localErrors != nil {
+		s.localErrors(r.Local)
+	}
+	if suppressed, ok := s.localLog.allow(s.clock.Now()); ok {
+		log.FromContext(s.baseContext()).Info("A probe failed for a reason of the manager's own; it counts as Neutral, not against the target",
+			"reason", r.Local, "breaker", key, "endpoint", r.Endpoint, "message", r.Message, "unloggedSinceLastLine", suppressed)
+	}
+}
+
+// logAtCap says that a breaker's turns are being skipped because it has its share of the
+// bound in flight, which happens when many of its endpoints hang until their timeout.
+func (s *Scheduler) logAtCap(e *entry) {
+	if suppressed, ok := s.capLog.allow(s.clock.Now()); ok {
+		log.FromContext(s.baseContext()).Info("A breaker has its share of --max-concurrent-probes in flight; its other endpoints' turns are skipped until probes return",
+			"breaker", e.key, "share", s.limits.PerBreaker, "endpoints", len(e.slots), "unloggedSinceLastLine", suppressed)
+	}
+}
+
+// turnHeap orders slots by the due time of their next turn.
+type turnHeap []*slot
+
+func (h turnHeap) Len() int           { return len(h) }
+func (h turnHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h turnHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+func (h *turnHeap) Push(x any) {
+	sl := x.(*slot)
+	sl.index = len(*h)
+	*h = append(*h, sl)
+}
+func (h *turnHeap) Pop() any {
+	old := *h
+	sl := old[len(old)-1]
+	old[len(old)-1] = nil
+	sl.index = -1
+	*h = old[:len(old)-1]
+	return sl
+}
+
+func (h *turnHeap) place(sl *slot) {
+	if sl.index >= 0 {
+		heap.Fix(h, sl.index)
+	} else {
+		heap.Push(h, sl)
+	}
+}
+
+func (h *turnHeap) unplace(sl *slot) {
+	if sl.index >= 0 {
+		heap.Remove(h, sl.index)
+	}
+}
+
+// breakerHeap orders a namespace's breakers with queued turns: fewest probes in flight first,
+// then the oldest queued turn.
+type breakerHeap []*entry
+
+func (h breakerHeap) Len() int { return len(h) }
+func (h breakerHeap) Less(i, j int) bool {
+	a, b := h[i], h[j]
+	if a.inflight != b.inflight {
+		return a.inflight < b.inflight
+	}
+	return a.waiting[0].waitDue.Before(b.waiting[0].waitDue)
+}
+func (h breakerHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].waitIndex, h[j].waitIndex = i, j
+}
+func (h *breakerHeap) Push(x any) {
+	e := x.(*entry)
+	e.waitIndex = len(*h)
+	*h = append(*h, e)
+}
+func (h *breakerHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	e.waitIndex = -1
+	*h = old[:len(old)-1]
+	return e
+}
+
+// nsHeap orders namespaces with queued turns: fewest probes in flight first, then the oldest
+// turn of the breaker that would go next.
+type nsHeap []*namespace
+
+func (h nsHeap) Len() int { return len(h) }
+func (h nsHeap) Less(i, j int) bool {
+	a, b := h[i], h[j]
+	if a.inflight != b.inflight {
+		return a.inflight < b.inflight
+	}
+	return a.waiting[0].waiting[0].waitDue.Before(b.waiting[0].waiting[0].waitDue)
+}
+func (h nsHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+func (h *nsHeap) Push(x any) {
+	ns := x.(*namespace)
+	ns.index = len(*h)
+	*h = append(*h, ns)
+}
+func (h *nsHeap) Pop() any {
+	old := *h
+	ns := old[len(old)-1]
+	old[len(old)-1] = nil
+	ns.index = -1
+	*h = old[:len(old)-1]
+	return ns
+}
