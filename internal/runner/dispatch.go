@@ -28,10 +28,13 @@ import (
 //     are), so one breaker with hundreds of hanging endpoints holds a quarter of the bound
 //     at most, and the rest stays free for everybody else.
 //   - The next place goes to the namespace with the fewest probes in flight, and within it to
-//     the breaker with the fewest in flight; ties go to the oldest turn. So when many
-//     breakers hang at once (a dead node hosts pods of many Services), their queued turns
-//     wait behind every breaker that has nothing in flight, and those wait at most for the
-//     next probe to return, not for a queue of hanging probes.
+//     the breaker with the fewest in flight. Between breakers with as many in flight, it goes
+//     to the turn that would finish first: its due time plus how long the breaker's probes
+//     have been holding a place (a moving average). So when many breakers hang at once (a
+//     dead node hosts pods of many Services), a quick breaker's turn goes ahead of their
+//     queued turns and waits at most for the next probe to return; and since a hanging
+//     breaker's turn only yields to turns due less than its own hold time after it, it is
+//     delayed, never starved.
 
 // Limits say how the concurrency bound is shared.
 type Limits struct {
@@ -48,6 +51,22 @@ type Limits struct {
 func LimitsFor(maxConcurrent int) Limits {
 	n := max(1, maxConcurrent)
 	return Limits{MaxInFlight: n, PerBreaker: max(1, n/4), TrialReserve: max(1, n/4)}
+}
+
+// finish is when the breaker's oldest queued turn would be done, if its probe held a place as
+// long as the breaker's probes have lately. Callers hold s.mu, and e has a turn queued.
+func (e *entry) finish() time.Time {
+	return e.waiting[0].waitDue.Add(e.hold)
+}
+
+// observeHold adds how long one probe held its place to the breaker's moving average, which
+// follows a change (an endpoint that starts hanging) within a few probes. Callers hold s.mu.
+func (e *entry) observeHold(d time.Duration) {
+	if e.hold == 0 {
+		e.hold = d
+		return
+	}
+	e.hold += (d - e.hold) / 4
 }
 
 // namespace is one namespace's share of the bound. Its fields belong to Scheduler.mu.
@@ -319,16 +338,18 @@ func (s *Scheduler) start(sl *slot, now time.Time) {
 		observer.ObserveStart(late)
 	}
 	s.probes.Add(1)
-	go s.run(ctx, sl, ref, ticket)
+	go s.run(ctx, sl, ref, ticket, now)
 }
 
 // run sends one probe, records it, and gives its place to the next queued turn.
-func (s *Scheduler) run(ctx context.Context, sl *slot, ref *proberRef, ticket breaker.Ticket) {
+func (s *Scheduler) run(ctx context.Context, sl *slot, ref *proberRef, ticket breaker.Ticket, started time.Time) {
 	defer s.probes.Done()
 	r := ref.Probe(ctx, sl.ep)
 	trialNow := s.record(ctx, sl, ref, ticket, r)
 	e := sl.entry
 	s.mu.Lock()
+	now := s.clock.Now()
+	e.observeHold(now.Sub(started))
 	sl.inflight = false
 	e.inflight--
 	e.ns.inflight--
@@ -337,7 +358,7 @@ func (s *Scheduler) run(ctx context.Context, sl *slot, ref *proberRef, ticket br
 	if e.removed {
 		s.forgetNamespace(e.ns)
 	}
-	s.grant(s.clock.Now())
+	s.grant(now)
 	s.mu.Unlock()
 	if trialNow {
 		s.tick(e)
@@ -485,7 +506,7 @@ func (h *turnHeap) unplace(sl *slot) {
 }
 
 // breakerHeap orders a namespace's breakers with queued turns: fewest probes in flight first,
-// then the oldest queued turn.
+// then the turn that would finish first.
 type breakerHeap []*entry
 
 func (h breakerHeap) Len() int { return len(h) }
@@ -494,7 +515,7 @@ func (h breakerHeap) Less(i, j int) bool {
 	if a.inflight != b.inflight {
 		return a.inflight < b.inflight
 	}
-	return a.waiting[0].waitDue.Before(b.waiting[0].waitDue)
+	return a.finish().Before(b.finish())
 }
 func (h breakerHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
@@ -514,8 +535,8 @@ func (h *breakerHeap) Pop() any {
 	return e
 }
 
-// nsHeap orders namespaces with queued turns: fewest probes in flight first, then the oldest
-// turn of the breaker that would go next.
+// nsHeap orders namespaces with queued turns: fewest probes in flight first, then the finish
+// of the turn that would go next in each.
 type nsHeap []*namespace
 
 func (h nsHeap) Len() int { return len(h) }
@@ -524,7 +545,7 @@ func (h nsHeap) Less(i, j int) bool {
 	if a.inflight != b.inflight {
 		return a.inflight < b.inflight
 	}
-	return a.waiting[0].waiting[0].waitDue.Before(b.waiting[0].waiting[0].waitDue)
+	return a.waiting[0].finish().Before(b.waiting[0].finish())
 }
 func (h nsHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]

@@ -183,10 +183,11 @@ type entry struct {
 
 	// scheduling, under Scheduler.mu
 	ns        *namespace
-	inflight  int     // probes of this breaker in flight
-	waiting   []*slot // turns waiting for a free place, oldest first
-	waitIndex int     // in ns.waiting; -1 when out of it
-	atCap     bool    // its last turn was skipped at its cap (for the log)
+	inflight  int           // probes of this breaker in flight
+	hold      time.Duration // how long its probes held a place lately, a moving average
+	waiting   []*slot       // turns waiting for a free place, oldest first
+	waitIndex int           // in ns.waiting; -1 when out of it
+	atCap     bool          // its last turn was skipped at its cap (for the log)
 }
 
 // proberRef counts a prober's probes in flight, so that a replaced or removed prober is
@@ -472,7 +473,9 @@ func (s *Scheduler) armDeadline(e *entry) {
 	if !ok {
 		return
 	}
-	e.deadline = s.clock.AfterFunc(max(0, at.Sub(s.clock.Now())), func() { s.tick(e) })
+	// tick on a goroutine of its own: a fake clock runs AfterFunc callbacks under its lock,
+	// where tick's reading of the clock would deadlock; the real clock does this anyway.
+	e.deadline = s.clock.AfterFunc(max(0, at.Sub(s.clock.Now())), func() { go s.tick(e) })
 }
 
 // tick moves an Open breaker to HalfOpen at its deadline, or writes off HalfOpen trials past
