@@ -35,6 +35,11 @@ import (
 //     queued turns and waits at most for the next probe to return; and since a hanging
 //     breaker's turn only yields to turns due less than its own hold time after it, it is
 //     delayed, never starved.
+//   - The last quarter of the bound (Limits.QuickReserve) is kept for quick breakers: a
+//     breaker whose probes lately held their place for half their timeout or more (they
+//     hang) may not take it. Without it, when more probes hang than the bound holds, places
+//     come free only as they time out, in bunches, and a quick turn could wait most of a
+//     timeout for one.
 
 // Limits say how the concurrency bound is shared.
 type Limits struct {
@@ -44,13 +49,24 @@ type Limits struct {
 	PerBreaker int
 	// TrialReserve is how many probes beyond MaxInFlight may be in flight for HalfOpen trials.
 	TrialReserve int
+	// QuickReserve is how many of the MaxInFlight places only quick breakers may take: a
+	// breaker whose probes hang starts no probe while fewer than that are free.
+	QuickReserve int
 }
 
-// LimitsFor shares a bound of maxConcurrent probes: a quarter of it for any one breaker, and
-// a quarter more for HalfOpen trials.
+// LimitsFor shares a bound of maxConcurrent probes: a quarter of it for any one breaker, its
+// last quarter for quick breakers only, and a quarter more for HalfOpen trials.
 func LimitsFor(maxConcurrent int) Limits {
 	n := max(1, maxConcurrent)
-	return Limits{MaxInFlight: n, PerBreaker: max(1, n/4), TrialReserve: max(1, n/4)}
+	return Limits{MaxInFlight: n, PerBreaker: max(1, n/4), TrialReserve: max(1, n/4), QuickReserve: n / 4}
+}
+
+// hangs says whether the breaker's probes lately held their place for half their timeout or
+// more, or none has returned yet: the quick reserve is for breakers known to be quick, or
+// every breaker on a node that just died would take it with its first probe. Callers hold
+// s.mu.
+func (e *entry) hangs() bool {
+	return !e.holdKnown || e.hold >= e.spec.Timeout/2
 }
 
 // finish is when the breaker's oldest queued turn would be done, if its probe held a place as
@@ -62,8 +78,8 @@ func (e *entry) finish() time.Time {
 // observeHold adds how long one probe held its place to the breaker's moving average, which
 // follows a change (an endpoint that starts hanging) within a few probes. Callers hold s.mu.
 func (e *entry) observeHold(d time.Duration) {
-	if e.hold == 0 {
-		e.hold = d
+	if !e.holdKnown {
+		e.hold, e.holdKnown = d, true
 		return
 	}
 	e.hold += (d - e.hold) / 4
@@ -102,6 +118,7 @@ func (s *Scheduler) forgetNamespace(ns *namespace) {
 type fairQueue struct {
 	trials     []*slot
 	namespaces nsHeap
+	quick      int // queued turns of breakers that did not hang when queued
 }
 
 // fix puts e and its namespace where their probes in flight and queued turns place them now.
@@ -132,6 +149,10 @@ func (q *fairQueue) push(sl *slot, due time.Time, trial bool) {
 		q.trials = append(q.trials, sl)
 		return
 	}
+	sl.quick = !sl.entry.hangs()
+	if sl.quick {
+		q.quick++
+	}
 	sl.entry.waiting = append(sl.entry.waiting, sl)
 	q.fix(sl.entry)
 }
@@ -147,6 +168,9 @@ func (q *fairQueue) drop(sl *slot) {
 	if i := slices.Index(e.waiting, sl); i >= 0 {
 		e.waiting = slices.Delete(e.waiting, i, i+1)
 		q.fix(e)
+		if sl.quick {
+			q.quick--
+		}
 	}
 }
 
@@ -175,6 +199,9 @@ func (q *fairQueue) next() *slot {
 	e.waiting = e.waiting[1:]
 	sl.waiting = false
 	q.fix(e)
+	if sl.quick {
+		q.quick--
+	}
 	return sl
 }
 
@@ -275,11 +302,13 @@ func (s *Scheduler) offer(sl *slot, due time.Time) {
 }
 
 // grant starts queued turns while the bound allows: trials first, then the others in the
-// fair queue's order. Callers hold s.mu.
+// fair queue's order, except that turns of hanging breakers stay queued while only the quick
+// reserve is free. Callers hold s.mu.
 func (s *Scheduler) grant(now time.Time) {
 	if s.ctx == nil || s.ctx.Err() != nil {
 		return
 	}
+	var passed []*slot // hanging turns passed over for the quick reserve, queued again below
 	for {
 		if s.inflight < s.limits.MaxInFlight+s.limits.TrialReserve {
 			if sl := s.queue.nextTrial(); sl != nil {
@@ -288,13 +317,24 @@ func (s *Scheduler) grant(now time.Time) {
 			}
 		}
 		if s.inflight >= s.limits.MaxInFlight {
-			return
+			break
+		}
+		reserved := s.inflight >= s.limits.MaxInFlight-s.limits.QuickReserve
+		if reserved && s.queue.quick == 0 {
+			break
 		}
 		sl := s.queue.next()
 		if sl == nil {
-			return
+			break
+		}
+		if reserved && !sl.quick {
+			passed = append(passed, sl)
+			continue
 		}
 		s.start(sl, now)
+	}
+	for _, sl := range passed {
+		s.queue.push(sl, sl.waitDue, false)
 	}
 }
 

@@ -26,6 +26,8 @@ type fakeProbes struct {
 	inflight map[netip.Addr]int
 	peak     map[netip.Addr]int
 	started  map[netip.Addr]int
+	hangFor  time.Duration // when set, a hanging probe ends after this long on clk
+	clk      *testingclock.FakeClock
 }
 
 func newFakeProbes() *fakeProbes {
@@ -51,10 +53,23 @@ func (f *fakeProbes) Probe(ctx context.Context, ep probe.Endpoint) probe.Result 
 		f.mu.Unlock()
 	}()
 	if hang {
-		<-ctx.Done()
+		var timeout <-chan time.Time
+		if f.hangFor > 0 {
+			timeout = f.clk.After(f.hangFor)
+		}
+		select {
+		case <-ctx.Done():
+		case <-timeout:
+		}
 		return probe.Result{Endpoint: ep, Outcome: breaker.Failure, Message: "timeout"}
 	}
 	return probe.Result{Endpoint: ep, Outcome: breaker.Success, Message: "ok"}
+}
+
+func (f *fakeProbes) hang(group netip.Addr, hang bool) {
+	f.mu.Lock()
+	f.hanging[group] = hang
+	f.mu.Unlock()
 }
 
 func (f *fakeProbes) count(m map[netip.Addr]int, group netip.Addr) int {
@@ -112,11 +127,22 @@ func (r *fakeRun) lateness(key types.NamespacedName) *starts {
 	return r.starts[key]
 }
 
-// caughtUp says whether the dispatcher has handed out every turn due by now.
+// caughtUp says whether the dispatcher has handed out every turn due by now, and every probe
+// that does not hang has returned and given its place back.
 func (r *fakeRun) caughtUp() bool {
 	r.s.mu.Lock()
-	defer r.s.mu.Unlock()
-	return r.s.ctx != nil && (r.s.turns.Len() == 0 || r.s.turns[0].due.After(r.clk.Now()))
+	dispatched := r.s.ctx != nil && (r.s.turns.Len() == 0 || r.s.turns[0].due.After(r.clk.Now()))
+	inflight := r.s.inflight
+	r.s.mu.Unlock()
+	r.probes.mu.Lock()
+	defer r.probes.mu.Unlock()
+	hanging := 0
+	for group, n := range r.probes.inflight {
+		if r.probes.hanging[group] {
+			hanging += n
+		}
+	}
+	return dispatched && inflight == hanging
 }
 
 // run steps the fake clock through d, letting the dispatcher catch up after every step.
@@ -152,7 +178,7 @@ func fakeRegistration(interval time.Duration, eps []probe.Endpoint) Registration
 func TestAHangingBreakerHoldsItsShareOnly(t *testing.T) {
 	g := NewWithT(t)
 	r := startFake(t, 8)
-	r.probes.hanging[hangingGroup] = true
+	r.probes.hang(hangingGroup, true)
 	hanging := types.NamespacedName{Namespace: "dead-node", Name: "hanging"}
 	g.Expect(r.s.Upsert(hanging, fakeRegistration(time.Second, endpoints(hangingGroup, 20)))).To(Succeed())
 	for i := range 10 {
@@ -177,13 +203,15 @@ func TestAHangingBreakerHoldsItsShareOnly(t *testing.T) {
 func TestTrialsGoFirst(t *testing.T) {
 	g := NewWithT(t)
 	r := startFake(t, 4)
-	r.probes.hanging[hangingGroup] = true
 	for i := range 4 { // one endpoint each: within their share, together the whole bound
 		k := types.NamespacedName{Namespace: "dead-node", Name: fmt.Sprintf("hanging-%d", i)}
 		g.Expect(r.s.Upsert(k, fakeRegistration(time.Second, []probe.Endpoint{netip.AddrPortFrom(hangingGroup, uint16(i+1))}))).To(Succeed())
 	}
 	closed := types.NamespacedName{Namespace: "shop", Name: "closed"}
 	g.Expect(r.s.Upsert(closed, fakeRegistration(100*time.Millisecond, endpoints(healthyGroup, 1)))).To(Succeed())
+	// They answer quickly first, so they may take the quick reserve too, and then hang.
+	r.run(t, time.Second, 5*time.Millisecond)
+	r.probes.hang(hangingGroup, true)
 	r.run(t, time.Second, 5*time.Millisecond)
 	// Once the four hang, no Closed probe can be in flight unseen: the bound is 4.
 	g.Eventually(func() int { return r.probes.count(r.probes.inflight, hangingGroup) }).Should(Equal(4))
@@ -263,5 +291,36 @@ func TestTheFairQueueOrder(t *testing.T) {
 				t.Fatalf("places go to %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestManyHangingBreakersLeaveTheQuickReserve: 30 breakers of one endpoint each that hang
+// (a dead node hosting pods of many Services) want more places than the bound of 8 has.
+// Places then come free only as hanging probes time out, in bunches; without the quick
+// reserve, healthy turns waited most of a second for one. Now a healthy breaker waits only
+// for its first probe, before it is known to be quick.
+func TestManyHangingBreakersLeaveTheQuickReserve(t *testing.T) {
+	g := NewWithT(t)
+	r := startFake(t, 8)
+	r.probes.hang(hangingGroup, true)
+	r.probes.hangFor, r.probes.clk = time.Second, r.clk // they end at their timeout
+	for i := range 30 {
+		k := types.NamespacedName{Namespace: fmt.Sprintf("team-%d", i%3), Name: fmt.Sprintf("hanging-%d", i)}
+		g.Expect(r.s.Upsert(k, fakeRegistration(time.Second, []probe.Endpoint{netip.AddrPortFrom(hangingGroup, uint16(i+1))}))).To(Succeed())
+	}
+	for i := range 10 {
+		g.Expect(r.s.Upsert(key(i), fakeRegistration(time.Second, []probe.Endpoint{netip.AddrPortFrom(healthyGroup, uint16(i+1))}))).To(Succeed())
+	}
+	const step = 5 * time.Millisecond
+	r.run(t, 5*time.Second, step)
+	for i := range 10 {
+		st := r.lateness(key(i))
+		st.mu.Lock()
+		late := st.late
+		st.mu.Unlock()
+		g.Expect(len(late)).To(BeNumerically(">=", 4))
+		for _, d := range late[1:] {
+			g.Expect(d).To(BeNumerically("<=", step), "a healthy turn waited for a hanging probe to time out: %v", late)
+		}
 	}
 }

@@ -185,6 +185,7 @@ type entry struct {
 	ns        *namespace
 	inflight  int           // probes of this breaker in flight
 	hold      time.Duration // how long its probes held a place lately, a moving average
+	holdKnown bool          // a probe has returned, so hold means something
 	waiting   []*slot       // turns waiting for a free place, oldest first
 	waitIndex int           // in ns.waiting; -1 when out of it
 	atCap     bool          // its last turn was skipped at its cap (for the log)
@@ -215,6 +216,7 @@ type slot struct {
 	waitDue  time.Time // the due time of that turn
 	inflight bool
 	gone     bool // the endpoint or its breaker was removed
+	quick    bool // its breaker did not hang when the turn was queued
 }
 
 // Upsert registers a breaker or updates its probe, endpoints and configuration. A breaker
