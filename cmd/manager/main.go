@@ -67,7 +67,8 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 	fs.DurationVar(&o.statusSyncPeriod, "status-sync-period", 10*time.Second,
 		"Longest time between status writes that only refresh counters; transitions are written at once.")
 	fs.IntVar(&o.maxConcurrentProbes, "max-concurrent-probes", 256,
-		"Most probes in flight at once, across all breakers; past it, probes start late rather than pile up.")
+		"Most probes in flight at once, across all breakers (one breaker may hold a quarter, the last quarter is for "+
+			"quick breakers, HalfOpen trials may use a quarter more); past it, probes start late rather than pile up.")
 	fs.StringVar(&o.probeAddressMap, "probe-address-map", "",
 		"For local development only: dial endpoints in one prefix at the same offset in another, "+
 			"such as 192.0.2.0/24=127.0.0.0/24, so that EndpointSlices with documentation addresses reach loopback servers.")
