@@ -42,6 +42,9 @@ type options struct {
 	leaderElectionNamespace string
 	statusSyncPeriod        time.Duration
 	maxConcurrentProbes     int
+	maxConcurrentReconciles int
+	kubeAPIQPS              float64
+	kubeAPIBurst            int
 	probeAddressMap         string
 	probeAllowedCIDRs       string
 	guard                   guard.Config
@@ -69,6 +72,15 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 	fs.IntVar(&o.maxConcurrentProbes, "max-concurrent-probes", 256,
 		"Most probes in flight at once, across all breakers (one breaker may hold a quarter, the last quarter is for "+
 			"quick breakers, HalfOpen trials may use a quarter more); past it, probes start late rather than pile up.")
+	fs.IntVar(&o.maxConcurrentReconciles, "max-concurrent-reconciles", 4,
+		"Most breakers reconciled at once. A transition jumps the queue of counter refreshes whatever this is; more "+
+			"workers help when API calls are slow.")
+	fs.Float64Var(&o.kubeAPIQPS, "kube-api-qps", 50,
+		"Requests a second the manager's client may send for each API resource (client-go limits each on its own); "+
+			"counter refreshes take at most half of it, and with many breakers counters are refreshed less often than "+
+			"--status-sync-period so that they keep to it.")
+	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 100,
+		"Requests above --kube-api-qps that the manager's client may send in a burst, for each API resource.")
 	fs.StringVar(&o.probeAddressMap, "probe-address-map", "",
 		"For local development only: dial endpoints in one prefix at the same offset in another, "+
 			"such as 192.0.2.0/24=127.0.0.0/24, so that EndpointSlices with documentation addresses reach loopback servers.")
@@ -101,6 +113,12 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 	}
 	if o.maxConcurrentProbes < 1 {
 		return nil, fmt.Errorf("--max-concurrent-probes must be at least 1, got %d", o.maxConcurrentProbes)
+	}
+	if o.maxConcurrentReconciles < 1 {
+		return nil, fmt.Errorf("--max-concurrent-reconciles must be at least 1, got %d", o.maxConcurrentReconciles)
+	}
+	if !(o.kubeAPIQPS > 0) || o.kubeAPIBurst < 1 {
+		return nil, fmt.Errorf("--kube-api-qps must be above 0 and --kube-api-burst at least 1, got %g and %d", o.kubeAPIQPS, o.kubeAPIBurst)
 	}
 	if o.probeAddressMap != "" {
 		if _, err := probe.ParseAddressMap(o.probeAddressMap); err != nil {
@@ -160,7 +178,9 @@ func run(o *options) error {
 	}
 
 	ctx := ctrl.SetupSignalHandler()
-	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
+	cfg := ctrl.GetConfigOrDie()
+	cfg.QPS, cfg.Burst = float32(o.kubeAPIQPS), o.kubeAPIBurst
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  scheme,
 		Metrics:                 metricsOpts,
 		HealthProbeBindAddress:  o.probeAddr,
@@ -184,13 +204,14 @@ func run(o *options) error {
 	}
 	allowed, _ := endpoints.ParsePrefixes(o.probeAllowedCIDRs)
 	if err := controller.Setup(ctx, mgr, controller.Options{
-		Dial:                dial,
-		MaxConcurrentProbes: o.maxConcurrentProbes,
-		StatusSyncPeriod:    o.statusSyncPeriod,
-		Guard:               o.guard,
-		HandBackTimeout:     o.handBackTimeout,
-		Responder:           responder,
-		ProbeAllowedCIDRs:   allowed,
+		Dial:                    dial,
+		MaxConcurrentProbes:     o.maxConcurrentProbes,
+		MaxConcurrentReconciles: o.maxConcurrentReconciles,
+		StatusSyncPeriod:        o.statusSyncPeriod,
+		Guard:                   o.guard,
+		HandBackTimeout:         o.handBackTimeout,
+		Responder:               responder,
+		ProbeAllowedCIDRs:       allowed,
 	}); err != nil {
 		return fmt.Errorf("setting up the CircuitBreaker controller: %w", err)
 	}
@@ -203,6 +224,7 @@ func run(o *options) error {
 	}
 
 	ctrl.Log.WithName("setup").Info("Starting manager", "leaderElection", o.leaderElect, "responderService", o.responderService, "statusSyncPeriod", o.statusSyncPeriod,
+		"maxConcurrentReconciles", o.maxConcurrentReconciles, "kubeAPIQPS", o.kubeAPIQPS, "kubeAPIBurst", o.kubeAPIBurst,
 		"probeAllowedCIDRs", o.probeAllowedCIDRs, "maxTripFraction", o.guard.MaxTripFraction, "observerGuardWindow", o.guard.Window,
 		"observerGuardMinBreakers", o.guard.MinBreakers, "observerGuardReleaseTimeout", o.guard.ReleaseTimeout)
 	return mgr.Start(ctx)

@@ -54,6 +54,16 @@ func TestParseFlags(t *testing.T) {
 		}},
 		{args: []string{"--probe-allowed-cidrs="}, wantErr: "--probe-allowed-cidrs: no prefix given"},
 		{args: []string{"--probe-allowed-cidrs=10.244.0.0"}, wantErr: "--probe-allowed-cidrs"},
+		{args: nil, check: func(o *options) bool {
+			return o.maxConcurrentReconciles == 4 && o.kubeAPIQPS == 50 && o.kubeAPIBurst == 100
+		}},
+		{args: []string{"--max-concurrent-reconciles=16", "--kube-api-qps=200.5", "--kube-api-burst=400"}, check: func(o *options) bool {
+			return o.maxConcurrentReconciles == 16 && o.kubeAPIQPS == 200.5 && o.kubeAPIBurst == 400
+		}},
+		{args: []string{"--max-concurrent-reconciles=0"}, wantErr: "--max-concurrent-reconciles must be at least 1"},
+		{args: []string{"--kube-api-qps=0"}, wantErr: "--kube-api-qps must be above 0"},
+		{args: []string{"--kube-api-qps=NaN"}, wantErr: "--kube-api-qps must be above 0"},
+		{args: []string{"--kube-api-burst=0"}, wantErr: "--kube-api-burst at least 1"},
 		{args: []string{"--probe-address-map=192.0.2.0/24=127.0.0.0/24", "--max-concurrent-probes=10"}, check: func(o *options) bool {
 			return o.probeAddressMap == "192.0.2.0/24=127.0.0.0/24" && o.maxConcurrentProbes == 10
 		}},

@@ -19,10 +19,12 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	crcontroller "sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/controller/priorityqueue"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -74,6 +76,11 @@ type CircuitBreakerReconciler struct {
 	// ProbeAllowedCIDRs are where probes may go; nil is everywhere. A ready endpoint outside
 	// them is not probed (see probeable).
 	ProbeAllowedCIDRs []netip.Prefix
+	// MaxConcurrentReconciles is how many breakers are reconciled at once; 0 is one.
+	MaxConcurrentReconciles int
+	// RefreshBudget bounds the status writes a second that only refresh counters, across all
+	// breakers; 0 or less sets no bound (see refreshPeriod).
+	RefreshBudget float64
 
 	// lastSync is when each breaker's status was last written, for the write economy.
 	lastSync sync.Map // types.NamespacedName -> time.Time
@@ -83,16 +90,27 @@ type CircuitBreakerReconciler struct {
 	// transitions is the work queue that the scheduler's transitions go to, once the
 	// controller has started its sources; see enqueueTransition.
 	transitions atomic.Pointer[workqueue.TypedRateLimitingInterface[reconcile.Request]]
+	// tracked and breakers count the breakers reconciled, for the refresh budget.
+	tracked  sync.Map // types.NamespacedName -> struct{}
+	breakers atomic.Int64
 }
 
 // enqueueTransition is the scheduler's OnChange: transitions decided by probes or deadlines
 // go straight into the work queue, with no API call until the engine has something to say.
 // The scheduler is built before the controller's queue exists; a transition before then is
 // dropped, and the first reconcile of every breaker reads it anyway.
+// Transitions jump the queue: counter refreshes and the initial list wait behind them.
 func (r *CircuitBreakerReconciler) enqueueTransition(key types.NamespacedName) {
-	if q := r.transitions.Load(); q != nil {
-		(*q).Add(reconcile.Request{NamespacedName: key})
+	q := r.transitions.Load()
+	if q == nil {
+		return
 	}
+	req := reconcile.Request{NamespacedName: key}
+	if pq, ok := (*q).(priorityqueue.PriorityQueue[reconcile.Request]); ok {
+		pq.AddWithOpts(priorityqueue.AddOpts{Priority: ptr.To(TransitionPriority)}, req)
+		return
+	}
+	(*q).Add(req)
 }
 
 // +kubebuilder:rbac:groups=tripswitch.io,resources=circuitbreakers,verbs=get;list;watch;patch
@@ -103,9 +121,9 @@ func (r *CircuitBreakerReconciler) enqueueTransition(key types.NamespacedName) {
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile gets the breaker, runs the declared chain of sub-steps on a working copy, writes
-// status once with a merge patch, and comes back at the next deadline it knows of: the status
-// sync period, or sooner while a front Service is being handed back. Transitions and the end
-// of an Open period reach it through the scheduler.
+// status once with a merge patch, and comes back at the next deadline it knows of (see next):
+// its counter refresh, the end of its Open period, or sooner while a front Service is being
+// handed back. Transitions and the end of an Open period reach it through the scheduler.
 func (r *CircuitBreakerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	cb := &tripswitchv1alpha1.CircuitBreaker{}
 	if err := r.Get(ctx, req.NamespacedName, cb); err != nil {
@@ -121,6 +139,7 @@ func (r *CircuitBreakerReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	if err := r.addFinalizer(ctx, cb); err != nil {
 		return ctrl.Result{}, err
 	}
+	r.track(req.NamespacedName)
 
 	original := cb.DeepCopy()
 	st := &reconcileState{cb: cb, spec: cb.Resolve(), requeueAfter: r.StatusSyncPeriod}
@@ -136,7 +155,7 @@ func (r *CircuitBreakerReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	}
 	// Waiting on another object, or stalled until the user acts, is no failure to retry: a
 	// watch brings the breaker back. Either way, come back at the next deadline.
-	return ctrl.Result{RequeueAfter: st.requeueAfter}, nil
+	return r.next(req.NamespacedName, cb, st), nil
 }
 
 // addFinalizer adds the finalizer with a merge patch, so that it never overwrites a spec or
@@ -158,6 +177,7 @@ func (r *CircuitBreakerReconciler) forget(key types.NamespacedName) {
 	r.Scheduler.Remove(key)
 	r.lastSync.Delete(key)
 	r.lastGood.Delete(key)
+	r.untrack(key)
 	if r.Metrics != nil {
 		r.Metrics.Delete(key.Namespace, key.Name)
 	}
@@ -165,8 +185,9 @@ func (r *CircuitBreakerReconciler) forget(key types.NamespacedName) {
 
 // patchStatus writes status with a merge patch against what was read. A change of state,
 // gate, conditions or endpoints is written at once; a change of counters only (consecutive
-// counts, window, last probe) at most once per status sync period, so steady probing costs
-// one write per breaker per period.
+// counts, window, last probe) at most once per refresh period (the status sync period, or
+// longer when the refresh budget calls for it), so steady probing costs one write per breaker
+// per period.
 func (r *CircuitBreakerReconciler) patchStatus(ctx context.Context, original, cb *tripswitchv1alpha1.CircuitBreaker) error {
 	if equality.Semantic.DeepEqual(original.Status, cb.Status) {
 		return nil
@@ -174,7 +195,7 @@ func (r *CircuitBreakerReconciler) patchStatus(ctx context.Context, original, cb
 	key := client.ObjectKeyFromObject(cb)
 	now := r.Clock.Now()
 	if equality.Semantic.DeepEqual(withoutCounters(original.Status), withoutCounters(cb.Status)) {
-		if last, ok := r.lastSync.Load(key); ok && now.Sub(last.(time.Time)) < r.StatusSyncPeriod {
+		if last, ok := r.lastSync.Load(key); ok && !counterWriteDue(now, last.(time.Time), r.refreshPeriod()) {
 			return nil
 		}
 	}
@@ -224,7 +245,9 @@ func (r *CircuitBreakerReconciler) SetupWithManager(ctx context.Context, mgr ctr
 		})).
 		WatchesRawSource(transitions).
 		WithOptions(crcontroller.Options{
-			RateLimiter: workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](5*time.Millisecond, MaxRetryDelay),
+			MaxConcurrentReconciles: r.MaxConcurrentReconciles,
+			UsePriorityQueue:        ptr.To(true),
+			RateLimiter:             workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](5*time.Millisecond, MaxRetryDelay),
 		}).
 		Named("circuitbreaker").
 		Complete(r)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -36,6 +37,8 @@ type Options struct {
 	Responder types.NamespacedName
 	// ProbeAllowedCIDRs are the only addresses probes may go to; nil allows every address.
 	ProbeAllowedCIDRs []netip.Prefix
+	// MaxConcurrentReconciles is how many breakers are reconciled at once; 0 is one.
+	MaxConcurrentReconciles int
 	// Clock drives the probes, the engines, the guard and the reconciler; nil is the real
 	// clock. Tests pass a fake one.
 	Clock clock.WithDelayedExecution
@@ -82,6 +85,9 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		HandBackTimeout:   o.HandBackTimeout,
 		Responder:         o.Responder,
 		ProbeAllowedCIDRs: o.ProbeAllowedCIDRs,
+		// Counter refreshes keep to a share of the client's rate limit.
+		MaxConcurrentReconciles: o.MaxConcurrentReconciles,
+		RefreshBudget:           RefreshShare * clientQPS(mgr.GetConfig()),
 	}
 	r.Scheduler = runner.New(runner.Options{
 		NewProber:           probe.NewFactory(o.Dial, clk).New,
@@ -98,4 +104,16 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		return fmt.Errorf("adding the probe scheduler: %w", err)
 	}
 	return r.SetupWithManager(ctx, mgr)
+}
+
+// clientQPS is the rate limit client-go applies to each API resource's client made from cfg:
+// its QPS, or client-go's default when unset; negative means none.
+func clientQPS(cfg *rest.Config) float64 {
+	switch {
+	case cfg.QPS < 0:
+		return -1
+	case cfg.QPS == 0:
+		return float64(rest.DefaultQPS)
+	}
+	return float64(cfg.QPS)
 }
