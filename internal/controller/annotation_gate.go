@@ -28,11 +28,19 @@ const fieldManager = "tripswitch"
 // object with server-side apply, and takes them off objects that left the list. A listed
 // object that doesn't exist is reported in the AnnotationsApplied condition and retried when
 // the breaker is next reconciled; it is never created.
+//
+// The objects are read live (the cache holds no arbitrary kinds), so they are read only when
+// something could have changed what they should carry: the gate state, the list, the spec
+// (its generation), or an object that was missing. A counter refresh reads none of them. An
+// annotation that somebody else changed is put back at the breaker's next change of those.
 func (r *CircuitBreakerReconciler) reconcileAnnotationGate(ctx context.Context, st *reconcileState) error {
 	cb := st.cb
 	var want []tripswitchv1alpha1.AnnotatedObjectReference
 	if st.spec.Gate != nil {
 		want = st.spec.Gate.Annotations
+	}
+	if annotationsCurrent(cb, st.gateWas, want) {
+		return nil
 	}
 	state := string(cb.Status.GateState)
 	var applied []tripswitchv1alpha1.AnnotatedObjectReference
@@ -41,7 +49,7 @@ func (r *CircuitBreakerReconciler) reconcileAnnotationGate(ctx context.Context, 
 		found, err := r.applyAnnotations(ctx, cb, ref, map[string]string{
 			tripswitchv1alpha1.StateAnnotation: state, tripswitchv1alpha1.BreakerAnnotation: cb.Name})
 		if err != nil {
-			return err
+			return annotationsFailed(cb, err)
 		}
 		if !found {
 			missing = append(missing, ref.Kind+"/"+ref.Name)
@@ -52,7 +60,7 @@ func (r *CircuitBreakerReconciler) reconcileAnnotationGate(ctx context.Context, 
 	for _, ref := range cb.Status.AnnotatedObjects {
 		if !slices.Contains(want, ref) {
 			if _, err := r.applyAnnotations(ctx, cb, ref, nil); err != nil {
-				return err
+				return annotationsFailed(cb, err)
 			}
 		}
 	}
@@ -68,6 +76,27 @@ func (r *CircuitBreakerReconciler) reconcileAnnotationGate(ctx context.Context, 
 			tripswitchv1alpha1.ReasonReconciled, fmt.Sprintf("%d objects carry the state", len(applied)), cb.Generation)
 	}
 	return nil
+}
+
+// annotationsCurrent says that the listed objects carry the gate state already: status says
+// that every one of them was found and annotated for this generation, and the gate state is
+// the one status held before this reconcile.
+func annotationsCurrent(cb *tripswitchv1alpha1.CircuitBreaker, gateWas tripswitchv1alpha1.State,
+	want []tripswitchv1alpha1.AnnotatedObjectReference) bool {
+	applied := meta.FindStatusCondition(cb.Status.Conditions, tripswitchv1alpha1.ConditionAnnotationsApplied)
+	if len(want) == 0 {
+		return len(cb.Status.AnnotatedObjects) == 0 && applied == nil
+	}
+	return gateWas == cb.Status.GateState && slices.Equal(cb.Status.AnnotatedObjects, want) &&
+		applied != nil && applied.Status == metav1.ConditionTrue && applied.ObservedGeneration == cb.Generation
+}
+
+// annotationsFailed says in the AnnotationsApplied condition that a write failed, so that the
+// next reconcile tries again even if nothing else changes.
+func annotationsFailed(cb *tripswitchv1alpha1.CircuitBreaker, err error) error {
+	setCondition(&cb.Status, tripswitchv1alpha1.ConditionAnnotationsApplied, metav1.ConditionFalse,
+		tripswitchv1alpha1.ReasonReconcileError, err.Error(), cb.Generation)
+	return err
 }
 
 // applyAnnotations makes annotations exactly what tripswitch owns on the object; nil removes

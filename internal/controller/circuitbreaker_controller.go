@@ -142,7 +142,7 @@ func (r *CircuitBreakerReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	r.track(req.NamespacedName)
 
 	original := cb.DeepCopy()
-	st := &reconcileState{cb: cb, spec: cb.Resolve(), requeueAfter: r.StatusSyncPeriod}
+	st := &reconcileState{cb: cb, spec: cb.Resolve(), gateWas: cb.Status.GateState, requeueAfter: r.StatusSyncPeriod}
 	errs := runSteps(ctx, st, r.steps())
 	r.summarize(cb, errs)
 

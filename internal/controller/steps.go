@@ -21,6 +21,8 @@ type reconcileState struct {
 	// target is nil while the target could not be looked up (an API error); otherwise it
 	// says what the target offers, possibly nothing.
 	target *target
+	// gateWas is the gate state status held before this reconcile.
+	gateWas tripswitchv1alpha1.State
 	// view is the engine's state once the engine step ran.
 	view *runner.View
 	// requeueAfter is the next deadline a step knows of.
