@@ -64,13 +64,19 @@ func TestAnnotatedObjectsAreReadOnlyWhenSomethingChanged(t *testing.T) {
 	patch := client.MergeFrom(web.DeepCopy())
 	web.Annotations = map[string]string{tripswitchv1alpha1.StateAnnotation: "Closed"}
 	g.Expect(f.c.Patch(context.Background(), web, patch)).To(Succeed())
-	f.edit(t, func(cb *tripswitchv1alpha1.CircuitBreaker) { cb.Generation++; cb.Spec.Mode = tripswitchv1alpha1.ModeForceOpen })
+	f.edit(t, func(cb *tripswitchv1alpha1.CircuitBreaker) {
+		cb.Generation++
+		cb.Spec.Mode = tripswitchv1alpha1.ModeForceOpen
+	})
 	f.reconcile(t)
 	g.Expect(reads).To(Equal(2))
 	g.Expect(annotations()).To(HaveKeyWithValue(tripswitchv1alpha1.StateAnnotation, "Open"))
 
 	// A gate change reads again and writes the new state.
-	f.edit(t, func(cb *tripswitchv1alpha1.CircuitBreaker) { cb.Generation++; cb.Spec.Mode = tripswitchv1alpha1.ModeForceClosed })
+	f.edit(t, func(cb *tripswitchv1alpha1.CircuitBreaker) {
+		cb.Generation++
+		cb.Spec.Mode = tripswitchv1alpha1.ModeForceClosed
+	})
 	f.reconcile(t)
 	g.Expect(reads).To(Equal(3))
 	g.Expect(annotations()).To(HaveKeyWithValue(tripswitchv1alpha1.StateAnnotation, "Closed"))
@@ -79,7 +85,10 @@ func TestAnnotatedObjectsAreReadOnlyWhenSomethingChanged(t *testing.T) {
 
 	// A gate change whose write failed is tried again at the next reconcile, though status
 	// already holds the new gate state and the spec did not change.
-	f.edit(t, func(cb *tripswitchv1alpha1.CircuitBreaker) { cb.Generation++; cb.Spec.Mode = tripswitchv1alpha1.ModeAuto })
+	f.edit(t, func(cb *tripswitchv1alpha1.CircuitBreaker) {
+		cb.Generation++
+		cb.Spec.Mode = tripswitchv1alpha1.ModeAuto
+	})
 	f.reconcile(t)
 	g.Expect(annotations()).To(HaveKeyWithValue(tripswitchv1alpha1.StateAnnotation, "Open"))
 	g.Expect(reads).To(Equal(4))
