@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
@@ -180,8 +181,11 @@ func run(o *options) error {
 	ctx := ctrl.SetupSignalHandler()
 	cfg := ctrl.GetConfigOrDie()
 	cfg.QPS, cfg.Burst = float32(o.kubeAPIQPS), o.kubeAPIBurst
+	// The EndpointSlice cache keeps whole only the slices that breakers read.
+	sliceCache := controller.NewSliceCache()
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  scheme,
+		Cache:                   sliceCache.Options(cache.Options{}),
 		Metrics:                 metricsOpts,
 		HealthProbeBindAddress:  o.probeAddr,
 		LeaderElection:          o.leaderElect,
@@ -212,6 +216,7 @@ func run(o *options) error {
 		HandBackTimeout:         o.handBackTimeout,
 		Responder:               responder,
 		ProbeAllowedCIDRs:       allowed,
+		SliceCache:              sliceCache,
 	}); err != nil {
 		return fmt.Errorf("setting up the CircuitBreaker controller: %w", err)
 	}

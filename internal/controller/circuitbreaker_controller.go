@@ -78,6 +78,9 @@ type CircuitBreakerReconciler struct {
 	ProbeAllowedCIDRs []netip.Prefix
 	// MaxConcurrentReconciles is how many breakers are reconciled at once; 0 is one.
 	MaxConcurrentReconciles int
+	// SliceCache, when set, is the EndpointSlice cache that holds unneeded slices as stubs;
+	// slicesOf completes them.
+	SliceCache *SliceCache
 	// RefreshBudget bounds the status writes a second that only refresh counters, across all
 	// breakers; 0 or less sets no bound (see refreshPeriod).
 	RefreshBudget float64

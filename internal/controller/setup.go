@@ -10,8 +10,10 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
+	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/guard"
 	"github.com/tripswitch/tripswitch/internal/metrics"
 	"github.com/tripswitch/tripswitch/internal/probe"
@@ -39,6 +41,9 @@ type Options struct {
 	ProbeAllowedCIDRs []netip.Prefix
 	// MaxConcurrentReconciles is how many breakers are reconciled at once; 0 is one.
 	MaxConcurrentReconciles int
+	// SliceCache, when set, must be the one whose Options the manager's cache was made with:
+	// the cache then holds only the EndpointSlices that breakers read. Nil caches them all.
+	SliceCache *SliceCache
 	// Clock drives the probes, the engines, the guard and the reconciler; nil is the real
 	// clock. Tests pass a fake one.
 	Clock clock.WithDelayedExecution
@@ -75,6 +80,9 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 	g := guard.New(guardConfig, clk)
 	g.SetActiveObserver(recorder.SetObserverGuard)
 
+	if o.SliceCache != nil {
+		o.SliceCache.connect(mgr.GetAPIReader(), breakersRead(mgr.GetCache(), o.Responder))
+	}
 	r := &CircuitBreakerReconciler{
 		Client:            mgr.GetClient(),
 		Recorder:          mgr.GetEventRecorder("tripswitch"),
@@ -87,6 +95,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		ProbeAllowedCIDRs: o.ProbeAllowedCIDRs,
 		// Counter refreshes keep to a share of the client's rate limit.
 		MaxConcurrentReconciles: o.MaxConcurrentReconciles,
+		SliceCache:              o.SliceCache,
 		RefreshBudget:           RefreshShare * clientQPS(mgr.GetConfig()),
 	}
 	r.Scheduler = runner.New(runner.Options{
@@ -116,4 +125,21 @@ func clientQPS(cfg *rest.Config) float64 {
 		return float64(rest.DefaultQPS)
 	}
 	return float64(cfg.QPS)
+}
+
+// breakersRead says whether any breaker reads a Service's slices: the responder's, or one
+// that a breaker names as target, front or fallback (the index waits for the breakers' cache
+// to sync). A breaker being deleted is still in the cache, and so still reads its front.
+func breakersRead(breakers client.Reader, responder types.NamespacedName) func(context.Context, string, string) (bool, error) {
+	return func(ctx context.Context, namespace, service string) (bool, error) {
+		if namespace == responder.Namespace && service == responder.Name {
+			return true, nil
+		}
+		var list tripswitchv1alpha1.CircuitBreakerList
+		if err := breakers.List(ctx, &list, client.InNamespace(namespace), client.MatchingFields{servicesIndex: service},
+			client.UnsafeDisableDeepCopy); err != nil {
+			return false, err
+		}
+		return len(list.Items) > 0, nil
+	}
 }

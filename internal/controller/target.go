@@ -112,12 +112,16 @@ func (r *CircuitBreakerReconciler) lookupService(ctx context.Context, namespace,
 	return svc, nil
 }
 
-// slicesOf lists a Service's EndpointSlices from the cache.
+// slicesOf lists a Service's EndpointSlices from the cache, whole: slices that the cache holds
+// as stubs (see SliceCache) are read live instead.
 func (r *CircuitBreakerReconciler) slicesOf(ctx context.Context, namespace, service string) ([]discoveryv1.EndpointSlice, error) {
 	var list discoveryv1.EndpointSliceList
 	if err := r.List(ctx, &list, client.InNamespace(namespace),
 		client.MatchingLabels{discoveryv1.LabelServiceName: service}); err != nil {
 		return nil, fmt.Errorf("listing EndpointSlices of Service %q: %w", service, err)
 	}
-	return list.Items, nil
+	if r.SliceCache == nil {
+		return list.Items, nil
+	}
+	return r.SliceCache.complete(ctx, namespace, service, list.Items)
 }

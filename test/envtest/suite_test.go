@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -125,8 +126,11 @@ func startManager(opts managerOptions) (stop func()) {
 		// earlier stories left behind from piling up.
 		opts.handBackTimeout = 10 * time.Second
 	}
+	// The manager's EndpointSlice cache, as the binary makes it: whole only where breakers read.
+	sliceCache := controller.NewSliceCache()
 	mgr, err := ctrl.NewManager(cmp.Or(opts.config, cfg), ctrl.Options{
 		Scheme:                 scheme,
+		Cache:                  sliceCache.Options(cache.Options{}),
 		Metrics:                metricsserver.Options{BindAddress: cmp.Or(opts.metricsAddr, "0")},
 		HealthProbeBindAddress: "0",
 		// Stories start several managers in one process, one after another.
@@ -151,6 +155,7 @@ func startManager(opts managerOptions) (stop func()) {
 		HandBackTimeout:     opts.handBackTimeout,
 		Responder:           opts.responder,
 		ProbeAllowedCIDRs:   opts.probeAllowedCIDRs,
+		SliceCache:          sliceCache,
 	})).To(Succeed())
 
 	done := make(chan struct{})
