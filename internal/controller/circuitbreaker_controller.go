@@ -232,6 +232,11 @@ func (r *CircuitBreakerReconciler) SetupWithManager(ctx context.Context, mgr ctr
 		func(obj client.Object) []string { return servicesOf(obj.(*tripswitchv1alpha1.CircuitBreaker)) }); err != nil {
 		return fmt.Errorf("indexing CircuitBreakers by Service: %w", err)
 	}
+	for name, index := range sliceIndexes {
+		if err := mgr.GetFieldIndexer().IndexField(ctx, &discoveryv1.EndpointSlice{}, name, index); err != nil {
+			return fmt.Errorf("indexing EndpointSlices by %s: %w", name, err)
+		}
+	}
 	// The scheduler's transitions reach the work queue through enqueueTransition.
 	transitions := source.Func(func(_ context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
 		r.transitions.Store(&q)

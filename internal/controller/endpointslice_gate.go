@@ -201,9 +201,8 @@ func foreignManagers(fronted []discoveryv1.EndpointSlice, label string) []string
 // releasedCopies lists the last copy that a deleted breaker left on a front Service.
 func (r *CircuitBreakerReconciler) releasedCopies(ctx context.Context, namespace, front string) ([]discoveryv1.EndpointSlice, error) {
 	var list discoveryv1.EndpointSliceList
-	if err := r.List(ctx, &list, client.InNamespace(namespace), client.MatchingLabels{
-		discoveryv1.LabelServiceName: front, discoveryv1.LabelManagedBy: gate.ReleasedManagedBy,
-	}); err != nil {
+	if err := r.List(ctx, &list, client.InNamespace(namespace), client.MatchingFields{sliceServiceIndex: front},
+		client.MatchingLabels{discoveryv1.LabelServiceName: front, discoveryv1.LabelManagedBy: gate.ReleasedManagedBy}); err != nil {
 		return nil, fmt.Errorf("listing released EndpointSlices of front Service %q: %w", front, err)
 	}
 	return list.Items, nil
@@ -303,10 +302,9 @@ func routable(ep discoveryv1.Endpoint) bool {
 // ownSlices lists this breaker's slices of one front Service.
 func (r *CircuitBreakerReconciler) ownSlices(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker, front string) ([]discoveryv1.EndpointSlice, error) {
 	var list discoveryv1.EndpointSliceList
-	if err := r.List(ctx, &list, client.InNamespace(cb.Namespace), client.MatchingLabels{
-		discoveryv1.LabelServiceName: front, discoveryv1.LabelManagedBy: tripswitchv1alpha1.ManagedBy,
-		gate.BreakerLabel: gate.BreakerLabelValue(cb.Name),
-	}); err != nil {
+	if err := r.List(ctx, &list, client.InNamespace(cb.Namespace), client.MatchingFields{sliceServiceIndex: front},
+		client.MatchingLabels{discoveryv1.LabelServiceName: front, discoveryv1.LabelManagedBy: tripswitchv1alpha1.ManagedBy,
+			gate.BreakerLabel: gate.BreakerLabelValue(cb.Name)}); err != nil {
 		return nil, fmt.Errorf("listing EndpointSlices of front Service %q: %w", front, err)
 	}
 	return list.Items, nil

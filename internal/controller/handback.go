@@ -119,9 +119,9 @@ func (r *CircuitBreakerReconciler) handBackFormerFronts(ctx context.Context, st 
 // last named, except the one given.
 func (r *CircuitBreakerReconciler) frontsOf(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker, except string) ([]string, error) {
 	var list discoveryv1.EndpointSliceList
-	if err := r.List(ctx, &list, client.InNamespace(cb.Namespace), client.MatchingLabels{
-		discoveryv1.LabelManagedBy: tripswitchv1alpha1.ManagedBy, gate.BreakerLabel: gate.BreakerLabelValue(cb.Name),
-	}); err != nil {
+	label := gate.BreakerLabelValue(cb.Name)
+	if err := r.List(ctx, &list, client.InNamespace(cb.Namespace), client.MatchingFields{sliceBreakerIndex: label},
+		client.MatchingLabels{discoveryv1.LabelManagedBy: tripswitchv1alpha1.ManagedBy, gate.BreakerLabel: label}); err != nil {
 		return nil, fmt.Errorf("listing the breaker's EndpointSlices: %w", err)
 	}
 	seen := map[string]bool{}

@@ -58,8 +58,12 @@ func newFixture(t *testing.T, cb *tripswitchv1alpha1.CircuitBreaker, objects ...
 		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To(int32(8080))}},
 		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"192.0.2.10"}}},
 	}
-	c := fake.NewClientBuilder().WithScheme(scheme).WithStatusSubresource(&tripswitchv1alpha1.CircuitBreaker{}).
-		WithObjects(append(objects, target, slice, cb)...).Build()
+	builder := fake.NewClientBuilder().WithScheme(scheme).WithStatusSubresource(&tripswitchv1alpha1.CircuitBreaker{}).
+		WithObjects(append(objects, target, slice, cb)...)
+	for name, index := range sliceIndexes {
+		builder = builder.WithIndex(&discoveryv1.EndpointSlice{}, name, index)
+	}
+	c := builder.Build()
 	clk := testingclock.NewFakeClock(now)
 	refuse := func(context.Context, string, string) (net.Conn, error) {
 		return nil, errors.New("no network in unit tests")

@@ -116,7 +116,7 @@ func (r *CircuitBreakerReconciler) lookupService(ctx context.Context, namespace,
 // as stubs (see SliceCache) are read live instead.
 func (r *CircuitBreakerReconciler) slicesOf(ctx context.Context, namespace, service string) ([]discoveryv1.EndpointSlice, error) {
 	var list discoveryv1.EndpointSliceList
-	if err := r.List(ctx, &list, client.InNamespace(namespace),
+	if err := r.List(ctx, &list, client.InNamespace(namespace), client.MatchingFields{sliceServiceIndex: service},
 		client.MatchingLabels{discoveryv1.LabelServiceName: service}); err != nil {
 		return nil, fmt.Errorf("listing EndpointSlices of Service %q: %w", service, err)
 	}

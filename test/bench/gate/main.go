@@ -15,7 +15,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,50 +38,8 @@ import (
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/controller"
 	"github.com/tripswitch/tripswitch/internal/probe"
+	"github.com/tripswitch/tripswitch/test/bench/internal/apiwrites"
 )
-
-// writes counts the manager's write requests by resource.
-type writes struct {
-	mu sync.Mutex
-	by map[string]int
-}
-
-func (w *writes) RoundTrip(next http.RoundTripper) http.RoundTripper {
-	return roundTripFunc(func(req *http.Request) (*http.Response, error) {
-		if req.Method != http.MethodGet {
-			w.mu.Lock()
-			w.by[resourceOf(req.URL.Path)]++
-			w.mu.Unlock()
-		}
-		return next.RoundTrip(req)
-	})
-}
-
-func (w *writes) take() map[string]int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	out := w.by
-	w.by = map[string]int{}
-	return out
-}
-
-func resourceOf(path string) string {
-	parts := strings.Split(strings.Trim(path, "/"), "/")
-	for i, p := range parts {
-		if p == "namespaces" && i+2 < len(parts) {
-			res := parts[i+2]
-			if len(parts) > i+4 {
-				res += "/" + parts[i+4]
-			}
-			return res
-		}
-	}
-	return path
-}
-
-type roundTripFunc func(*http.Request) (*http.Response, error)
-
-func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 // backend answers 200 until failing, then 503, noting when it first failed.
 type backend struct {
@@ -132,9 +89,9 @@ func run(n int, steady, syncPeriod time.Duration, fraction float64) error {
 	}
 
 	// The manager, its client counted at the transport.
-	counted := &writes{by: map[string]int{}}
+	counted := apiwrites.New()
 	mcfg := rest.CopyConfig(cfg)
-	mcfg.Wrap(counted.RoundTrip)
+	mcfg.Wrap(counted.Wrap)
 	mcfg.QPS, mcfg.Burst = 500, 1000
 	mgr, err := ctrl.NewManager(mcfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0"})
@@ -221,15 +178,11 @@ func run(n int, steady, syncPeriod time.Duration, fraction float64) error {
 		time.Sleep(200 * time.Millisecond)
 	}
 	time.Sleep(2 * syncPeriod)
-	counted.take()
+	counted.Take()
 
 	// Write economy of steady Closed probing.
 	time.Sleep(steady)
-	got := counted.take()
-	total := 0
-	for _, v := range got {
-		total += v
-	}
+	got, total := counted.Take()
 	budget := float64(n) * steady.Seconds() / syncPeriod.Seconds() * 1.01
 	fmt.Printf("steady:  %d API writes in %s (budget %.0f = %d × %s/%s + 1%%): %v\n", total, steady, budget, n, steady, syncPeriod, got)
 
@@ -271,7 +224,7 @@ func run(n int, steady, syncPeriod time.Duration, fraction float64) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	time.Sleep(2 * time.Second) // let the last status writes and events land
-	tripWrites := counted.take()
+	tripWrites, tripTotal := counted.Take()
 
 	var lat []time.Duration
 	gatedMu.Lock()
@@ -286,12 +239,8 @@ func run(n int, steady, syncPeriod time.Duration, fraction float64) error {
 		return fmt.Errorf("no breaker tripped")
 	}
 	q := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
-	total = 0
-	for _, v := range tripWrites {
-		total += v
-	}
 	fmt.Printf("trips:   %d of %d gated; failing response to front slice without ready endpoints: p50 %s, p99 %s, max %s\n",
 		len(lat), n, q(0.5), q(0.99), lat[len(lat)-1])
-	fmt.Printf("         %d API writes for %d trips (%.2f per trip): %v\n", total, len(lat), float64(total)/float64(len(lat)), tripWrites)
+	fmt.Printf("         %d API writes for %d trips (%.2f per trip): %v\n", tripTotal, len(lat), float64(tripTotal)/float64(len(lat)), tripWrites)
 	return nil
 }

@@ -21,8 +21,8 @@ import (
 	"flag"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	goruntime "runtime"
 	"slices"
@@ -54,6 +54,7 @@ import (
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/controller"
 	"github.com/tripswitch/tripswitch/internal/probe"
+	"github.com/tripswitch/tripswitch/test/bench/internal/apiwrites"
 )
 
 type config struct {
@@ -99,52 +100,6 @@ func main() {
 		os.Exit(1)
 	}
 }
-
-// writes counts the manager's write requests by verb and resource.
-type writes struct {
-	mu sync.Mutex
-	by map[string]int
-}
-
-func (w *writes) RoundTrip(next http.RoundTripper) http.RoundTripper {
-	return roundTripFunc(func(req *http.Request) (*http.Response, error) {
-		if req.Method != http.MethodGet {
-			w.mu.Lock()
-			w.by[req.Method+" "+resourceOf(req.URL.Path)]++
-			w.mu.Unlock()
-		}
-		return next.RoundTrip(req)
-	})
-}
-
-func (w *writes) take() (map[string]int, int) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	out, total := w.by, 0
-	for _, n := range out {
-		total += n
-	}
-	w.by = map[string]int{}
-	return out, total
-}
-
-func resourceOf(path string) string {
-	parts := strings.Split(strings.Trim(path, "/"), "/")
-	for i, p := range parts {
-		if p == "namespaces" && i+2 < len(parts) {
-			res := parts[i+2]
-			if len(parts) > i+4 {
-				res += "/" + parts[i+4]
-			}
-			return res
-		}
-	}
-	return path
-}
-
-type roundTripFunc func(*http.Request) (*http.Response, error)
-
-func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 // memory is the process's heap after a collection, and its resident set.
 type memory struct{ heap, rss uint64 }
@@ -194,6 +149,19 @@ func run(c config) error {
 		return fmt.Errorf("starting the control plane (is KUBEBUILDER_ASSETS set?): %w", err)
 	}
 	defer func() { _ = env.Stop() }()
+	// Interrupted, stop the control plane and the backends rather than leave them running.
+	interrupted := make(chan os.Signal, 1)
+	signal.Notify(interrupted, os.Interrupt, syscall.SIGTERM)
+	var cleanup sync.Mutex
+	stops := []func(){func() { _ = env.Stop() }}
+	go func() {
+		<-interrupted
+		cleanup.Lock()
+		for _, stop := range stops {
+			stop()
+		}
+		os.Exit(130)
+	}()
 	setupCfg := rest.CopyConfig(cfg)
 	setupCfg.QPS = -1 // the bench's own client is not rate-limited
 	cl, err := client.NewWithWatch(setupCfg, client.Options{Scheme: scheme})
@@ -208,6 +176,9 @@ func run(c config) error {
 		return err
 	}
 	defer be.stop()
+	cleanup.Lock()
+	stops = append(stops, be.stop)
+	cleanup.Unlock()
 
 	t0 := time.Now()
 	if err := createBreakers(ctx, cl, c, be.ports); err != nil {
@@ -221,9 +192,9 @@ func run(c config) error {
 
 	// The manager, its client counted at the transport.
 	base := measureMemory()
-	counted := &writes{by: map[string]int{}}
+	counted := apiwrites.New()
 	mcfg := rest.CopyConfig(cfg)
-	mcfg.Wrap(counted.RoundTrip)
+	mcfg.Wrap(counted.Wrap)
 	mcfg.QPS, mcfg.Burst = float32(c.qps), c.burst
 	mopts := ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0"}
 	var sliceCache *controller.SliceCache
@@ -252,15 +223,15 @@ func run(c config) error {
 		return err
 	}
 	toClosed := time.Since(started)
-	startWrites, startTotal := counted.take()
+	startWrites, startTotal := counted.Take()
 
 	// Steady state, after a status sync period for the last setup writes.
 	time.Sleep(c.syncPeriod)
-	counted.take()
+	counted.Take()
 	served0, _ := be.served()
 	cpu0, s0 := cpuTime(), time.Now()
 	time.Sleep(c.steady)
-	steadyWrites, steadyTotal := counted.take()
+	steadyWrites, steadyTotal := counted.Take()
 	elapsed := time.Since(s0)
 	cpu := (cpuTime() - cpu0).Seconds() / elapsed.Seconds()
 	served1, _ := be.served()
@@ -424,12 +395,14 @@ func createForeignSlices(ctx context.Context, cl client.Client, n int) error {
 
 // waitClosed waits until every breaker is Closed and its front publishes every endpoint.
 func waitClosed(ctx context.Context, cl client.Client, c config, mgrDone <-chan error) error {
-	deadline := time.Now().Add(30 * time.Minute)
+	start := time.Now()
+	deadline := start.Add(30 * time.Minute)
+	lastReport := start
 	for {
 		select {
 		case err := <-mgrDone:
 			return fmt.Errorf("the manager stopped: %v", err)
-		case <-time.After(3 * time.Second):
+		case <-time.After(5 * time.Second):
 		}
 		var list tripswitchv1alpha1.CircuitBreakerList
 		if err := cl.List(ctx, &list, client.InNamespace(ns)); err != nil {
@@ -445,6 +418,11 @@ func waitClosed(ctx context.Context, cl client.Client, c config, mgrDone <-chan 
 		if ready == c.breakers {
 			return nil
 		}
+		if time.Since(lastReport) >= time.Minute {
+			fmt.Printf("  %s after the manager started: %d of %d breakers Closed and published\n",
+				time.Since(start).Round(time.Second), ready, c.breakers)
+			lastReport = time.Now()
+		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("only %d of %d breakers are Closed and published", ready, c.breakers)
 		}
@@ -453,7 +431,7 @@ func waitClosed(ctx context.Context, cl client.Client, c config, mgrDone <-chan 
 
 // trip fails the backends of c.trips breakers spread over all of them, and measures from each
 // backend's first 503 to its front slice showing no ready endpoint.
-func trip(ctx context.Context, cl client.WithWatch, be *backends, c config, counted *writes) ([]time.Duration, map[string]int, int, error) {
+func trip(ctx context.Context, cl client.WithWatch, be *backends, c config, counted *apiwrites.Counter) ([]time.Duration, map[string]int, int, error) {
 	if c.trips == 0 {
 		return nil, nil, 0, nil
 	}
@@ -491,7 +469,7 @@ func trip(ctx context.Context, cl client.WithWatch, be *backends, c config, coun
 		}
 	}()
 	time.Sleep(time.Second) // the watch's initial events
-	counted.take()
+	counted.Take()
 	if err := be.fail(ids); err != nil {
 		return nil, nil, 0, err
 	}
@@ -506,7 +484,7 @@ func trip(ctx context.Context, cl client.WithWatch, be *backends, c config, coun
 		time.Sleep(100 * time.Millisecond)
 	}
 	time.Sleep(2 * time.Second) // the last status writes and events
-	tripWrites, total := counted.take()
+	tripWrites, total := counted.Take()
 	failed, err := be.failedAt()
 	if err != nil {
 		return nil, nil, 0, err
