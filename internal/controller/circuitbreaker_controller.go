@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -96,6 +97,9 @@ type CircuitBreakerReconciler struct {
 	// tracked and breakers count the breakers reconciled, for the refresh budget.
 	tracked  sync.Map // types.NamespacedName -> struct{}
 	breakers atomic.Int64
+	// refreshLimiter holds counter writes to the refresh budget; made at the first write.
+	refreshLimiter     *rate.Limiter
+	refreshLimiterOnce sync.Once
 }
 
 // enqueueTransition is the scheduler's OnChange: transitions decided by probes or deadlines
@@ -198,7 +202,7 @@ func (r *CircuitBreakerReconciler) patchStatus(ctx context.Context, original, cb
 	key := client.ObjectKeyFromObject(cb)
 	now := r.Clock.Now()
 	if equality.Semantic.DeepEqual(withoutCounters(original.Status), withoutCounters(cb.Status)) {
-		if last, ok := r.lastSync.Load(key); ok && !counterWriteDue(now, last.(time.Time), r.refreshPeriod()) {
+		if !r.counterWriteAllowed(key, now) {
 			return nil
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"math"
 	"time"
 
+	"golang.org/x/time/rate"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -72,6 +73,24 @@ func untilRefresh(now time.Time, phase, period time.Duration) time.Duration {
 // late last time must not push this one to the period after).
 func counterWriteDue(now, last time.Time, period time.Duration) bool {
 	return now.Sub(last) >= period-period/10
+}
+
+// counterWriteAllowed says whether a status write that changes only counters may go out now:
+// due for the breaker (see counterWriteDue), and within the refresh budget across all
+// breakers. The phases keep refreshes within the budget in steady state; the limiter keeps
+// them there also when they bunch up, such as after many breakers started at once, when the
+// period grew while they were waiting at the shorter one. A write held back waits for the
+// breaker's next refresh.
+func (r *CircuitBreakerReconciler) counterWriteAllowed(key types.NamespacedName, now time.Time) bool {
+	if last, ok := r.lastSync.Load(key); ok && !counterWriteDue(now, last.(time.Time), r.refreshPeriod()) {
+		return false
+	}
+	r.refreshLimiterOnce.Do(func() {
+		if r.RefreshBudget > 0 {
+			r.refreshLimiter = rate.NewLimiter(rate.Limit(r.RefreshBudget), max(1, int(r.RefreshBudget)))
+		}
+	})
+	return r.refreshLimiter == nil || r.refreshLimiter.AllowN(now, 1)
 }
 
 // next is when the breaker comes back, and how urgently. A deadline that a step set (a

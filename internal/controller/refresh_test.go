@@ -150,3 +150,25 @@ func TestATransitionIsHandedOutBeforeRefreshesAndTheInitialList(t *testing.T) {
 	}
 	g.Expect(order).To(Equal([]string{"tripped", "waiting", "edited", "listed", "refresh-0"}))
 }
+
+func TestCounterWritesKeepToTheBudgetWhenRefreshesBunchUp(t *testing.T) {
+	g := NewWithT(t)
+	r := &CircuitBreakerReconciler{StatusSyncPeriod: 10 * time.Second, RefreshBudget: 2}
+	key := func(i int) types.NamespacedName { return types.NamespacedName{Namespace: "bench", Name: fmt.Sprint(i)} }
+	for i := range 10 {
+		r.track(key(i))
+		r.lastSync.Store(key(i), now.Add(-time.Hour)) // all due at once
+	}
+	allowed := 0
+	for i := range 10 {
+		if r.counterWriteAllowed(key(i), now) {
+			allowed++
+		}
+	}
+	g.Expect(allowed).To(Equal(2), "a second's worth of the budget")
+	g.Expect(r.counterWriteAllowed(key(9), now.Add(500*time.Millisecond))).To(BeTrue(), "the budget refills")
+	g.Expect(r.counterWriteAllowed(key(8), now.Add(500*time.Millisecond))).To(BeFalse())
+
+	r.lastSync.Store(key(0), now)
+	g.Expect(r.counterWriteAllowed(key(0), now.Add(5*time.Second))).To(BeFalse(), "not due for this breaker")
+}
