@@ -59,7 +59,7 @@ import (
 
 type config struct {
 	breakers, endpoints, ports, trips, foreign int
-	interval, steady, syncPeriod               time.Duration
+	interval, steady, syncPeriod, settle       time.Duration
 	qps                                        float64
 	burst, reconciles, probes                  int
 	sliceCache                                 bool
@@ -80,6 +80,9 @@ func main() {
 	flag.IntVar(&c.burst, "kube-api-burst", 100, "the manager's --kube-api-burst")
 	flag.IntVar(&c.reconciles, "max-concurrent-reconciles", 4, "the manager's --max-concurrent-reconciles")
 	flag.IntVar(&c.probes, "max-concurrent-probes", 256, "the manager's --max-concurrent-probes")
+	flag.DurationVar(&c.settle, "settle", -1, "how long to wait after every breaker is Closed before measuring steady state; "+
+		"by default one counter refresh period, max(status-sync-period, breakers / (kube-api-qps / 2)), so that the "+
+		"refreshes of the start are over")
 	flag.BoolVar(&c.sliceCache, "slice-cache", true, "the manager's EndpointSlice cache keeps only what breakers read "+
 		"(false: every slice of the cluster, as before)")
 	flag.Parse()
@@ -225,8 +228,13 @@ func run(c config) error {
 	toClosed := time.Since(started)
 	startWrites, startTotal := counted.Take()
 
-	// Steady state, after a status sync period for the last setup writes.
-	time.Sleep(c.syncPeriod)
+	// Steady state, once the refreshes that the start bunched up are over.
+	settle := c.settle
+	if settle < 0 {
+		settle = max(c.syncPeriod, time.Duration(float64(c.breakers)/(c.qps*controller.RefreshShare)*float64(time.Second)))
+	}
+	fmt.Printf("all Closed and published %s after the manager started; settling for %s\n", toClosed.Round(time.Second), settle)
+	time.Sleep(settle)
 	counted.Take()
 	served0, _ := be.served()
 	cpu0, s0 := cpuTime(), time.Now()
