@@ -52,6 +52,14 @@ func TestAnnotatedObjectsAreReadOnlyWhenSomethingChanged(t *testing.T) {
 		return got.Annotations
 	}
 
+	// The fake API runs no generation counter: a spec edit bumps it here.
+	editSpec := func(change func(*tripswitchv1alpha1.CircuitBreaker)) {
+		f.edit(t, func(cb *tripswitchv1alpha1.CircuitBreaker) { cb.Generation++; change(cb) })
+	}
+	setMode := func(mode tripswitchv1alpha1.Mode) {
+		editSpec(func(cb *tripswitchv1alpha1.CircuitBreaker) { cb.Spec.Mode = mode })
+	}
+
 	f.reconcile(t)
 	g.Expect(annotations()).To(HaveKeyWithValue(tripswitchv1alpha1.StateAnnotation, "Open"))
 	g.Expect(reads).To(Equal(1))
@@ -64,19 +72,13 @@ func TestAnnotatedObjectsAreReadOnlyWhenSomethingChanged(t *testing.T) {
 	patch := client.MergeFrom(web.DeepCopy())
 	web.Annotations = map[string]string{tripswitchv1alpha1.StateAnnotation: "Closed"}
 	g.Expect(f.c.Patch(context.Background(), web, patch)).To(Succeed())
-	f.edit(t, func(cb *tripswitchv1alpha1.CircuitBreaker) {
-		cb.Generation++
-		cb.Spec.Mode = tripswitchv1alpha1.ModeForceOpen
-	})
+	setMode(tripswitchv1alpha1.ModeForceOpen)
 	f.reconcile(t)
 	g.Expect(reads).To(Equal(2))
 	g.Expect(annotations()).To(HaveKeyWithValue(tripswitchv1alpha1.StateAnnotation, "Open"))
 
 	// A gate change reads again and writes the new state.
-	f.edit(t, func(cb *tripswitchv1alpha1.CircuitBreaker) {
-		cb.Generation++
-		cb.Spec.Mode = tripswitchv1alpha1.ModeForceClosed
-	})
+	setMode(tripswitchv1alpha1.ModeForceClosed)
 	f.reconcile(t)
 	g.Expect(reads).To(Equal(3))
 	g.Expect(annotations()).To(HaveKeyWithValue(tripswitchv1alpha1.StateAnnotation, "Closed"))
@@ -85,10 +87,7 @@ func TestAnnotatedObjectsAreReadOnlyWhenSomethingChanged(t *testing.T) {
 
 	// A gate change whose write failed is tried again at the next reconcile, though status
 	// already holds the new gate state and the spec did not change.
-	f.edit(t, func(cb *tripswitchv1alpha1.CircuitBreaker) {
-		cb.Generation++
-		cb.Spec.Mode = tripswitchv1alpha1.ModeAuto
-	})
+	setMode(tripswitchv1alpha1.ModeAuto)
 	f.reconcile(t)
 	g.Expect(annotations()).To(HaveKeyWithValue(tripswitchv1alpha1.StateAnnotation, "Open"))
 	g.Expect(reads).To(Equal(4))
@@ -107,8 +106,7 @@ func TestAnnotatedObjectsAreReadOnlyWhenSomethingChanged(t *testing.T) {
 	g.Expect(meta.IsStatusConditionTrue(got.Status.Conditions, tripswitchv1alpha1.ConditionAnnotationsApplied)).To(BeTrue())
 
 	// A missing object is looked for again at every reconcile, until it exists.
-	f.edit(t, func(cb *tripswitchv1alpha1.CircuitBreaker) {
-		cb.Generation++
+	editSpec(func(cb *tripswitchv1alpha1.CircuitBreaker) {
 		cb.Spec.Gate.Annotations = append(cb.Spec.Gate.Annotations,
 			tripswitchv1alpha1.AnnotatedObjectReference{APIVersion: "v1", Kind: "Service", Name: "later"})
 	})
@@ -117,7 +115,7 @@ func TestAnnotatedObjectsAreReadOnlyWhenSomethingChanged(t *testing.T) {
 	g.Expect(reads).To(Equal(6 + 2*2))
 
 	// An emptied list takes the annotations off and the condition away, once.
-	f.edit(t, func(cb *tripswitchv1alpha1.CircuitBreaker) { cb.Generation++; cb.Spec.Gate.Annotations = nil })
+	editSpec(func(cb *tripswitchv1alpha1.CircuitBreaker) { cb.Spec.Gate.Annotations = nil })
 	got = f.reconcile(t)
 	g.Expect(annotations()).NotTo(HaveKey(tripswitchv1alpha1.StateAnnotation))
 	g.Expect(meta.FindStatusCondition(got.Status.Conditions, tripswitchv1alpha1.ConditionAnnotationsApplied)).To(BeNil())
