@@ -8,6 +8,7 @@ import (
 
 	. "github.com/onsi/gomega"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -136,10 +137,14 @@ func TestATransitionIsHandedOutBeforeRefreshesAndTheInitialList(t *testing.T) {
 	}
 	q.AddWithOpts(priorityqueue.AddOpts{Priority: ptr.To(handler.LowPriority)}, req("listed"))
 	q.Add(req("edited"))
-	q.AddWithOpts(priorityqueue.AddOpts{Priority: ptr.To(TransitionPriority)}, req("tripped"))
+	// Transitions come from the scheduler through enqueueTransition, as in the manager.
+	r := &CircuitBreakerReconciler{}
+	var wq workqueue.TypedRateLimitingInterface[reconcile.Request] = q
+	r.transitions.Store(&wq)
+	r.enqueueTransition(req("tripped").NamespacedName)
 	// A breaker waiting for its refresh that trips: the higher priority and the earlier time win.
 	q.AddWithOpts(priorityqueue.AddOpts{Priority: ptr.To(RefreshPriority), After: time.Hour}, req("waiting"))
-	q.AddWithOpts(priorityqueue.AddOpts{Priority: ptr.To(TransitionPriority)}, req("waiting"))
+	r.enqueueTransition(req("waiting").NamespacedName)
 
 	g.Eventually(q.Len).Should(Equal(1004))
 	var order []string
