@@ -149,6 +149,73 @@ type CircuitBreakerSpec struct {
 	// +kubebuilder:default={endpointSlice:{}}
 	// +optional
 	Gate *GateSpec `json:"gate,omitempty"`
+
+	// ejection, when present, also breaks at the level of single endpoints: an endpoint whose
+	// own probes fail is ejected (published not ready and not serving, so kube-proxy stops
+	// sending it new connections) for every client at once, while the whole-service breaker
+	// keeps working above it. It needs the endpointSlice gate. Absent, no endpoint is ever
+	// ejected.
+	// +optional
+	Ejection *EjectionSpec `json:"ejection,omitempty"`
+}
+
+// EjectionSpec ejects failing endpoints, following Envoy's outlier detection where it fits
+// (the README lists the differences). An endpoint is ejected when either rule holds for its
+// own probes. When neither rule is given, consecutiveFailures defaults to 5.
+// +kubebuilder:validation:XValidation:rule="!has(self.baseEjectionTime) || !has(self.maxEjectionTime) || duration(self.maxEjectionTime) >= duration(self.baseEjectionTime)",message="ejection.maxEjectionTime must not be shorter than ejection.baseEjectionTime"
+// +kubebuilder:validation:XValidation:rule="has(self.baseEjectionTime) || !has(self.maxEjectionTime) || duration(self.maxEjectionTime) >= duration('30s')",message="ejection.maxEjectionTime must not be shorter than ejection.baseEjectionTime (30s when unset)"
+// +kubebuilder:validation:XValidation:rule="has(self.maxEjectionTime) || !has(self.baseEjectionTime) || duration(self.baseEjectionTime) <= duration('5m')",message="ejection.baseEjectionTime must not be longer than ejection.maxEjectionTime (5m when unset)"
+// +kubebuilder:validation:XValidation:rule="!has(self.failureRate) || self.failureRate.window <= 100",message="ejection.failureRate.window must be at most 100: every endpoint keeps a window of its own"
+type EjectionSpec struct {
+	// consecutiveFailures ejects an endpoint after this many failures in a row of its own
+	// probes. Defaults to 5 when failureRate is not given either.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	// +optional
+	ConsecutiveFailures *int32 `json:"consecutiveFailures,omitempty"`
+
+	// failureRate ejects an endpoint when the share of failures among its own last window
+	// counted probes (at most 100) reaches percent.
+	// +optional
+	FailureRate *RateRule `json:"failureRate,omitempty"`
+
+	// baseEjectionTime is how long the first ejection of an endpoint lasts; each further
+	// ejection lasts baseEjectionTime × the number of times it was ejected, capped at
+	// maxEjectionTime. The count drops by one for every baseEjectionTime the endpoint stays
+	// in. Defaults to 30s; at least 1s, at most 1h.
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s')",message="ejection.baseEjectionTime must be at least 1s"
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="ejection.baseEjectionTime must be at most 1h"
+	// +optional
+	BaseEjectionTime *metav1.Duration `json:"baseEjectionTime,omitempty"`
+
+	// maxEjectionTime caps how long one ejection lasts. Defaults to 5m, or to
+	// baseEjectionTime when that is longer; at most 24h.
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s')",message="ejection.maxEjectionTime must be at least 1s"
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('24h')",message="ejection.maxEjectionTime must be at most 24h"
+	// +optional
+	MaxEjectionTime *metav1.Duration `json:"maxEjectionTime,omitempty"`
+
+	// maxEjectedPercent caps the endpoints ejected at once at this share of the target's
+	// probed ready endpoints, rounded down, and never all of them: with 3 endpoints and 50,
+	// one may be ejected. Defaults to 50.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100
+	// +optional
+	MaxEjectedPercent *int32 `json:"maxEjectedPercent,omitempty"`
+
+	// panicThresholdPercent: when fewer than this share of the endpoints are healthy (neither
+	// ejected nor failing their rule), ejections are ignored and every endpoint is
+	// published, as Envoy does in panic mode. 0 never panics. Defaults to 50.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100
+	// +optional
+	PanicThresholdPercent *int32 `json:"panicThresholdPercent,omitempty"`
 }
 
 // TargetReference names a Service port in the breaker's namespace.
@@ -400,6 +467,26 @@ type RecoverySpec struct {
 	// +kubebuilder:default={}
 	// +optional
 	HalfOpen HalfOpenSpec `json:"halfOpen,omitempty"`
+
+	// slowStart, when present, re-admits endpoints in steps rather than all at once: after
+	// the breaker closes from HalfOpen (every endpoint but the ones HalfOpen published), and
+	// when ejected endpoints return. It needs the endpointSlice gate.
+	// +optional
+	SlowStart *SlowStartSpec `json:"slowStart,omitempty"`
+}
+
+// SlowStartSpec ramps endpoints back in. kube-proxy has no per-endpoint weights, so
+// publishing endpoints a few at a time is the only ramp: of the C endpoints coming back, 1 at
+// once, a quarter from a third of the window, half from two thirds, and all at its end.
+type SlowStartSpec struct {
+	// window is how long the ramp takes; at least 1s, at most 1h.
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s')",message="recovery.slowStart.window must be at least 1s"
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="recovery.slowStart.window must be at most 1h"
+	// +required
+	Window metav1.Duration `json:"window"`
 }
 
 // BackoffSpec grows the open duration: openDuration × factor^(openStreak−1), capped at
@@ -605,6 +692,11 @@ type CircuitBreakerStatus struct {
 	// +optional
 	Endpoints *EndpointsStatus `json:"endpoints,omitempty"`
 
+	// ejection says which endpoints are ejected or wait for slow start, present while the
+	// spec asks for ejection or slow start.
+	// +optional
+	Ejection *EjectionStatus `json:"ejection,omitempty"`
+
 	// frontService is the name of the front Service whose EndpointSlices the breaker owns.
 	// +optional
 	FrontService string `json:"frontService,omitempty"`
@@ -655,6 +747,61 @@ type EndpointsStatus struct {
 	Responders int32 `json:"responders,omitempty"`
 }
 
+// EjectionStatus is the endpoint level of the breaker: counts, and the first endpoints that
+// are not simply published.
+type EjectionStatus struct {
+	// ejected is how many endpoints are ejected now, including those whose ejection time
+	// ended and that wait for their trial probe.
+	Ejected int32 `json:"ejected"`
+	// capped is how many endpoints fail their ejection rule but stay published, because
+	// maxEjected endpoints are ejected already (or the observer guard held the ejection).
+	// +optional
+	Capped int32 `json:"capped,omitempty"`
+	// maxEjected is how many endpoints maxEjectedPercent allows to be ejected at once now.
+	// +optional
+	MaxEjected int32 `json:"maxEjected,omitempty"`
+	// slowStart is how many healthy endpoints wait for their step of the slow-start ramp.
+	// +optional
+	SlowStart int32 `json:"slowStart,omitempty"`
+	// panic says that fewer endpoints are healthy than panicThresholdPercent asks, so
+	// ejections are ignored and every endpoint is published.
+	// +optional
+	Panic bool `json:"panic,omitempty"`
+	// endpoints lists the first 20 endpoints that are ejected (oldest first), then those
+	// waiting for slow start (next to be admitted first); the counts above cover the rest.
+	// +kubebuilder:validation:MaxItems=20
+	// +listType=atomic
+	// +optional
+	Endpoints []EjectedEndpoint `json:"endpoints,omitempty"`
+}
+
+// EjectedEndpoint is one endpoint that is ejected or waits for slow start.
+type EjectedEndpoint struct {
+	// endpoint is the probed address and port.
+	// +kubebuilder:validation:MaxLength=64
+	Endpoint string `json:"endpoint"`
+	// phase is Ejected or SlowStart.
+	// +kubebuilder:validation:Enum=Ejected;SlowStart
+	Phase string `json:"phase"`
+	// reason says why an ejected endpoint was ejected: ConsecutiveFailures, FailureRate, or
+	// TrialFailed when the trial probe at the end of an ejection failed.
+	// +kubebuilder:validation:MaxLength=64
+	// +optional
+	Reason string `json:"reason,omitempty"`
+	// since is when it was ejected, or began waiting for slow start.
+	Since metav1.Time `json:"since"`
+	// until is when its ejection ends; then one trial probe decides whether it returns.
+	// +optional
+	Until *metav1.Time `json:"until,omitempty"`
+	// ejections is how many times it was ejected, which sets how long an ejection lasts.
+	// +optional
+	Ejections int32 `json:"ejections,omitempty"`
+	// message describes the probe that decided the ejection, such as "HTTP 503".
+	// +kubebuilder:validation:MaxLength=256
+	// +optional
+	Message string `json:"message,omitempty"`
+}
+
 // ProbeResult is one probe's result.
 type ProbeResult struct {
 	// time is when the probe finished.
@@ -691,6 +838,9 @@ type ProbeResult struct {
 // +kubebuilder:printcolumn:name="Window Failures",type=integer,JSONPath=`.status.window.failures`,priority=1,description="Failures in the rate window"
 // +kubebuilder:printcolumn:name="Endpoints",type=integer,JSONPath=`.status.endpoints.target`,priority=1,description="Ready target endpoints"
 // +kubebuilder:printcolumn:name="Published",type=integer,JSONPath=`.status.endpoints.published`,priority=1,description="Endpoints published to the front Service"
+// +kubebuilder:printcolumn:name="Ejected",type=integer,JSONPath=`.status.ejection.ejected`,priority=1,description="Endpoints ejected now (spec.ejection)"
+// +kubebuilder:validation:XValidation:rule="!has(self.spec.ejection) || !has(self.spec.gate) || has(self.spec.gate.endpointSlice)",message="spec.ejection needs the endpointSlice gate: ejected endpoints are left out of the front Service's slices"
+// +kubebuilder:validation:XValidation:rule="!has(self.spec.recovery) || !has(self.spec.recovery.slowStart) || !has(self.spec.gate) || has(self.spec.gate.endpointSlice)",message="spec.recovery.slowStart needs the endpointSlice gate: it ramps the endpoints of the front Service's slices"
 // +kubebuilder:validation:XValidation:rule="!has(self.spec.gate) || !has(self.spec.gate.endpointSlice) || (has(self.spec.gate.endpointSlice.service) ? self.spec.gate.endpointSlice.service : self.metadata.name) != self.spec.target.service",message="the front Service (gate.endpointSlice.service, default metadata.name) must differ from target.service"
 // +kubebuilder:validation:XValidation:rule="!has(self.spec.gate) || !has(self.spec.gate.endpointSlice) || has(self.spec.gate.endpointSlice.service) || (size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$'))",message="metadata.name is not a valid Service name; set gate.endpointSlice.service"
 // +kubebuilder:validation:XValidation:rule="!has(self.spec.gate) || !has(self.spec.gate.endpointSlice) || !has(self.spec.gate.endpointSlice.fallback) || has(self.spec.gate.endpointSlice.service) || self.spec.gate.endpointSlice.fallback.service != self.metadata.name",message="gate.endpointSlice.fallback.service must differ from the front Service"

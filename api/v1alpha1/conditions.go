@@ -22,6 +22,12 @@ const (
 	// outside the manager's --probe-allowed-cidrs: they are never dialled and count as if not
 	// ready, and the message names a few. It is absent otherwise.
 	ConditionEndpointsNotProbed = "EndpointsNotProbed"
+	// ConditionEjection describes the endpoint level while spec.ejection or
+	// spec.recovery.slowStart is set: True while some endpoint is held back or would be
+	// (reasons EndpointsEjected, EjectionCapped, Panic, EjectionHeld, EjectionNotApplied,
+	// SlowStart), False with NoEndpointsEjected when every endpoint is published. It is absent
+	// otherwise.
+	ConditionEjection = "Ejection"
 )
 
 // Condition reasons.
@@ -68,4 +74,20 @@ const (
 	// ReasonOutsideProbeAllowedCIDRs: ready endpoints of the target are outside the
 	// manager's --probe-allowed-cidrs (ConditionEndpointsNotProbed).
 	ReasonOutsideProbeAllowedCIDRs = "OutsideProbeAllowedCIDRs"
+	// ReasonEndpointsEjected: some endpoints are ejected (ConditionEjection).
+	ReasonEndpointsEjected = "EndpointsEjected"
+	// ReasonEjectionCapped: more endpoints fail than maxEjectedPercent lets the breaker eject.
+	ReasonEjectionCapped = "EjectionCapped"
+	// ReasonPanic: fewer endpoints are healthy than panicThresholdPercent, so every endpoint
+	// is published whatever the ejections.
+	ReasonPanic = "Panic"
+	// ReasonEjectionHeld: the observer guard holds the breaker's first ejection.
+	ReasonEjectionHeld = "EjectionHeld"
+	// ReasonEjectionNotApplied: the mode (ForceClosed, Observe) keeps the gate Closed, so
+	// ejections are tracked and shown but every endpoint is published.
+	ReasonEjectionNotApplied = "EjectionNotApplied"
+	// ReasonSlowStart: healthy endpoints wait for their step of the slow-start ramp.
+	ReasonSlowStart = "SlowStart"
+	// ReasonNoEndpointsEjected: every endpoint is published.
+	ReasonNoEndpointsEjected = "NoEndpointsEjected"
 )

@@ -36,6 +36,14 @@ const (
 	DefaultMaxOpenDuration   = 10 * time.Minute
 	DefaultSuccessThreshold  = int32(1)
 	DefaultHalfOpenEndpoints = int32(1)
+
+	// Ejection defaults follow Envoy's outlier detection, except maxEjectedPercent (Envoy
+	// 10%, which rounds to no ejection at all below 10 endpoints here; see EjectionSpec).
+	DefaultEjectionConsecutiveFailures = int32(5)
+	DefaultBaseEjectionTime            = 30 * time.Second
+	DefaultMaxEjectionTime             = 5 * time.Minute
+	DefaultMaxEjectedPercent           = int32(50)
+	DefaultPanicThresholdPercent       = int32(50)
 )
 
 // Resolve returns a copy of the breaker's spec in which every field the user left unset is
@@ -56,6 +64,7 @@ func (in *CircuitBreaker) Resolve() CircuitBreakerSpec {
 	resolveTrip(&spec.Trip, spec.Profile != "", preset)
 	resolveRecovery(&spec.Recovery, preset)
 	resolveGate(&spec, in.Name)
+	resolveEjection(spec.Ejection)
 	return spec
 }
 
@@ -162,5 +171,27 @@ func resolveGate(spec *CircuitBreakerSpec, name string) {
 	if f := es.Fallback; f != nil && f.Port == nil {
 		port := spec.Target.Port
 		f.Port = &port
+	}
+}
+
+func resolveEjection(e *EjectionSpec) {
+	if e == nil {
+		return
+	}
+	if e.ConsecutiveFailures == nil && e.FailureRate == nil {
+		e.ConsecutiveFailures = ptr.To(DefaultEjectionConsecutiveFailures)
+	}
+	resolveRate(e.FailureRate)
+	if e.BaseEjectionTime == nil {
+		e.BaseEjectionTime = &metav1.Duration{Duration: DefaultBaseEjectionTime}
+	}
+	if e.MaxEjectionTime == nil {
+		e.MaxEjectionTime = &metav1.Duration{Duration: max(DefaultMaxEjectionTime, e.BaseEjectionTime.Duration)}
+	}
+	if e.MaxEjectedPercent == nil {
+		e.MaxEjectedPercent = ptr.To(DefaultMaxEjectedPercent)
+	}
+	if e.PanicThresholdPercent == nil {
+		e.PanicThresholdPercent = ptr.To(DefaultPanicThresholdPercent)
 	}
 }

@@ -45,6 +45,22 @@ func TestResolve(t *testing.T) {
 		spec: CircuitBreakerSpec{Target: target},
 		want: resolved(nil),
 	}, {
+		name: "an empty ejection section gets Envoy's defaults, but half the endpoints at most",
+		spec: CircuitBreakerSpec{Target: target, Ejection: &EjectionSpec{}},
+		want: resolved(func(s *CircuitBreakerSpec) {
+			s.Ejection = &EjectionSpec{ConsecutiveFailures: ptr.To[int32](5), BaseEjectionTime: dur(30 * time.Second),
+				MaxEjectionTime: dur(5 * time.Minute), MaxEjectedPercent: ptr.To[int32](50), PanicThresholdPercent: ptr.To[int32](50)}
+		}),
+	}, {
+		name: "an ejection failure rate alone fills no consecutive rule, and a long base lifts the cap",
+		spec: CircuitBreakerSpec{Target: target, Ejection: &EjectionSpec{FailureRate: &RateRule{Percent: 50},
+			BaseEjectionTime: dur(10 * time.Minute), MaxEjectedPercent: ptr.To[int32](0)}},
+		want: resolved(func(s *CircuitBreakerSpec) {
+			s.Ejection = &EjectionSpec{FailureRate: &RateRule{Percent: 50, Window: 20, MinimumProbes: ptr.To[int32](20)},
+				BaseEjectionTime: dur(10 * time.Minute), MaxEjectionTime: dur(10 * time.Minute),
+				MaxEjectedPercent: ptr.To[int32](0), PanicThresholdPercent: ptr.To[int32](50)}
+		}),
+	}, {
 		name: "balanced profile changes nothing",
 		spec: CircuitBreakerSpec{Target: target, Profile: ProfileBalanced},
 		want: resolved(func(s *CircuitBreakerSpec) { s.Profile = ProfileBalanced }),

@@ -11,6 +11,7 @@ import (
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/breaker"
+	"github.com/tripswitch/tripswitch/internal/ejection"
 	"github.com/tripswitch/tripswitch/internal/probe"
 	"github.com/tripswitch/tripswitch/internal/runner"
 )
@@ -20,6 +21,11 @@ type Runnable struct {
 	Probe    probe.Spec
 	Interval time.Duration
 	Engine   breaker.Config
+	// Ejection is the endpoint level: ejection and slow start; its zero value does neither.
+	Ejection ejection.Config
+	// RampKeep is how many endpoints a HalfOpen gate published, which slow start keeps when
+	// the breaker closes.
+	RampKeep int
 }
 
 // Compile maps a resolved spec onto a probe and an engine configuration and validates both
@@ -34,29 +40,60 @@ func Compile(spec *tripswitchv1alpha1.CircuitBreakerSpec) (Runnable, error) {
 	if err := pspec.Validate(); err != nil {
 		return Runnable{}, fmt.Errorf("probe: %w", err)
 	}
-	r := Runnable{Probe: pspec, Interval: spec.Probe.Interval.Duration, Engine: engineConfig(spec)}
+	r := Runnable{Probe: pspec, Interval: spec.Probe.Interval.Duration, Engine: engineConfig(spec),
+		Ejection: ejectionConfig(spec)}
+	if es := spec.Gate.EndpointSlice; es != nil {
+		r.RampKeep = int(es.HalfOpenEndpoints)
+	}
 	if r.Interval <= 0 {
 		return Runnable{}, fmt.Errorf("probe.interval %s is not positive", r.Interval)
 	}
 	if err := r.Engine.Validate(); err != nil {
 		return Runnable{}, err
 	}
+	if err := r.Ejection.Validate(); err != nil {
+		return Runnable{}, err
+	}
 	return r, nil
+}
+
+// ejectionConfig maps a resolved spec onto the endpoint level's configuration. Without the
+// endpointSlice gate there is nothing to eject from or ramp, so it does neither.
+func ejectionConfig(spec *tripswitchv1alpha1.CircuitBreakerSpec) ejection.Config {
+	var c ejection.Config
+	if spec.Gate == nil || spec.Gate.EndpointSlice == nil {
+		return c
+	}
+	if s := spec.Recovery.SlowStart; s != nil {
+		c.SlowStart = s.Window.Duration
+	}
+	e := spec.Ejection
+	if e == nil {
+		return c
+	}
+	c.ConsecutiveFailures = int(ptr.Deref(e.ConsecutiveFailures, 0))
+	c.FailureRate = rateRule(e.FailureRate)
+	c.BaseEjectionTime = e.BaseEjectionTime.Duration
+	c.MaxEjectionTime = e.MaxEjectionTime.Duration
+	c.MaxEjectedPercent = int(ptr.Deref(e.MaxEjectedPercent, 0))
+	c.PanicThresholdPercent = int(ptr.Deref(e.PanicThresholdPercent, 0))
+	return c
+}
+
+func rateRule(r *tripswitchv1alpha1.RateRule) breaker.RateRule {
+	if r == nil {
+		return breaker.RateRule{}
+	}
+	return breaker.RateRule{Percent: int(r.Percent), Window: int(r.Window), MinimumProbes: int(ptr.Deref(r.MinimumProbes, r.Window))}
 }
 
 // engineConfig maps a resolved spec onto the breaker engine's configuration.
 func engineConfig(spec *tripswitchv1alpha1.CircuitBreakerSpec) breaker.Config {
-	rate := func(r *tripswitchv1alpha1.RateRule) breaker.RateRule {
-		if r == nil {
-			return breaker.RateRule{}
-		}
-		return breaker.RateRule{Percent: int(r.Percent), Window: int(r.Window), MinimumProbes: int(ptr.Deref(r.MinimumProbes, r.Window))}
-	}
 	rec := spec.Recovery
 	c := breaker.Config{
 		ConsecutiveFailures: int(ptr.Deref(spec.Trip.ConsecutiveFailures, 0)),
-		FailureRate:         rate(spec.Trip.FailureRate),
-		SlowRate:            rate(spec.Trip.SlowRate),
+		FailureRate:         rateRule(spec.Trip.FailureRate),
+		SlowRate:            rateRule(spec.Trip.SlowRate),
 		OpenDuration:        rec.OpenDuration.Duration,
 		MaxOpenDuration:     rec.OpenDuration.Duration,
 		BackoffFactor:       1,

@@ -14,6 +14,7 @@ import (
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/breaker"
+	"github.com/tripswitch/tripswitch/internal/ejection"
 	"github.com/tripswitch/tripswitch/internal/probe"
 	"github.com/tripswitch/tripswitch/internal/runner"
 	"github.com/tripswitch/tripswitch/internal/testcerts"
@@ -305,6 +306,36 @@ func TestCompile(t *testing.T) {
 	g.Expect(r.Interval).To(Equal(2 * time.Second))
 	g.Expect(r.Probe).To(Equal(probe.Spec{Timeout: time.Second, TCP: true}))
 	g.Expect(r.Engine).To(Equal(engineConfig(&spec)))
+}
+
+func TestCompileEjection(t *testing.T) {
+	g := NewWithT(t)
+	spec := mappingResolved(tripswitchv1alpha1.CircuitBreakerSpec{
+		Ejection: &tripswitchv1alpha1.EjectionSpec{ConsecutiveFailures: ptr.To[int32](3),
+			FailureRate: &tripswitchv1alpha1.RateRule{Percent: 40, Window: 10, MinimumProbes: ptr.To[int32](4)}},
+		Recovery: tripswitchv1alpha1.RecoverySpec{SlowStart: &tripswitchv1alpha1.SlowStartSpec{Window: metav1.Duration{Duration: 20 * time.Second}}},
+		Gate:     &tripswitchv1alpha1.GateSpec{EndpointSlice: &tripswitchv1alpha1.EndpointSliceGate{HalfOpenEndpoints: 2}},
+	})
+	r, err := Compile(&spec)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(r.Ejection).To(Equal(ejection.Config{ConsecutiveFailures: 3,
+		FailureRate:      breaker.RateRule{Percent: 40, Window: 10, MinimumProbes: 4},
+		BaseEjectionTime: 30 * time.Second, MaxEjectionTime: 5 * time.Minute, MaxEjectedPercent: 50,
+		PanicThresholdPercent: 50, SlowStart: 20 * time.Second}))
+	g.Expect(r.RampKeep).To(Equal(2))
+
+	// Without the endpointSlice gate there is nothing to eject from: an older CRD that let
+	// this through gets a breaker that ejects nothing, rather than one that cannot run.
+	spec.Gate.EndpointSlice = nil
+	r, err = Compile(&spec)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(r.Ejection.Enabled()).To(BeFalse())
+
+	// A spec without ejection or slow start has an endpoint level that does nothing.
+	plain := mappingResolved(tripswitchv1alpha1.CircuitBreakerSpec{})
+	r, err = Compile(&plain)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(r.Ejection).To(Equal(ejection.Config{}))
 }
 
 func TestCompileErrors(t *testing.T) {

@@ -363,6 +363,17 @@ func (g *specGen) breaker(ns string, i int) *unstructured.Unstructured {
 	if gate := g.gate(name, target); gate != nil {
 		spec["gate"] = gate
 	}
+	if ej := g.ejection(); ej != nil {
+		spec["ejection"] = ej
+	}
+	if g.chance(0.2) {
+		rec, _ := spec["recovery"].(map[string]any)
+		if rec == nil {
+			rec = map[string]any{}
+		}
+		rec["slowStart"] = map[string]any{"window": g.spell(g.durNear(time.Second, time.Hour, time.Second, time.Hour, 30*time.Second))}
+		spec["recovery"] = rec
+	}
 	return breakerObject(ns, name, spec)
 }
 
@@ -539,6 +550,41 @@ func (g *specGen) rate() map[string]any {
 		r["minimumProbes"] = int64(g.intNear(1, max(1, window), 1, window, 1000, 20))
 	}
 	return r
+}
+
+// ejection returns the endpoint level's section, with durations around the bounds and the
+// defaults that Resolve fills in, where the API and the engine can disagree.
+func (g *specGen) ejection() map[string]any {
+	if !g.chance(0.3) {
+		return nil
+	}
+	e := map[string]any{}
+	if g.chance(0.5) {
+		e["consecutiveFailures"] = int64(g.intNear(1, 20, 1, 1000))
+	}
+	if g.chance(0.4) {
+		r := g.rate()
+		if w, ok := r["window"].(int64); ok && w > 100 && !g.bordering() {
+			r["window"] = int64(100)
+		}
+		e["failureRate"] = r
+	}
+	bounds := []time.Duration{time.Second, 30 * time.Second, 5 * time.Minute, time.Hour, 24 * time.Hour}
+	base := tripswitchv1alpha1.DefaultBaseEjectionTime
+	if g.chance(0.5) {
+		base = g.durNear(time.Second, time.Hour, bounds...)
+		e["baseEjectionTime"] = g.spell(base)
+	}
+	if g.chance(0.5) {
+		e["maxEjectionTime"] = g.spell(g.durNear(base, 24*time.Hour, append(bounds, base)...))
+	}
+	if g.chance(0.5) {
+		e["maxEjectedPercent"] = int64(g.intNear(0, 100, 0, 50, 100))
+	}
+	if g.chance(0.5) {
+		e["panicThresholdPercent"] = int64(g.intNear(0, 100, 0, 50, 100))
+	}
+	return e
 }
 
 func (g *specGen) recovery(profile any) map[string]any {
