@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -72,6 +73,10 @@ type Input struct {
 	// ProbeSpeaksHTTP says the probed port carries cleartext HTTP or gRPC, because the probe
 	// does: it counts when the port's appProtocol and name say nothing.
 	ProbeSpeaksHTTP bool
+	// HeldBack are addresses of target endpoints the endpoint level holds back (ejected, or
+	// waiting for slow start): Closed publishes them neither ready nor serving, and HalfOpen
+	// does not pick them. Never every ready endpoint: if it would be, none is held back.
+	HeldBack map[string]bool
 }
 
 // Published counts the ready endpoints that slices publish.
@@ -120,9 +125,15 @@ func Slices(in Input) ([]discoveryv1.EndpointSlice, Published) {
 		source = groupsOf(in.Target, func(ports []discoveryv1.EndpointPort) ([]discoveryv1.EndpointPort, bool) {
 			return ports, true
 		})
+		heldBack := in.HeldBack
+		if !keepsOneReady(source, heldBack) {
+			heldBack = nil
+		}
 		switch in.State {
+		case breaker.Closed:
+			holdBack(source, heldBack)
 		case breaker.HalfOpen:
-			source = keepReady(source, in.HalfOpenEndpoints)
+			source = keepReady(source, in.HalfOpenEndpoints, heldBack)
 		case breaker.Open:
 			for _, g := range source {
 				for i := range g.endpoints {
@@ -240,12 +251,55 @@ func portsKey(ports []discoveryv1.EndpointPort) string {
 	return strings.Join(parts, ",")
 }
 
-// keepReady keeps the first n ready endpoints across all groups, in group order.
-func keepReady(groups []group, n int) []group {
+// keepsOneReady says whether some ready endpoint is not held back.
+func keepsOneReady(groups []group, heldBack map[string]bool) bool {
+	for _, g := range groups {
+		for _, ep := range g.endpoints {
+			if endpoints.IsReady(ep) && !isHeld(heldBack, ep.Addresses[0]) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// isHeld looks addr up in heldBack, whose keys are canonical (netip.Addr.String): a slice may
+// spell an IPv6 address another way.
+func isHeld(heldBack map[string]bool, addr string) bool {
+	if len(heldBack) == 0 {
+		return false
+	}
+	if heldBack[addr] {
+		return true
+	}
+	a, err := netip.ParseAddr(addr)
+	return err == nil && a.String() != addr && heldBack[a.String()]
+}
+
+// holdBack publishes held-back endpoints neither ready nor serving: kube-proxy stops picking
+// them for new connections (established ones are left alone), and they stay visible to
+// whoever reads the slice.
+func holdBack(groups []group, heldBack map[string]bool) {
+	if len(heldBack) == 0 {
+		return
+	}
+	for _, g := range groups {
+		for i := range g.endpoints {
+			if isHeld(heldBack, g.endpoints[i].Addresses[0]) {
+				g.endpoints[i].Conditions = discoveryv1.EndpointConditions{
+					Ready: ptr.To(false), Serving: ptr.To(false), Terminating: ptr.To(false)}
+			}
+		}
+	}
+}
+
+// keepReady keeps the first n ready endpoints across all groups, in group order, that are
+// not held back.
+func keepReady(groups []group, n int, heldBack map[string]bool) []group {
 	for i := range groups {
 		var kept []discoveryv1.Endpoint
 		for _, ep := range groups[i].endpoints {
-			if n > 0 && endpoints.IsReady(ep) {
+			if n > 0 && endpoints.IsReady(ep) && !isHeld(heldBack, ep.Addresses[0]) {
 				kept = append(kept, ep)
 				n--
 			}

@@ -160,3 +160,54 @@ func TestBreakerLabelValueAlwaysFits(t *testing.T) {
 		t.Fatalf("slices carry %q, want %q", got, a)
 	}
 }
+
+func TestSlicesHoldBackEjectedEndpoints(t *testing.T) {
+	held := func(state breaker.State, addrs ...string) Input {
+		in := input(state)
+		in.HeldBack = map[string]bool{}
+		for _, a := range addrs {
+			in.HeldBack[a] = true
+		}
+		return in
+	}
+	for _, tt := range []struct {
+		name      string
+		in        Input
+		want      []string
+		published int
+	}{
+		{"closed publishes a held-back endpoint neither ready nor serving", held(breaker.Closed, "10.0.0.3"), []string{
+			"payments-tripswitch-0 IPv4 http/8080/TCP 10.0.0.1(true,true) 10.0.0.2(false,false) 10.0.0.3(false,false)",
+			"payments-tripswitch-1 IPv6 http/8080/TCP fd00::1(true,true)",
+		}, 2},
+		{"an IPv6 address spelled another way in the slice is still held back", held(breaker.Closed, "fd00::1"), []string{
+			"payments-tripswitch-0 IPv4 http/8080/TCP 10.0.0.1(true,true) 10.0.0.2(false,false) 10.0.0.3(true,true)",
+			"payments-tripswitch-1 IPv6 http/8080/TCP fd00::1(false,false)",
+		}, 2},
+		{"half-open picks its trial endpoints among those not held back", held(breaker.HalfOpen, "10.0.0.1"), []string{
+			"payments-tripswitch-0 IPv4 http/8080/TCP 10.0.0.3(true,true)",
+		}, 1},
+		{"holding back every ready endpoint holds back none", held(breaker.Closed, "10.0.0.1", "10.0.0.3", "fd00::1"), []string{
+			"payments-tripswitch-0 IPv4 http/8080/TCP 10.0.0.1(true,true) 10.0.0.2(false,false) 10.0.0.3(true,true)",
+			"payments-tripswitch-1 IPv6 http/8080/TCP fd00::1(true,true)",
+		}, 3},
+		{"open ignores held-back endpoints", held(breaker.Open, "10.0.0.1"), []string{
+			"payments-tripswitch-0 IPv4 http/8080/TCP 10.0.0.1(false,false) 10.0.0.2(false,false) 10.0.0.3(false,false)",
+			"payments-tripswitch-1 IPv6 http/8080/TCP fd00::1(false,false)",
+		}, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.name == "an IPv6 address spelled another way in the slice is still held back" {
+				tt.in.Target = []discoveryv1.EndpointSlice{target[0], src(discoveryv1.AddressTypeIPv6, httpPort, ep("FD00:0::1", true))}
+				tt.want[1] = "payments-tripswitch-1 IPv6 http/8080/TCP FD00:0::1(false,false)"
+			}
+			out, published := Slices(tt.in)
+			if diff := cmp.Diff(tt.want, summary(out)); diff != "" {
+				t.Errorf("slices (-want +got):\n%s", diff)
+			}
+			if published.Endpoints != tt.published {
+				t.Errorf("published %d ready endpoints, want %d", published.Endpoints, tt.published)
+			}
+		})
+	}
+}
