@@ -24,6 +24,9 @@ const (
 	LocalErrorsName        = "tripswitch_probe_local_errors_total"
 	StartLatenessName      = "tripswitch_probe_start_lateness_seconds"
 	InfoName               = "tripswitch_breaker_info"
+	EjectionsName          = "tripswitch_endpoint_ejections_total"
+	EjectedName            = "tripswitch_endpoints_ejected"
+	PanicName              = "tripswitch_ejection_panic"
 	stateClosed, stateOpen = "closed", "open"
 	stateHalfOpen          = "half_open"
 )
@@ -47,6 +50,9 @@ type Recorder struct {
 	localErrors   *prometheus.CounterVec
 	startLateness prometheus.Histogram
 	info          *prometheus.GaugeVec
+	ejections     *prometheus.CounterVec
+	ejected       *prometheus.GaugeVec
+	panic         *prometheus.GaugeVec
 
 	// infoMu guards infoOf: the target and front each breaker's info series carries now.
 	infoMu sync.Mutex
@@ -87,6 +93,15 @@ func NewRecorder(reg prometheus.Registerer) (*Recorder, error) {
 			Help: "Probes that failed for a reason of the manager's own (file descriptors, buffers, ephemeral ports, " +
 				"a start past the probe's deadline); they count as Neutral, never against a target."},
 			[]string{"reason"}),
+		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{Name: EjectionsName,
+			Help: "Endpoints ejected (spec.ejection), by reason: ConsecutiveFailures, FailureRate, or TrialFailed " +
+				"when the trial at the end of an ejection failed."}, []string{"namespace", "name", "reason"}),
+		ejected: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: EjectedName,
+			Help: "Endpoints ejected now, including those waiting for their trial probe. In panic they are published anyway."},
+			[]string{"namespace", "name"}),
+		panic: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: PanicName,
+			Help: "1 while fewer of the breaker's endpoints are healthy than spec.ejection.panicThresholdPercent, so " +
+				"ejections are ignored and every endpoint is published."}, []string{"namespace", "name"}),
 	}
 	r.state = register(reg, r.state)
 	r.transitions = register(reg, r.transitions)
@@ -101,6 +116,9 @@ func NewRecorder(reg prometheus.Registerer) (*Recorder, error) {
 		r.localErrors.WithLabelValues(reason) // every reason shows as 0 before its first error
 	}
 	r.info = register(reg, r.info)
+	r.ejections = register(reg, r.ejections)
+	r.ejected = register(reg, r.ejected)
+	r.panic = register(reg, r.panic)
 	return r, nil
 }
 
@@ -185,6 +203,29 @@ func (r *Recorder) LocalError(reason string) {
 	r.localErrors.WithLabelValues(reason).Inc()
 }
 
+// Ejected counts one ejection of one of the breaker's endpoints.
+func (r *Recorder) Ejected(namespace, name, reason string) {
+	r.ejections.WithLabelValues(namespace, name, reason).Inc()
+}
+
+// SetEjection sets the ejected and panic gauges of a breaker with an endpoint level, and
+// removes them (on ok false) from one without, so that they exist only where they mean
+// something.
+func (r *Recorder) SetEjection(namespace, name string, ejected int, panicking, ok bool) {
+	if !ok {
+		labels := prometheus.Labels{"namespace": namespace, "name": name}
+		r.ejected.DeletePartialMatch(labels)
+		r.panic.DeletePartialMatch(labels)
+		return
+	}
+	r.ejected.WithLabelValues(namespace, name).Set(float64(ejected))
+	v := 0.0
+	if panicking {
+		v = 1
+	}
+	r.panic.WithLabelValues(namespace, name).Set(v)
+}
+
 // Delete removes every series of a breaker, when the breaker is deleted.
 func (r *Recorder) Delete(namespace, name string) {
 	labels := prometheus.Labels{"namespace": namespace, "name": name}
@@ -195,6 +236,9 @@ func (r *Recorder) Delete(namespace, name string) {
 	r.probes.DeletePartialMatch(labels)
 	r.probeDuration.DeletePartialMatch(labels)
 	r.info.DeletePartialMatch(labels)
+	r.ejections.DeletePartialMatch(labels)
+	r.ejected.DeletePartialMatch(labels)
+	r.panic.DeletePartialMatch(labels)
 	r.infoMu.Lock()
 	delete(r.infoOf, [2]string{namespace, name})
 	r.infoMu.Unlock()

@@ -123,3 +123,39 @@ func histogramCount(t *testing.T, reg prometheus.Gatherer, name string) uint64 {
 	t.Fatalf("%s is not registered", name)
 	return 0
 }
+
+func TestEjectionMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	r, err := NewRecorder(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Ejected("shop", "payments", "ConsecutiveFailures")
+	r.Ejected("shop", "payments", "TrialFailed")
+	r.Ejected("shop", "payments", "ConsecutiveFailures")
+	r.SetEjection("shop", "payments", 1, false, true)
+	r.SetEjection("shop", "search", 1, true, true)
+	r.SetEjection("shop", "cart", 0, false, true)
+	r.SetEjection("shop", "cart", 0, false, false) // ejection turned off: no series
+	want := `
+# HELP tripswitch_endpoint_ejections_total Endpoints ejected (spec.ejection), by reason: ConsecutiveFailures, FailureRate, or TrialFailed when the trial at the end of an ejection failed.
+# TYPE tripswitch_endpoint_ejections_total counter
+tripswitch_endpoint_ejections_total{name="payments",namespace="shop",reason="ConsecutiveFailures"} 2
+tripswitch_endpoint_ejections_total{name="payments",namespace="shop",reason="TrialFailed"} 1
+# HELP tripswitch_endpoints_ejected Endpoints ejected now, including those waiting for their trial probe. In panic they are published anyway.
+# TYPE tripswitch_endpoints_ejected gauge
+tripswitch_endpoints_ejected{name="payments",namespace="shop"} 1
+tripswitch_endpoints_ejected{name="search",namespace="shop"} 1
+# HELP tripswitch_ejection_panic 1 while fewer of the breaker's endpoints are healthy than spec.ejection.panicThresholdPercent, so ejections are ignored and every endpoint is published.
+# TYPE tripswitch_ejection_panic gauge
+tripswitch_ejection_panic{name="payments",namespace="shop"} 0
+tripswitch_ejection_panic{name="search",namespace="shop"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), EjectionsName, EjectedName, PanicName); err != nil {
+		t.Error(err)
+	}
+	r.Delete("shop", "payments")
+	if n := testutil.CollectAndCount(r.ejections); n != 0 {
+		t.Errorf("deleting the breaker left %d ejection series", n)
+	}
+}

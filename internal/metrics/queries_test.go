@@ -25,6 +25,8 @@ func registered(t *testing.T) map[string]bool {
 	r.SetInfo("ns", "b", "t", "f")
 	r.Transition("ns", "b", "Closed", "Open", "ConsecutiveFailures")
 	r.SetObserverGuard(false)
+	r.Ejected("ns", "b", "ConsecutiveFailures")
+	r.SetEjection("ns", "b", 1, false, true)
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
