@@ -283,9 +283,12 @@ func (s *Scheduler) offer(sl *slot, due time.Time) {
 	e := sl.entry
 	e.mu.Lock()
 	state, admits := e.engine.State(), e.engine.CanAdmit()
+	// A HalfOpen trial judges the whole target: it goes to an endpoint that is not ejected,
+	// rather than to one already known to fail (the cap keeps at least one in).
+	ejectedTrial := state == breaker.HalfOpen && e.ejected(sl.ep) && len(e.slots) > 1
 	e.mu.Unlock()
 	switch {
-	case !admits:
+	case !admits || ejectedTrial:
 		return
 	case state == breaker.HalfOpen:
 		s.queue.push(sl, due, true)
@@ -449,6 +452,9 @@ func (s *Scheduler) record(ctx context.Context, sl *slot, ref *proberRef, ticket
 	if changed {
 		result := r
 		e.changes = append(e.changes, Change{Transition: t, Probe: &result, Released: e.verdict == guard.Release})
+	}
+	endpointsChanged := e.tracker != nil && s.recordEndpoint(e, r, t, changed)
+	if changed || endpointsChanged {
 		s.armDeadline(e)
 	}
 	s.releaseHold(e)
@@ -457,10 +463,23 @@ func (s *Scheduler) record(ctx context.Context, sl *slot, ref *proberRef, ticket
 	if r.Local != "" {
 		s.localError(e.key, r)
 	}
-	if changed || holdChanged {
+	if changed || holdChanged || endpointsChanged {
 		s.changed(e.key)
 	}
 	return false
+}
+
+// recordEndpoint feeds a result to the endpoint level, whatever the breaker made of it (an
+// ejected endpoint's outcomes count for the service too), starts slow start when the breaker
+// closed after its trials, and says whether the endpoint level changed in a way the gate or
+// status shows. Callers hold e.mu.
+func (s *Scheduler) recordEndpoint(e *entry, r probe.Result, t breaker.Transition, transitioned bool) bool {
+	before := e.tracker.Summary()
+	e.tracker.Record(r.Endpoint, r.Outcome, r.Message)
+	if transitioned && t.To == breaker.Closed && t.Reason == breaker.TrialSucceeded {
+		e.tracker.StartRamp(e.rampKeep)
+	}
+	return s.takeEndpointEvents(e) || e.tracker.Summary() != before
 }
 
 // logEvery bounds how often the scheduler logs about one kind of trouble: when the manager's

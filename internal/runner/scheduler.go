@@ -17,6 +17,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/tripswitch/tripswitch/internal/breaker"
+	"github.com/tripswitch/tripswitch/internal/ejection"
 	"github.com/tripswitch/tripswitch/internal/guard"
 	"github.com/tripswitch/tripswitch/internal/probe"
 )
@@ -50,6 +51,14 @@ type Registration struct {
 	// HeldSince, when set for a breaker the scheduler has not seen yet, resumes a trip that a
 	// previous leader's observer guard was holding, so that its release timeout keeps running.
 	HeldSince time.Time
+	// Ejection is the endpoint level (ejection and slow start); its zero value turns it off.
+	Ejection ejection.Config
+	// RampKeep is how many endpoints the HalfOpen gate publishes: slow start keeps them when
+	// the breaker closes and ramps the others.
+	RampKeep int
+	// RestoreEjections, for a breaker the scheduler has not seen yet, resumes the ejections
+	// and the ramp that status lists.
+	RestoreEjections []ejection.EndpointStatus
 }
 
 // Change is one transition together with the probe that decided it, if one did.
@@ -62,11 +71,13 @@ type Change struct {
 }
 
 // Hold is a trip the observer guard holds: the rule that holds, since when, and the guard's
-// view of the cluster when the breaker was last looked at.
+// view of the cluster when the breaker was last looked at. Ejection says that what is held is
+// the breaker's first ejection of an endpoint rather than (or besides) a trip.
 type Hold struct {
-	Reason breaker.Reason
-	Since  time.Time
-	Guard  guard.Stats
+	Reason   breaker.Reason
+	Ejection bool
+	Since    time.Time
+	Guard    guard.Stats
 }
 
 // View is what the controller reads back to write status and apply gates.
@@ -80,6 +91,8 @@ type View struct {
 	Probes [4]uint64
 	// Held is set while the observer guard holds the breaker's trip.
 	Held *Hold
+	// Ejection is the endpoint level's state, nil when the breaker neither ejects nor ramps.
+	Ejection *ejection.View
 }
 
 // Options are what a Scheduler is built with.
@@ -180,6 +193,11 @@ type entry struct {
 	// whether the guard may hold this breaker's trip now.
 	verdict   guard.Verdict
 	guardHeld bool
+	// tracker is the endpoint level, nil when the breaker neither ejects nor ramps; its
+	// events wait in endpointEvents for TakeEndpointEvents.
+	tracker        *ejection.Tracker
+	rampKeep       int
+	endpointEvents []ejection.Event
 
 	// scheduling, under Scheduler.mu
 	ns        *namespace
@@ -248,6 +266,12 @@ func (s *Scheduler) Upsert(key types.NamespacedName, reg Registration) error {
 			e.observer = s.observers(key)
 		}
 		e.ctx, e.cancel = context.WithCancel(s.baseContext())
+		if reg.Ejection.Enabled() {
+			if e.tracker, err = ejection.New(reg.Ejection, s.clock); err != nil {
+				return err
+			}
+			e.tracker.Restore(reg.RestoreEjections)
+		}
 		s.entries[key] = e
 		s.attachGuard(e, reg)
 	}
@@ -277,7 +301,11 @@ func (s *Scheduler) Upsert(key types.NamespacedName, reg Registration) error {
 				e.guardHeld = false
 			}
 		}
+		if err := s.reconfigureTracker(e, reg.Ejection); err != nil {
+			return err
+		}
 	}
+	e.rampKeep = reg.RampKeep
 	intervalChanged := e.interval != reg.Interval
 	e.interval = reg.Interval
 	eps := reg.Endpoints
@@ -285,6 +313,10 @@ func (s *Scheduler) Upsert(key types.NamespacedName, reg Registration) error {
 		eps = slices.Collect(maps.Keys(e.slots))
 	}
 	s.syncSlots(e, eps, intervalChanged)
+	if e.tracker != nil {
+		e.tracker.SetEndpoints(slices.Collect(maps.Keys(e.slots)))
+		s.takeEndpointEvents(e)
+	}
 	s.armDeadline(e)
 	s.kick()
 	return nil
@@ -310,6 +342,67 @@ func (s *Scheduler) attachGuard(e *entry, reg Registration) {
 		e.guardHeld = e.verdict == guard.Hold
 		return e.verdict != guard.Hold
 	})
+	s.attachEjectionGuard(e)
+}
+
+// attachEjectionGuard has the observer guard asked before the breaker's first ejection, as
+// before a trip: a manager whose own network is sick sees endpoints of many breakers fail at
+// once, and must not eject them everywhere. Starting to eject spends the same budget as a
+// trip. Callers hold e.mu or own e alone.
+func (s *Scheduler) attachEjectionGuard(e *entry) {
+	if s.guard == nil || e.tracker == nil {
+		return
+	}
+	e.tracker.SetPermit(func() bool {
+		// Called by the tracker under e.mu, from record.
+		e.verdict = s.guard.Permit(e.key)
+		if e.verdict == guard.Hold {
+			e.guardHeld = true
+			return false
+		}
+		return true
+	})
+}
+
+// reconfigureTracker brings the endpoint level in line with cfg: made when it is turned on,
+// dropped (so that every endpoint is published again) when it is turned off. Callers hold
+// s.mu and e.mu.
+func (s *Scheduler) reconfigureTracker(e *entry, cfg ejection.Config) error {
+	switch {
+	case !cfg.Enabled():
+		e.tracker, e.endpointEvents = nil, nil
+	case e.tracker == nil:
+		t, err := ejection.New(cfg, s.clock)
+		if err != nil {
+			return err
+		}
+		e.tracker = t
+		s.attachEjectionGuard(e)
+	default:
+		if err := e.tracker.Reconfigure(cfg); err != nil {
+			return err
+		}
+		s.takeEndpointEvents(e)
+	}
+	return nil
+}
+
+// maxEndpointEvents bounds the endpoint events a breaker keeps for TakeEndpointEvents: a
+// controller that cannot write for a while must not let them grow without bound.
+const maxEndpointEvents = 256
+
+// takeEndpointEvents moves the tracker's events to the entry, and says whether there were
+// any. Callers hold e.mu.
+func (s *Scheduler) takeEndpointEvents(e *entry) bool {
+	evs := e.tracker.TakeEvents()
+	if len(evs) == 0 {
+		return false
+	}
+	e.endpointEvents = append(e.endpointEvents, evs...)
+	if over := len(e.endpointEvents) - maxEndpointEvents; over > 0 {
+		e.endpointEvents = slices.Delete(e.endpointEvents, 0, over)
+	}
+	return true
 }
 
 func (s *Scheduler) baseContext() context.Context {
@@ -410,12 +503,31 @@ func (s *Scheduler) View(key types.NamespacedName) (View, bool) {
 		last := *e.last
 		v.LastProbe = &last
 	}
+	if e.tracker != nil {
+		ev := e.tracker.View()
+		v.Ejection = &ev
+	}
 	if s.guard != nil && e.guardHeld {
 		if since, held := s.guard.HeldSince(key); held {
-			v.Held = &Hold{Reason: e.engine.Held(), Since: since, Guard: s.guard.Stats()}
+			v.Held = &Hold{Reason: e.engine.Held(), Ejection: v.Ejection != nil && v.Ejection.Held, Since: since,
+				Guard: s.guard.Stats()}
 		}
 	}
 	return v, true
+}
+
+// TakeEndpointEvents returns the endpoint level's events since the previous call (ejections
+// and returns), oldest first, and forgets them. At most maxEndpointEvents are kept.
+func (s *Scheduler) TakeEndpointEvents(key types.NamespacedName) []ejection.Event {
+	e := s.entry(key)
+	if e == nil {
+		return nil
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	evs := e.endpointEvents
+	e.endpointEvents = nil
+	return evs
 }
 
 // TakeChanges returns the breaker's transitions since the previous call, oldest first, and
@@ -443,6 +555,11 @@ func (s *Scheduler) Reset(key types.NamespacedName) bool {
 	if t, ok := e.engine.Reset(); ok {
 		e.changes = append(e.changes, Change{Transition: t})
 	}
+	if e.tracker != nil {
+		// A reset is the user's word that the target is fine: every endpoint is trusted again.
+		e.tracker.Clear()
+		s.takeEndpointEvents(e)
+	}
 	s.releaseHold(e)
 	s.armDeadline(e)
 	e.mu.Unlock()
@@ -451,7 +568,7 @@ func (s *Scheduler) Reset(key types.NamespacedName) bool {
 
 // releaseHold tells the guard that the breaker's trip rule no longer holds. Callers hold e.mu.
 func (s *Scheduler) releaseHold(e *entry) bool {
-	if !e.guardHeld || e.engine.Held() != breaker.NoReason {
+	if !e.guardHeld || e.engine.Held() != breaker.NoReason || e.tracker != nil && e.tracker.Summary().Held {
 		return false
 	}
 	e.guardHeld = false
@@ -472,6 +589,11 @@ func (s *Scheduler) armDeadline(e *entry) {
 		e.deadline = nil
 	}
 	at, ok := e.engine.NextDeadline()
+	if e.tracker != nil {
+		if tat, tok := e.tracker.NextDeadline(); tok && (!ok || tat.Before(at)) {
+			at, ok = tat, true
+		}
+	}
 	if !ok {
 		return
 	}
@@ -497,29 +619,66 @@ func (s *Scheduler) tick(e *entry) {
 	}
 	if e.engine.State() == breaker.HalfOpen && e.engine.CanAdmit() {
 		if first := e.firstIdleSlot(); first != nil {
-			first.due = s.clock.Now()
-			s.turns.place(first)
-			s.kick()
+			s.probeNow(first)
+		}
+	}
+	endpointsChanged := false
+	if e.tracker != nil {
+		before := e.tracker.Summary()
+		e.tracker.Tick()
+		endpointsChanged = s.takeEndpointEvents(e) || e.tracker.Summary() != before
+		if e.engine.State() == breaker.Closed {
+			// An ejection ended: its one trial probe goes out now, not at the endpoint's next
+			// turn, so that a recovered endpoint is back within a probe's time.
+			for _, ep := range e.tracker.DueTrials() {
+				if sl := e.slots[ep]; sl != nil && !sl.inflight && !sl.waiting {
+					s.probeNow(sl)
+				}
+			}
 		}
 	}
 	s.armDeadline(e)
 	e.mu.Unlock()
 	s.mu.Unlock()
-	if ok {
+	if ok || endpointsChanged {
 		s.changed(e.key)
 	}
 }
 
-// firstIdleSlot is the slot with no turn queued or in flight that is due soonest. Callers
-// hold s.mu.
+// probeNow moves the slot's next turn to now. Callers hold s.mu.
+func (s *Scheduler) probeNow(sl *slot) {
+	sl.due = s.clock.Now()
+	s.turns.place(sl)
+	s.kick()
+}
+
+// firstIdleSlot is the slot with no turn queued or in flight that is due soonest, among the
+// endpoints that are not ejected if there are any. Callers hold s.mu and e.mu.
 func (e *entry) firstIdleSlot() *slot {
-	var first *slot
+	var first, firstEjected *slot
 	for _, sl := range e.slots {
-		if !sl.inflight && !sl.waiting && (first == nil || sl.due.Before(first.due)) {
+		if sl.inflight || sl.waiting {
+			continue
+		}
+		if e.ejected(sl.ep) {
+			if firstEjected == nil || sl.due.Before(firstEjected.due) {
+				firstEjected = sl
+			}
+			continue
+		}
+		if first == nil || sl.due.Before(first.due) {
 			first = sl
 		}
 	}
+	if first == nil {
+		return firstEjected
+	}
 	return first
+}
+
+// ejected says whether the endpoint level holds ep back. Callers hold e.mu.
+func (e *entry) ejected(ep probe.Endpoint) bool {
+	return e.tracker != nil && e.tracker.IsEjected(ep)
 }
 
 func (s *Scheduler) changed(key types.NamespacedName) {
