@@ -41,6 +41,7 @@ func (r *CircuitBreakerReconciler) reconcileEndpointSliceGate(ctx context.Contex
 		Namespace: cb.Namespace, Breaker: cb.Name, Front: es.Service, Owner: ownerRef(front), State: st.view.Gate,
 		Target: tgt.slices, GatedPort: tgt.port.Name, HalfOpenEndpoints: int(es.HalfOpenEndpoints),
 		WhenOpen: es.WhenOpen, FrontPorts: front.Spec.Ports, ProbeSpeaksHTTP: probeSpeaksHTTP(st.spec),
+		HeldBack: heldBack(st.view, st.spec.Mode),
 	}
 	if f := es.Fallback; f != nil && st.view.Gate == breaker.Open {
 		fallback, err := r.lookupService(ctx, cb.Namespace, f.Service)

@@ -39,6 +39,7 @@ func (r *CircuitBreakerReconciler) reconcileEngine(ctx context.Context, st *reco
 		Spec: run.Probe, Interval: run.Interval, Config: run.Engine,
 		Restore: snapshotFromStatus(&cb.Status), Seed: seedFor(cb),
 		Gated: run.Engine.Mode == breaker.Auto, HeldSince: heldSince(&cb.Status),
+		Ejection: run.Ejection, RampKeep: run.RampKeep, RestoreEjections: ejectionsFromStatus(&cb.Status),
 	}
 	switch {
 	case st.target == nil:
@@ -59,6 +60,7 @@ func (r *CircuitBreakerReconciler) reconcileEngine(ctx context.Context, st *reco
 		cb.Status.LastResetToken = token
 	}
 	changes := r.Scheduler.TakeChanges(key)
+	endpointEvents := r.Scheduler.TakeEndpointEvents(key)
 	view, _ := r.Scheduler.View(key)
 	for _, change := range changes {
 		r.announce(ctx, cb, change)
@@ -67,6 +69,7 @@ func (r *CircuitBreakerReconciler) reconcileEngine(ctx context.Context, st *reco
 		}
 	}
 	applyView(&cb.Status, view)
+	r.reportEjection(ctx, cb, st.spec.Mode, &view, endpointEvents)
 	r.reportHold(ctx, cb, view.Held)
 	if r.Metrics != nil {
 		r.Metrics.SetState(cb.Namespace, cb.Name, string(cb.Status.State))
@@ -177,11 +180,18 @@ func (r *CircuitBreakerReconciler) holdMessage(hold *runner.Hold) string {
 				interval, cfg.ReleaseTimeout)
 		}
 	}
-	return fmt.Sprintf("Trip held since %s: %s holds, but %d of the %d gated breakers may trip within %s and "+
-		"%d trips are held, so tripswitch suspects its own network or CPU rather than every target at once. "+
-		"The breaker stays Closed and traffic keeps flowing. The hold ends when its probes succeed again; %s.",
-		hold.Since.UTC().Format(time.RFC3339), hold.Reason, hold.Guard.Budget, hold.Guard.Gated, window,
-		hold.Guard.Held, release)
+	what, rule, stays := "Trip", hold.Reason.String(), "The breaker stays Closed"
+	switch {
+	case hold.Ejection && hold.Reason == breaker.NoReason:
+		what, rule, stays = "Ejection", "the ejection rule of some endpoints", "Every endpoint stays published"
+	case hold.Ejection:
+		rule += " (and the ejection rule of some endpoints)"
+	}
+	return fmt.Sprintf("%s held since %s: %s holds, but %d of the %d gated breakers may trip within %s (starting to eject endpoints "+
+		"counts as a trip) and %d are held, so tripswitch suspects its own network or CPU rather than every target at once. "+
+		"%s and traffic keeps flowing. The hold ends when its probes succeed again; %s.",
+		what, hold.Since.UTC().Format(time.RFC3339), rule, hold.Guard.Budget, hold.Guard.Gated, window,
+		hold.Guard.Held, stays, release)
 }
 
 // heldSince reads back when a previous leader's guard started holding the breaker's trip.
