@@ -145,7 +145,7 @@ func (t *Tracker) Reconfigure(cfg Config) error {
 	if !cfg.Ejects() {
 		for _, e := range t.sorted() {
 			if e.phase == Ejected {
-				t.restore(e, now, "ejection turned off")
+				t.restore(e, now, "ejection turned off", true)
 			}
 			t.setWants(e, false)
 		}
@@ -210,7 +210,7 @@ func (t *Tracker) Record(ep netip.AddrPort, o breaker.Outcome, message string) {
 				Ejections: e.ejections, Message: message})
 			return
 		}
-		t.restore(e, now, message)
+		t.restore(e, now, message, true)
 		t.settle(now)
 		return
 	}
@@ -272,14 +272,15 @@ func (t *Tracker) tryEject(e *endpoint, r Reason, now time.Time, message string)
 		Message: message})
 }
 
-// restore brings an ejected endpoint back: to the ramp, or published at once.
-func (t *Tracker) restore(e *endpoint, now time.Time, message string) {
+// restore brings an ejected endpoint back: to the ramp if ramp and slow start is on, or
+// published at once.
+func (t *Tracker) restore(e *endpoint, now time.Time, message string, ramp bool) {
 	t.ejected--
 	e.phase, e.reason, e.until, e.message = Healthy, NoReason, time.Time{}, ""
 	e.failures, e.returned = 0, now
 	e.window = ring{size: t.cfg.FailureRate.Window}
 	t.emit(Event{Kind: EventReturned, Endpoint: e.addr, At: now, Ejections: e.ejections, Message: message})
-	if t.cfg.SlowStart > 0 {
+	if ramp && t.cfg.SlowStart > 0 {
 		t.join(e, now)
 	}
 }
@@ -329,9 +330,10 @@ func (t *Tracker) panicking() bool {
 	return n > 0 && healthy*100 < n*t.cfg.PanicThresholdPercent
 }
 
-// join adds e to the ramp, starting one if none is in progress.
+// join adds e to the ramp, starting one if none is in progress. Endpoints that come back
+// within one window share its steps, however far apart their probes put them.
 func (t *Tracker) join(e *endpoint, now time.Time) {
-	if !t.ramp.active {
+	if !t.ramp.active || !now.Before(t.ramp.start.Add(t.cfg.SlowStart)) {
 		t.ramp = cohort{active: true, start: now}
 	}
 	t.ramp.size++
@@ -374,17 +376,34 @@ func (t *Tracker) allowed(now time.Time) int {
 	return c
 }
 
-// settle brings the ramp up to date: it admits the members the step allows, and ends the
-// ramp when nobody waits.
+// settle restores the invariants after a change: no more endpoints ejected than the cap
+// allows (endpoints removed, a lower percentage, or a restore can leave too many), the ramp at
+// its current step and ended at the end of its window, and at least one endpoint published.
 func (t *Tracker) settle(now time.Time) {
+	if over := t.ejected - t.maxEjected(); over > 0 {
+		// The ejections that would end soonest end now, straight to published: the cap is a
+		// promise about the endpoints there are, not the ones there were.
+		var ejected []*endpoint
+		for _, e := range t.eps {
+			if e.phase == Ejected {
+				ejected = append(ejected, e)
+			}
+		}
+		slices.SortFunc(ejected, func(a, b *endpoint) int { return cmp.Or(a.until.Compare(b.until), a.addr.Compare(b.addr)) })
+		for _, e := range ejected[:over] {
+			t.restore(e, now, "returned early: fewer endpoints are left than maxEjectedPercent needs to keep it out", false)
+		}
+	}
 	if !t.ramp.active {
 		return
 	}
 	if t.ramp.pending > 0 {
 		done := t.ramp.size - t.ramp.pending
 		t.admit(t.allowed(now) - done)
+		// Never hold back every endpoint: the ramp gives way first.
+		t.admit(t.ejected + t.ramp.pending - len(t.eps) + 1)
 	}
-	if t.ramp.pending <= 0 {
+	if !now.Before(t.ramp.start.Add(t.cfg.SlowStart)) {
 		t.ramp = cohort{}
 	}
 }
@@ -566,8 +585,14 @@ func (t *Tracker) apply(e *endpoint, s EndpointStatus) {
 		e.ejections = max(1, s.Ejections)
 		t.ejected++
 	case s.Phase == SlowStart && t.cfg.SlowStart > 0:
-		if !t.ramp.active || s.Since.Before(t.ramp.start) {
-			t.ramp.active, t.ramp.start = true, s.Since // the earliest member's join starts the ramp
+		// Status lists who waits, not who was admitted already. The first member of a ramp is
+		// always admitted at once, so a restored ramp counts one admitted member: after a
+		// leader change the ramp may admit sooner than it would have, never later.
+		switch {
+		case !t.ramp.active:
+			t.ramp = cohort{active: true, start: s.Since, size: 1}
+		case s.Since.Before(t.ramp.start):
+			t.ramp.start = s.Since // the earliest member's join starts the ramp
 		}
 		t.ramp.size++
 		t.ramp.pending++
