@@ -203,6 +203,48 @@ var _ = Describe("tripswitch on the real data plane", Ordered, func() {
 				Expect(closed.Where(servedByTarget)).To(HaveLen(len(closed)), "%s", closed)
 			})
 
+			It("ejects the one failing pod of three, so that pods stop seeing its errors while the breaker stays Closed", func(ctx SpecContext) {
+				name := "eject"
+				bs := target(ctx, ns, name+"-backend", 3)
+				// A service rule that cannot hold while two of three pods answer: only the
+				// endpoint level acts.
+				breaker(ctx, ns, name, `{target: {service: `+name+`-backend, port: http}, probe: {interval: 100ms, timeout: 100ms},
+					trip: {failureRate: {percent: 100, window: 100, minimumProbes: 100}},
+					ejection: {consecutiveFailures: 3, baseEjectionTime: 5m}}`)
+				front := frontAddress(ctx, ns, name)
+				load := rig.NewClients(loadClients).Start(rig.LoadSpec{Target: front, Host: name + "." + ns,
+					Rate: loadRate, Headers: loadHeaders})
+				Eventually(func() map[string]int { return backendsOf(load.Snapshot()) }).Should(HaveLen(3), "every pod serves")
+				failedAt := time.Now()
+				bs[1].SetBehavior(rig.Unavailable)
+				Eventually(breakerStatus(ctx, ns, name)).Should(HaveField("Ejection.Ejected", BeEquivalentTo(1)))
+				ejected := time.Now()
+				Eventually(func() int { return len(load.Snapshot().Between(ejected.Add(time.Second), time.Now())) }).
+					Should(BeNumerically(">=", 1000), "a while after the ejection")
+				results := load.Stop()
+
+				since := results.Between(failedAt, time.Now())
+				failed := since.Where(func(a rig.Attempt) bool { return a.Outcome != rig.Responded || a.Status != http.StatusOK })
+				var lastFailure time.Time
+				for _, a := range failed {
+					if a.Start.After(lastFailure) {
+						lastFailure = a.Start
+					}
+				}
+				AddReportEntry(fmt.Sprintf("%s, ejection: %d pods x %d connections/s, 1 of 3 pods failing", mode, loadClients, loadRate),
+					fmt.Sprintf("%d of %d calls failed after the pod started failing (%v), the last %v after; then none of %d",
+						len(failed), len(since), failed.Statuses(), lastFailure.Sub(failedAt).Round(time.Millisecond),
+						len(results.Between(lastFailure.Add(time.Nanosecond), time.Now()))))
+				Expect(failed.Where(func(a rig.Attempt) bool { return a.Backend() != bs[1].Name })).To(BeEmpty(),
+					"only the failing pod's calls fail: %s", failed)
+				// Floor 300 ms (3 failures at 100 ms) + the status write + kube-proxy's sync.
+				Expect(lastFailure.Sub(failedAt)).To(BeNumerically("<=", time.Second), "%s", failed)
+				after := results.Between(ejected.Add(500*time.Millisecond), time.Now())
+				Expect(after.Where(servedByTarget)).To(HaveLen(len(after)), "%s", after)
+				Expect(backendsOf(after)).To(And(HaveLen(2), Not(HaveKey(bs[1].Name))), "the other two pods take the calls")
+				Expect(breakerStatus(ctx, ns, name)(Default).State).To(Equal(tripswitchv1alpha1.StateClosed))
+			})
+
 			It("sends pods to the fallback's pods while Open", func(ctx SpecContext) {
 				fallbackPods := target(ctx, ns, "degraded", 1)
 				target(ctx, ns, "catalog-backend", 2)

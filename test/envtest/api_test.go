@@ -344,6 +344,7 @@ recovery: {backoff: {}}
 		Expect(got).To(Equal([]column{
 			{"Name", 0}, {"State", 0}, {"Target", 0}, {"Front", 0}, {"Trips", 0}, {"Last Change", 0}, {"Age", 0},
 			{"Mode", 1}, {"Gate", 1}, {"Failures", 1}, {"Window Failures", 1}, {"Endpoints", 1}, {"Published", 1},
+			{"Ejected", 1},
 		}))
 		Expect(table.Rows).To(HaveLen(1))
 		Expect(table.Rows[0].Cells[0]).To(Equal("tabled"))
