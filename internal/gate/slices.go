@@ -233,12 +233,29 @@ func groupsOf(src []discoveryv1.EndpointSlice, mapPorts func([]discoveryv1.Endpo
 	}
 	groups := make([]group, 0, len(byKey))
 	for _, g := range byKey {
-		slices.SortFunc(g.endpoints, func(a, b discoveryv1.Endpoint) int { return cmp.Compare(a.Addresses[0], b.Addresses[0]) })
+		slices.SortFunc(g.endpoints, func(a, b discoveryv1.Endpoint) int { return compareAddresses(a.Addresses[0], b.Addresses[0]) })
 		g.endpoints = slices.CompactFunc(g.endpoints, func(a, b discoveryv1.Endpoint) bool { return a.Addresses[0] == b.Addresses[0] })
 		groups = append(groups, *g)
 	}
 	slices.SortFunc(groups, func(a, b group) int { return cmp.Compare(a.key, b.key) })
 	return groups
+}
+
+// compareAddresses orders addresses numerically, as the endpoint level orders endpoints (so
+// that the endpoints HalfOpen published are the ones slow start keeps when the breaker
+// closes), and anything that does not parse after everything that does, as text.
+func compareAddresses(a, b string) int {
+	pa, errA := netip.ParseAddr(a)
+	pb, errB := netip.ParseAddr(b)
+	switch {
+	case errA == nil && errB == nil:
+		return pa.Compare(pb)
+	case errA == nil:
+		return -1
+	case errB == nil:
+		return 1
+	}
+	return cmp.Compare(a, b)
 }
 
 func portsKey(ports []discoveryv1.EndpointPort) string {

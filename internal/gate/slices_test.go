@@ -211,3 +211,14 @@ func TestSlicesHoldBackEjectedEndpoints(t *testing.T) {
 		})
 	}
 }
+
+func TestHalfOpenPicksEndpointsInNumericAddressOrder(t *testing.T) {
+	in := input(breaker.HalfOpen)
+	in.Target = []discoveryv1.EndpointSlice{src(discoveryv1.AddressTypeIPv4, httpPort, ep("10.0.0.10", true), ep("10.0.0.9", true))}
+	out, _ := Slices(in)
+	// As the endpoint level orders them: slow start keeps this one published when the breaker
+	// closes, rather than swapping it for another.
+	if diff := cmp.Diff([]string{"payments-tripswitch-0 IPv4 http/8080/TCP 10.0.0.9(true,true)"}, summary(out)); diff != "" {
+		t.Errorf("slices (-want +got):\n%s", diff)
+	}
+}

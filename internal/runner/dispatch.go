@@ -474,12 +474,12 @@ func (s *Scheduler) record(ctx context.Context, sl *slot, ref *proberRef, ticket
 // closed after its trials, and says whether the endpoint level changed in a way the gate or
 // status shows. Callers hold e.mu.
 func (s *Scheduler) recordEndpoint(e *entry, r probe.Result, t breaker.Transition, transitioned bool) bool {
-	before := e.tracker.Summary()
+	before := shown(e.tracker)
 	e.tracker.Record(r.Endpoint, r.Outcome, r.Message)
 	if transitioned && t.To == breaker.Closed && t.Reason == breaker.TrialSucceeded {
 		e.tracker.StartRamp(e.rampKeep)
 	}
-	return s.takeEndpointEvents(e) || e.tracker.Summary() != before
+	return s.takeEndpointEvents(e) || shown(e.tracker) != before
 }
 
 // logEvery bounds how often the scheduler logs about one kind of trouble: when the manager's

@@ -165,3 +165,20 @@ func TestSchedulerHoldsFirstEjectionsUnderTheObserverGuard(t *testing.T) {
 	g.Eventually(func() int { return counts()[1] }, 5*time.Second).Should(BeZero(), "the holds end when the probes succeed")
 	g.Eventually(gd.Active).Should(BeFalse())
 }
+
+func TestSchedulerKeepsRestoredEjectionsWhileTheTargetIsUnknown(t *testing.T) {
+	g := NewWithT(t)
+	_, eps := backends(t, 3)
+	s := startScheduler(t, Options{MaxConcurrentProbes: 8})
+	reg := ejecting(t, time.Second, ejection.Config{ConsecutiveFailures: 3, BaseEjectionTime: time.Minute,
+		MaxEjectionTime: time.Minute, MaxEjectedPercent: 50}, eps...)
+	reg.RestoreEjections = []ejection.EndpointStatus{{Endpoint: eps[1], Phase: ejection.Ejected,
+		Reason: ejection.ConsecutiveFailures, Since: time.Now(), Until: time.Now().Add(time.Minute), Ejections: 1}}
+	// A new leader's first reconcile could not read the target.
+	unknown := reg
+	unknown.Endpoints, unknown.KeepEndpoints = nil, true
+	g.Expect(s.Upsert(key(1), unknown)).To(Succeed())
+	g.Expect(s.Upsert(key(1), reg)).To(Succeed())
+	v, _ := s.View(key(1))
+	g.Expect(v.Ejection.HeldBack).To(Equal([]probe.Endpoint{eps[1]}), "the restored ejection survives")
+}

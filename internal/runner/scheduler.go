@@ -313,7 +313,9 @@ func (s *Scheduler) Upsert(key types.NamespacedName, reg Registration) error {
 		eps = slices.Collect(maps.Keys(e.slots))
 	}
 	s.syncSlots(e, eps, intervalChanged)
-	if e.tracker != nil {
+	if e.tracker != nil && !reg.KeepEndpoints {
+		// Not while the target is unknown: a new leader that could not read it yet would drop
+		// the ejections it restored from status.
 		e.tracker.SetEndpoints(slices.Collect(maps.Keys(e.slots)))
 		s.takeEndpointEvents(e)
 	}
@@ -624,9 +626,9 @@ func (s *Scheduler) tick(e *entry) {
 	}
 	endpointsChanged := false
 	if e.tracker != nil {
-		before := e.tracker.Summary()
+		before := shown(e.tracker)
 		e.tracker.Tick()
-		endpointsChanged = s.takeEndpointEvents(e) || e.tracker.Summary() != before
+		endpointsChanged = s.takeEndpointEvents(e) || shown(e.tracker) != before
 		if e.engine.State() == breaker.Closed {
 			// An ejection ended: its one trial probe goes out now, not at the endpoint's next
 			// turn, so that a recovered endpoint is back within a probe's time.
@@ -643,6 +645,16 @@ func (s *Scheduler) tick(e *entry) {
 	if ok || endpointsChanged {
 		s.changed(e.key)
 	}
+}
+
+// shown is what of the endpoint level calls for a reconcile when it changes: what the gate
+// publishes and what the condition says. Capped endpoints alone do not: an endpoint that the
+// cap keeps in and that fails on and off would otherwise cost a status write per probe; the
+// count follows with the next reconcile.
+func shown(t *ejection.Tracker) ejection.Summary {
+	s := t.Summary()
+	s.Capped = 0
+	return s
 }
 
 // probeNow moves the slot's next turn to now. Callers hold s.mu.
