@@ -182,3 +182,20 @@ func TestSchedulerKeepsRestoredEjectionsWhileTheTargetIsUnknown(t *testing.T) {
 	v, _ := s.View(key(1))
 	g.Expect(v.Ejection.HeldBack).To(Equal([]probe.Endpoint{eps[1]}), "the restored ejection survives")
 }
+
+func TestSchedulerResetClearsEveryEjection(t *testing.T) {
+	g := NewWithT(t)
+	recs, eps := backends(t, 3)
+	s := startScheduler(t, Options{MaxConcurrentProbes: 8})
+	g.Expect(s.Upsert(key(1), ejecting(t, 50*time.Millisecond, ejection.Config{ConsecutiveFailures: 1,
+		BaseEjectionTime: time.Minute, MaxEjectionTime: time.Minute, MaxEjectedPercent: 50}, eps...))).To(Succeed())
+	recs[2].failing.Store(true)
+	g.Eventually(func() []probe.Endpoint { v, _ := s.View(key(1)); return v.Ejection.HeldBack }, 5*time.Second).
+		Should(Equal([]probe.Endpoint{eps[2]}))
+	s.TakeEndpointEvents(key(1))
+	g.Expect(s.Reset(key(1))).To(BeTrue())
+	v, _ := s.View(key(1))
+	g.Expect(v.Ejection.HeldBack).To(BeEmpty(), "the reset annotation trusts every endpoint again")
+	g.Expect(s.TakeEndpointEvents(key(1))).To(ConsistOf(And(HaveField("Kind", ejection.EventReturned),
+		HaveField("Endpoint", eps[2]), HaveField("Message", "reset"))))
+}
