@@ -164,7 +164,6 @@ type CircuitBreakerSpec struct {
 // own probes. When neither rule is given, consecutiveFailures defaults to 5.
 // +kubebuilder:validation:XValidation:rule="!has(self.baseEjectionTime) || !has(self.maxEjectionTime) || duration(self.maxEjectionTime) >= duration(self.baseEjectionTime)",message="ejection.maxEjectionTime must not be shorter than ejection.baseEjectionTime"
 // +kubebuilder:validation:XValidation:rule="has(self.baseEjectionTime) || !has(self.maxEjectionTime) || duration(self.maxEjectionTime) >= duration('30s')",message="ejection.maxEjectionTime must not be shorter than ejection.baseEjectionTime (30s when unset)"
-// +kubebuilder:validation:XValidation:rule="has(self.maxEjectionTime) || !has(self.baseEjectionTime) || duration(self.baseEjectionTime) <= duration('5m')",message="ejection.baseEjectionTime must not be longer than ejection.maxEjectionTime (5m when unset)"
 // +kubebuilder:validation:XValidation:rule="!has(self.failureRate) || self.failureRate.window <= 100",message="ejection.failureRate.window must be at most 100: every endpoint keeps a window of its own"
 type EjectionSpec struct {
 	// consecutiveFailures ejects an endpoint after this many failures in a row of its own

@@ -209,7 +209,7 @@ var _ = Describe("Two-level breaking: ejecting endpoints", func() {
 		createTarget(ctx, ns, "orders-backend", bs[0].port, bs...)
 		createBreaker(ctx, ns, "orders", `{target: {service: orders-backend, port: http},
 			probe: {interval: 100ms, timeout: 100ms}, `+noServiceTrip+`,
-			ejection: {consecutiveFailures: 2, baseEjectionTime: 5m, maxEjectedPercent: 50, panicThresholdPercent: 0}}`)
+			ejection: {consecutiveFailures: 2, baseEjectionTime: 1h, maxEjectedPercent: 50, panicThresholdPercent: 0}}`)
 		Eventually(front(ctx, ns, "orders")).Should(HaveField("Ready", 4))
 		seen := watchReady(ctx, ns, "orders")
 		for _, b := range bs[:3] {
@@ -232,7 +232,7 @@ var _ = Describe("Two-level breaking: ejecting endpoints", func() {
 		createTarget(ctx, ns, "search-backend", bs[0].port, bs...)
 		createBreaker(ctx, ns, "search", `{target: {service: search-backend, port: http},
 			probe: {interval: 100ms, timeout: 100ms}, `+noServiceTrip+`,
-			ejection: {consecutiveFailures: 2, baseEjectionTime: 5m, panicThresholdPercent: 30}}`)
+			ejection: {consecutiveFailures: 2, baseEjectionTime: 1h, panicThresholdPercent: 30}}`)
 		Eventually(front(ctx, ns, "search")).Should(HaveField("Ready", 3))
 		for _, b := range bs {
 			b.failing.Store(true)
