@@ -14,14 +14,17 @@
 // un-ejected since its last return (Envoy decrements it per interval while healthy).
 //
 // The cap: at most floor(endpoints × MaxEjectedPercent / 100) endpoints are ejected at once,
-// and never all but zero. An endpoint whose rule holds beyond the cap stays published and is
+// and never every endpoint. An endpoint whose rule holds beyond the cap stays published and is
 // Capped; it is ejected on a later failure if room was made. Envoy ejects one endpoint even
-// when the percentage rounds to zero; tripswitch never exceeds the percentage.
+// when the percentage rounds to zero; tripswitch never exceeds the percentage. When the cap
+// falls below the endpoints ejected (endpoints removed, a lower percentage, a restore), the
+// ejections that end soonest end at once, straight to published.
 //
 // Ejected: outcomes are ignored until the ejection ends. The first non-Neutral outcome after
 // that is its trial: a success returns it (to SlowStart if a slow-start window is set, else
 // Healthy, counters cleared); a failure ejects it again (reason TrialFailed, count + 1). The
-// owner sends that trial at once: DueTrials lists the endpoints whose ejection ended.
+// owner sends that trial at once: DueTrials lists the endpoints whose ejection ended, from the
+// moment it ends.
 //
 // Panic: healthy = endpoints neither ejected nor Capped. When healthy × 100 < endpoints ×
 // PanicThresholdPercent, every endpoint is published (HeldBack is empty), as Envoy routes to
@@ -30,9 +33,12 @@
 //
 // Slow start: kube-proxy has no per-endpoint weights, so re-admission is the only ramp.
 // Endpoints that return from an ejection, and after StartRamp every endpoint but the first
-// keep, join one cohort. Of the cohort's C members, the ramp publishes 1 at once, ceil(25% C)
-// from a third of the window, ceil(50% C) from two thirds, and all at its end; the members
-// are admitted in the order they joined, then by address. New endpoints of the target are
+// keep, join one cohort, which lasts one window from its first member's join: endpoints coming
+// back a probe apart share its steps. Of the cohort's C members, the ramp publishes 1 at once,
+// ceil(25% C) from a third of the window, ceil(50% C) from two thirds, and all at its end; the
+// members are admitted in the order they joined, then by address, and one ejected while waiting
+// counts as done. Whatever the step, the ramp never holds back the last endpoint that is not
+// ejected. New endpoints of the target are
 // published at once, never ramped: a rollout replaces every pod, and holding new ones back
 // while the old ones terminate could empty the front.
 //
@@ -41,5 +47,6 @@
 // ejection is permitted or no endpoint's rule holds any more.
 //
 // Restart: Restore reads back the endpoints status listed (at most MaxListed); the others
-// start Healthy.
+// start Healthy. Status lists who waits on a ramp, not who was admitted, so a restored ramp
+// counts one admitted member (the first always is): it may admit sooner, never later.
 package ejection
