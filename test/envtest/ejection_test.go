@@ -7,7 +7,6 @@ import (
 	"net"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,48 +35,32 @@ type readySet struct {
 // watchReady records, from a watch, every change of the addresses the front publishes ready
 // (over all its tripswitch slices), starting with what it showed when the watch began.
 func watchReady(ctx context.Context, ns, name string) func() []readySet {
-	watcher, err := client.NewWithWatch(cfg, client.Options{Scheme: scheme})
-	Expect(err).NotTo(HaveOccurred())
-	w, err := watcher.Watch(ctx, &discoveryv1.EndpointSliceList{}, client.InNamespace(ns),
-		client.MatchingLabels{discoveryv1.LabelServiceName: name, discoveryv1.LabelManagedBy: tripswitchv1alpha1.ManagedBy})
-	Expect(err).NotTo(HaveOccurred())
-	DeferCleanup(w.Stop)
-	var mu sync.Mutex
-	var seen []readySet
 	bySlice := map[string][]string{}
-	go func() {
-		defer GinkgoRecover()
-		for ev := range w.ResultChan() {
-			slice, ok := ev.Object.(*discoveryv1.EndpointSlice)
-			if !ok {
-				continue
-			}
+	var last []string
+	first := true
+	return watchSlices(ctx, ns, client.MatchingLabels{discoveryv1.LabelServiceName: name,
+		discoveryv1.LabelManagedBy: tripswitchv1alpha1.ManagedBy},
+		func(ev watch.EventType, slice *discoveryv1.EndpointSlice) (readySet, bool) {
 			var ready []string
-			if ev.Type != watch.Deleted {
+			if ev != watch.Deleted {
 				for _, e := range slice.Endpoints {
 					if ptr.Deref(e.Conditions.Ready, true) {
 						ready = append(ready, e.Addresses[0])
 					}
 				}
 			}
-			mu.Lock()
 			bySlice[slice.Name] = ready
 			var all []string
 			for _, r := range bySlice {
 				all = append(all, r...)
 			}
 			slices.Sort(all)
-			if len(seen) == 0 || !slices.Equal(seen[len(seen)-1].Ready, all) {
-				seen = append(seen, readySet{Ready: all, At: time.Now()})
+			if !first && slices.Equal(last, all) {
+				return readySet{}, false
 			}
-			mu.Unlock()
-		}
-	}()
-	return func() []readySet {
-		mu.Lock()
-		defer mu.Unlock()
-		return slices.Clone(seen)
-	}
+			first, last = false, all
+			return readySet{Ready: all, At: time.Now()}, true
+		})
 }
 
 // readyCountsOf are the sizes of the sets seen, without their times.

@@ -220,24 +220,47 @@ type frontChange struct {
 	At    time.Time
 }
 
-// watchFront records, from a watch, every change in the count of ready endpoints shown by any
-// slice of the front Service, in order, starting with its state when the watch began.
-// Polling could miss a state that lasts milliseconds; a watch sees every update.
-func watchFront(ctx context.Context, ns, name string) func() []frontChange {
+// watchSlices records, from a watch on the EndpointSlices of ns that match labels, what
+// observe makes of each event, in order, whenever observe says it changed. Polling could miss a
+// state that lasts milliseconds; a watch sees every update. observe runs on one goroutine.
+func watchSlices[T any](ctx context.Context, ns string, labels client.MatchingLabels,
+	observe func(ev watch.EventType, slice *discoveryv1.EndpointSlice) (T, bool)) func() []T {
 	watcher, err := client.NewWithWatch(cfg, client.Options{Scheme: scheme})
 	Expect(err).NotTo(HaveOccurred())
-	w, err := watcher.Watch(ctx, &discoveryv1.EndpointSliceList{}, client.InNamespace(ns),
-		client.MatchingLabels{discoveryv1.LabelServiceName: name})
+	w, err := watcher.Watch(ctx, &discoveryv1.EndpointSliceList{}, client.InNamespace(ns), labels)
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(w.Stop)
 	var mu sync.Mutex
-	var seen []frontChange
+	var seen []T
 	go func() {
 		defer GinkgoRecover()
 		for ev := range w.ResultChan() {
 			slice, ok := ev.Object.(*discoveryv1.EndpointSlice)
-			if !ok || ev.Type == watch.Deleted {
+			if !ok {
 				continue
+			}
+			if v, changed := observe(ev.Type, slice); changed {
+				mu.Lock()
+				seen = append(seen, v)
+				mu.Unlock()
+			}
+		}
+	}()
+	return func() []T {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(seen)
+	}
+}
+
+// watchFront records every change in the count of ready endpoints shown by any slice of the
+// front Service, in order, starting with its state when the watch began.
+func watchFront(ctx context.Context, ns, name string) func() []frontChange {
+	last := -1
+	return watchSlices(ctx, ns, client.MatchingLabels{discoveryv1.LabelServiceName: name},
+		func(ev watch.EventType, slice *discoveryv1.EndpointSlice) (frontChange, bool) {
+			if ev == watch.Deleted {
+				return frontChange{}, false
 			}
 			n := 0
 			for _, e := range slice.Endpoints {
@@ -245,18 +268,12 @@ func watchFront(ctx context.Context, ns, name string) func() []frontChange {
 					n++
 				}
 			}
-			mu.Lock()
-			if len(seen) == 0 || seen[len(seen)-1].Ready != n {
-				seen = append(seen, frontChange{Ready: n, At: time.Now()})
+			if n == last {
+				return frontChange{}, false
 			}
-			mu.Unlock()
-		}
-	}()
-	return func() []frontChange {
-		mu.Lock()
-		defer mu.Unlock()
-		return slices.Clone(seen)
-	}
+			last = n
+			return frontChange{Ready: n, At: time.Now()}, true
+		})
 }
 
 // readyCounts are the counts of changes, without their times.
