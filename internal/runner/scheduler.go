@@ -521,30 +521,28 @@ func (s *Scheduler) View(key types.NamespacedName) (View, bool) {
 // TakeEndpointEvents returns the endpoint level's events since the previous call (ejections
 // and returns), oldest first, and forgets them. At most maxEndpointEvents are kept.
 func (s *Scheduler) TakeEndpointEvents(key types.NamespacedName) []ejection.Event {
-	e := s.entry(key)
-	if e == nil {
-		return nil
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	evs := e.endpointEvents
-	e.endpointEvents = nil
-	return evs
+	return take(s, key, func(e *entry) *[]ejection.Event { return &e.endpointEvents })
 }
 
 // TakeChanges returns the breaker's transitions since the previous call, oldest first, and
 // forgets them. Take them before the View that status is written from, so that the view is
 // at least as new as the last change announced.
 func (s *Scheduler) TakeChanges(key types.NamespacedName) []Change {
+	return take(s, key, func(e *entry) *[]Change { return &e.changes })
+}
+
+// take empties one of a breaker's queues under its lock and returns what it held.
+func take[T any](s *Scheduler, key types.NamespacedName, queue func(*entry) *[]T) []T {
 	e := s.entry(key)
 	if e == nil {
 		return nil
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	changes := e.changes
-	e.changes = nil
-	return changes
+	q := queue(e)
+	out := *q
+	*q = nil
+	return out
 }
 
 // Reset closes the breaker, as the tripswitch.io/reset annotation asks.
