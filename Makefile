@@ -15,12 +15,15 @@ $(LOCALBIN):
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 KUSTOMIZE_VERSION ?= v5.8.2
 PROMTOOL_VERSION ?= v0.316.0
+# The Prometheus server of the query stories: the same module version as promtool.
+PROMETHEUS_VERSION ?= $(PROMTOOL_VERSION)
 CRD_REF_DOCS_VERSION ?= v0.3.0
 GOLANGCI_LINT_VERSION ?= v2.15.0
 
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 KUSTOMIZE ?= $(LOCALBIN)/kustomize-$(KUSTOMIZE_VERSION)
 PROMTOOL ?= $(LOCALBIN)/promtool-$(PROMTOOL_VERSION)
+PROMETHEUS ?= $(LOCALBIN)/prometheus-$(PROMETHEUS_VERSION)
 CRD_REF_DOCS ?= $(LOCALBIN)/crd-ref-docs-$(CRD_REF_DOCS_VERSION)
 GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
@@ -259,6 +262,15 @@ $(PROMTOOL): | $(LOCALBIN)
 	@# remove_all_sd leaves out the service-discovery plugins, whose dependencies the module proxy does not serve.
 	GOBIN="$(LOCALBIN)" GOFLAGS="$$GOFLAGS -tags=remove_all_sd" go install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
 	mv "$(LOCALBIN)/promtool" "$(PROMTOOL)"
+
+.PHONY: prometheus
+prometheus: $(PROMETHEUS) ## Install the Prometheus server into ./bin, for the query stories (built from source, about 3 minutes the first time).
+$(PROMETHEUS): | $(LOCALBIN)
+	@echo "Installing github.com/prometheus/prometheus/cmd/prometheus@$(PROMETHEUS_VERSION)"
+	@# remove_all_sd, as for promtool; the web UI's assets are not in the module, and the HTTP API needs none.
+	rm -rf "$(LOCALBIN)/prometheus.tmp" && mkdir -p "$(LOCALBIN)/prometheus.tmp"
+	GOBIN="$(LOCALBIN)/prometheus.tmp" GOFLAGS="$$GOFLAGS -tags=remove_all_sd" go install github.com/prometheus/prometheus/cmd/prometheus@$(PROMETHEUS_VERSION)
+	mv "$(LOCALBIN)/prometheus.tmp/prometheus" "$(PROMETHEUS)" && rmdir "$(LOCALBIN)/prometheus.tmp"
 
 # kustomize-build-with-image builds config/default with image IMG, from a copy of config/ so
 # that the committed kustomization is never edited.
