@@ -136,6 +136,30 @@ func (b *Breaker) Record(t Ticket, o Outcome) (Transition, bool) {
 	return Transition{}, false
 }
 
+// Trip opens a Closed breaker for reason, a rule judged outside the probes (QueryRule), after
+// asking the trip permit as a probe-driven trip does: the observer guard covers every trip.
+// It does nothing in any other state (recovery stays with the probes' trials), and returns
+// the transition it caused, if any. A held trip is reported by Held until a later Trip is let
+// through or ClearHeld says the rule stopped holding.
+func (b *Breaker) Trip(reason Reason) (Transition, bool) {
+	if b.state != Closed {
+		return Transition{}, false
+	}
+	if b.permit != nil && !b.permit(reason) {
+		b.held = reason
+		return Transition{}, false
+	}
+	b.held = NoReason
+	return b.open(reason), true
+}
+
+// ClearHeld forgets a held trip of reason, when the rule that held no longer does.
+func (b *Breaker) ClearHeld(reason Reason) {
+	if b.held == reason {
+		b.held = NoReason
+	}
+}
+
 // Release gives back the slot of a probe admitted with t that will have no outcome, such as
 // one whose prober was replaced while it ran, or one the scheduler could not start in time.
 // Only a trial of the current attempt holds a slot; for anything else it does nothing.

@@ -372,7 +372,7 @@ func TestConfigValidate(t *testing.T) {
 }
 
 func TestStringers(t *testing.T) {
-	for r := NoReason + 1; r <= Forced; r++ {
+	for r := NoReason + 1; r <= QueryRule; r++ {
 		if ParseReason(r.String()) != r {
 			t.Errorf("ParseReason(%q) does not round-trip", r)
 		}
@@ -476,5 +476,44 @@ func TestTripPermitHoldsTheTripUntilTheRuleStopsHolding(t *testing.T) {
 	allow = true
 	if tr, changed := record(b, Failure); !changed || tr.To != Open || b.Held() != NoReason {
 		t.Fatalf("a permitted trip opens: %v %v held %s", tr, changed, b.Held())
+	}
+}
+
+func TestTripByAQueryRule(t *testing.T) {
+	clk := testingclock.NewFakeClock(t0)
+	b, err := New(base(), clk, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	allow := false
+	b.SetTripPermit(func(r Reason) bool {
+		if r != QueryRule {
+			t.Errorf("the permit was asked about %s", r)
+		}
+		return allow
+	})
+	if _, ok := b.Trip(QueryRule); ok || b.Held() != QueryRule || b.State() != Closed {
+		t.Fatalf("a refused permit must hold the trip: state %s, held %s", b.State(), b.Held())
+	}
+	b.ClearHeld(ConsecutiveFailures)
+	if b.Held() != QueryRule {
+		t.Fatal("clearing another rule's hold cleared this one")
+	}
+	b.ClearHeld(QueryRule)
+	if b.Held() != NoReason {
+		t.Fatal("the hold stayed after its rule stopped holding")
+	}
+	allow = true
+	tr, ok := b.Trip(QueryRule)
+	if !ok || tr.From != Closed || tr.To != Open || tr.Reason != QueryRule || b.Snapshot().Trips != 1 {
+		t.Fatalf("trip: %v %v, snapshot %+v", tr, ok, b.Snapshot())
+	}
+	if _, ok := b.Trip(QueryRule); ok {
+		t.Fatal("an Open breaker tripped again")
+	}
+	clk.Step(time.Hour)
+	b.Tick()
+	if _, ok := b.Trip(QueryRule); ok || b.State() != HalfOpen {
+		t.Fatal("a query rule must not judge HalfOpen: recovery stays with the probes' trials")
 	}
 }

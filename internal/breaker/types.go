@@ -107,10 +107,13 @@ const (
 	Reset
 	// Forced is a change of the gate state by a change of mode.
 	Forced
+	// QueryRule is a trip by a rule judged outside the probes, such as a PromQL query over the
+	// target's real traffic (see Breaker.Trip).
+	QueryRule
 )
 
 var reasonNames = [...]string{"", "ConsecutiveFailures", "FailureRate", "SlowRate", "OpenTimeout",
-	"TrialSucceeded", "TrialFailed", "Reset", "Forced"}
+	"TrialSucceeded", "TrialFailed", "Reset", "Forced", "QueryRule"}
 
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) {
