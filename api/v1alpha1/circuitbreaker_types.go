@@ -417,6 +417,82 @@ type TripSpec struct {
 	// probes reaches percent. It needs probe.slowThreshold.
 	// +optional
 	SlowRate *RateRule `json:"slowRate,omitempty"`
+
+	// queries are PromQL rules over the target's real traffic, evaluated against the
+	// manager's --prometheus-url every queryInterval while the breaker is Closed; any rule that
+	// holds for its number of consecutive evaluations trips the breaker, like the rules above.
+	// A query that fails or times out never trips. Recovery stays with the probes.
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=10
+	// +optional
+	Queries []QueryRule `json:"queries,omitempty"`
+
+	// queryInterval is how often the queries are evaluated. Defaults to 15s; at least 1s, at
+	// most 10m.
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s')",message="trip.queryInterval must be at least 1s"
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('10m')",message="trip.queryInterval must be at most 10m"
+	// +optional
+	QueryInterval *metav1.Duration `json:"queryInterval,omitempty"`
+}
+
+// NoDataPolicy says what a query evaluation that returns nothing counts as.
+// +kubebuilder:validation:Enum=Ignore;Failure
+type NoDataPolicy string
+
+const (
+	// NoDataIgnore: an empty result neither holds nor breaks a run of evaluations that held.
+	NoDataIgnore NoDataPolicy = "Ignore"
+	// NoDataFailure: an empty result counts as an evaluation that holds.
+	NoDataFailure NoDataPolicy = "Failure"
+)
+
+// QueryRule trips the breaker when a PromQL query's value stays above (or below) a bound for
+// a number of consecutive evaluations. The query must return one number: a scalar, or an
+// instant vector with one series (aggregate with sum() and the like).
+// +kubebuilder:validation:XValidation:rule="has(self.above) != has(self.below)",message="set exactly one of above and below"
+type QueryRule struct {
+	// name identifies the rule in status, events and metrics.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
+	// +required
+	Name string `json:"name"`
+
+	// query is the PromQL expression. With the manager's --query-namespace-label set, every
+	// series selector in it is confined to the breaker's namespace.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=4096
+	// +required
+	Query string `json:"query"`
+
+	// above: the rule holds while the value is greater than this decimal number.
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$`
+	// +optional
+	Above *string `json:"above,omitempty"`
+
+	// below: the rule holds while the value is less than this decimal number.
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$`
+	// +optional
+	Below *string `json:"below,omitempty"`
+
+	// for is how many consecutive evaluations must hold to trip. Defaults to 1.
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	// +optional
+	For int32 `json:"for,omitempty"`
+
+	// noData says what an evaluation that returns nothing (or NaN, as a ratio without traffic
+	// gives) counts as: Ignore, the default, or Failure.
+	// +kubebuilder:default=Ignore
+	// +optional
+	NoData NoDataPolicy `json:"noData,omitempty"`
 }
 
 // RateRule trips when a share of the last window probe outcomes reaches percent.

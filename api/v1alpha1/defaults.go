@@ -44,6 +44,9 @@ const (
 	DefaultMaxEjectionTime             = 5 * time.Minute
 	DefaultMaxEjectedPercent           = int32(50)
 	DefaultPanicThresholdPercent       = int32(50)
+
+	// DefaultQueryInterval is how often PromQL trip rules are evaluated.
+	DefaultQueryInterval = 15 * time.Second
 )
 
 // Resolve returns a copy of the breaker's spec in which every field the user left unset is
@@ -116,6 +119,18 @@ func resolveTrip(t *TripSpec, hasProfile bool, preset Preset) {
 	}
 	resolveRate(t.FailureRate)
 	resolveRate(t.SlowRate)
+	if len(t.Queries) > 0 && t.QueryInterval == nil {
+		t.QueryInterval = &metav1.Duration{Duration: DefaultQueryInterval}
+	}
+	for i := range t.Queries {
+		q := &t.Queries[i]
+		if q.For == 0 {
+			q.For = 1
+		}
+		if q.NoData == "" {
+			q.NoData = NoDataIgnore
+		}
+	}
 }
 
 func resolveRate(r *RateRule) {

@@ -61,6 +61,13 @@ func TestResolve(t *testing.T) {
 				MaxEjectedPercent: ptr.To[int32](0), PanicThresholdPercent: ptr.To[int32](50)}
 		}),
 	}, {
+		name: "query rules get their interval, for and noData, and the probes keep their default rule",
+		spec: CircuitBreakerSpec{Target: target, Trip: TripSpec{Queries: []QueryRule{{Name: "e", Query: "up", Above: ptr.To("1")}}}},
+		want: resolved(func(s *CircuitBreakerSpec) {
+			s.Trip.Queries = []QueryRule{{Name: "e", Query: "up", Above: ptr.To("1"), For: 1, NoData: NoDataIgnore}}
+			s.Trip.QueryInterval = dur(15 * time.Second)
+		}),
+	}, {
 		name: "balanced profile changes nothing",
 		spec: CircuitBreakerSpec{Target: target, Profile: ProfileBalanced},
 		want: resolved(func(s *CircuitBreakerSpec) { s.Profile = ProfileBalanced }),
