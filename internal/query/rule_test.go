@@ -25,8 +25,8 @@ func TestCompile(t *testing.T) {
 			wantQuery: `sum(rate(http_requests_total{code=~"5..",namespace="shop",service="payments"}[1m])) / ` +
 				`sum(rate(http_requests_total{namespace="shop",service="payments"}[1m]))`},
 		{name: "a matcher for another namespace still meets the confinement, so it selects nothing",
-			spec:      Spec{Name: "r", Query: `up{namespace="kube-system"}`, Below: "1", For: 1},
-			label:     "namespace", ns: "shop",
+			spec:  Spec{Name: "r", Query: `up{namespace="kube-system"}`, Below: "1", For: 1},
+			label: "namespace", ns: "shop",
 			wantQuery: `up{namespace="kube-system",namespace="shop"}`},
 		{name: "unconfined when no label is set",
 			spec: Spec{Name: "r", Query: `up`, Below: "1", For: 1}, wantQuery: `up`},
