@@ -79,4 +79,3 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 	b.left -= int64(n)
 	return n, err
 }
-
