@@ -129,7 +129,11 @@ func (b *Breaker) Record(t Ticket, o Outcome) (Transition, bool) {
 		b.held = r
 		return Transition{}, false
 	}
-	b.held = NoReason
+	if b.held != QueryRule {
+		// A held query trip is the query rule's to clear (ClearHeld): a probe that holds no
+		// rule says nothing about the traffic the query watches.
+		b.held = NoReason
+	}
 	if r != NoReason {
 		return b.open(r), true
 	}

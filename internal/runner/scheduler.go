@@ -5,6 +5,7 @@
 package runner
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"hash/maphash"
@@ -20,6 +21,7 @@ import (
 	"github.com/tripswitch/tripswitch/internal/ejection"
 	"github.com/tripswitch/tripswitch/internal/guard"
 	"github.com/tripswitch/tripswitch/internal/probe"
+	"github.com/tripswitch/tripswitch/internal/query"
 )
 
 // ProbeObserver hears about the probes of one breaker, such as its metrics. It is called from
@@ -59,6 +61,9 @@ type Registration struct {
 	// RestoreEjections, for a breaker the scheduler has not seen yet, resumes the ejections
 	// and the ramp that status lists.
 	RestoreEjections []ejection.EndpointStatus
+	// Queries are the breaker's PromQL trip rules, evaluated every QueryInterval.
+	Queries       []query.Rule
+	QueryInterval time.Duration
 }
 
 // Change is one transition together with the probe that decided it, if one did.
@@ -68,6 +73,8 @@ type Change struct {
 	// Released says that the observer guard had held this trip and let it go ahead after its
 	// release timeout.
 	Released bool
+	// Query describes the query rule that tripped the breaker, if one did.
+	Query string
 }
 
 // Hold is a trip the observer guard holds: the rule that holds, since when, and the guard's
@@ -93,6 +100,8 @@ type View struct {
 	Held *Hold
 	// Ejection is the endpoint level's state, nil when the breaker neither ejects nor ramps.
 	Ejection *ejection.View
+	// Queries are the newest evaluations of the breaker's query rules, in the rules' order.
+	Queries []QueryResult
 }
 
 // Options are what a Scheduler is built with.
@@ -110,6 +119,11 @@ type Options struct {
 	// LocalErrors, when set, is told of every probe that failed for a reason of the manager's
 	// own (see probe.LocalReasons), such as a metric. It must be cheap and must not block.
 	LocalErrors func(reason string)
+	// Querier, when set, sends the query rules' queries; without it they are reported as not
+	// evaluated (ErrNoQuerier).
+	Querier Querier
+	// MaxConcurrentQueries bounds the queries in flight across all breakers; 0 is 4.
+	MaxConcurrentQueries int
 	// OnChange, when set, is called outside any lock when a breaker's engine made a transition
 	// on its own (a probe or a deadline), or the observer guard started or stopped holding its
 	// trip. It must not block.
@@ -132,6 +146,8 @@ type Scheduler struct {
 	onChange    func(types.NamespacedName)
 	localLog    rateLimitedLog
 	capLog      rateLimitedLog
+	querier     Querier
+	querySlots  chan struct{}
 
 	mu         sync.Mutex
 	entries    map[types.NamespacedName]*entry
@@ -160,6 +176,8 @@ func New(o Options) *Scheduler {
 		observers:   o.Observers,
 		localErrors: o.LocalErrors,
 		onChange:    o.OnChange,
+		querier:     o.Querier,
+		querySlots:  make(chan struct{}, cmp.Or(o.MaxConcurrentQueries, 4)),
 		entries:     map[types.NamespacedName]*entry{},
 		namespaces:  map[string]*namespace{},
 		wake:        make(chan struct{}, 1),
@@ -198,6 +216,7 @@ type entry struct {
 	tracker        *ejection.Tracker
 	rampKeep       int
 	endpointEvents []ejection.Event
+	queries        queryState
 
 	// scheduling, under Scheduler.mu
 	ns        *namespace
@@ -319,6 +338,7 @@ func (s *Scheduler) Upsert(key types.NamespacedName, reg Registration) error {
 		e.tracker.SetEndpoints(slices.Collect(maps.Keys(e.slots)))
 		s.takeEndpointEvents(e)
 	}
+	s.setQueries(e, reg.Queries, reg.QueryInterval)
 	s.armDeadline(e)
 	s.kick()
 	return nil
@@ -481,6 +501,9 @@ func (s *Scheduler) Remove(key types.NamespacedName) {
 		if e.deadline != nil {
 			e.deadline.Stop()
 		}
+		if e.queries.timer != nil {
+			e.queries.timer.Stop()
+		}
 		e.prober.retire()
 		e.mu.Unlock()
 		e.ns.entries--
@@ -509,6 +532,7 @@ func (s *Scheduler) View(key types.NamespacedName) (View, bool) {
 		ev := e.tracker.View()
 		v.Ejection = &ev
 	}
+	v.Queries = append([]QueryResult(nil), e.queries.results...)
 	if s.guard != nil && e.guardHeld {
 		if since, held := s.guard.HeldSince(key); held {
 			v.Held = &Hold{Reason: e.engine.Held(), Ejection: v.Ejection != nil && v.Ejection.Held, Since: since,

@@ -1,0 +1,113 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	"k8s.io/utils/clock"
+
+	"github.com/tripswitch/tripswitch/internal/breaker"
+	"github.com/tripswitch/tripswitch/internal/guard"
+	"github.com/tripswitch/tripswitch/internal/query"
+)
+
+// fakeQuerier answers every query with the sample or error it is set to, and counts them.
+type fakeQuerier struct {
+	mu     sync.Mutex
+	sample query.Sample
+	err    error
+	asked  int
+}
+
+func (f *fakeQuerier) Query(context.Context, string, time.Time) (query.Sample, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.asked++
+	return f.sample, f.err
+}
+
+func (f *fakeQuerier) set(s query.Sample, err error) {
+	f.mu.Lock()
+	f.sample, f.err = s, err
+	f.mu.Unlock()
+}
+
+func errorRateRule() query.Rule {
+	return query.Rule{Name: "error-rate", Query: "x", Threshold: 0.05, Above: true, For: 3}
+}
+
+func TestSchedulerTripsOnAQueryRuleAndNeverOnAFailingQuery(t *testing.T) {
+	g := NewWithT(t)
+	_, eps := backends(t, 1)
+	q := &fakeQuerier{}
+	s := startScheduler(t, Options{MaxConcurrentProbes: 4, Querier: q})
+	reg := registration(t, time.Second, eps...)
+	reg.Queries, reg.QueryInterval = []query.Rule{errorRateRule()}, 50*time.Millisecond
+	g.Expect(s.Upsert(key(1), reg)).To(Succeed())
+
+	q.set(query.Sample{}, errors.New("connection refused"))
+	g.Eventually(func() int { q.mu.Lock(); defer q.mu.Unlock(); return q.asked }, 5*time.Second).Should(BeNumerically(">=", 10))
+	v, _ := s.View(key(1))
+	g.Expect(v.Snapshot.State).To(Equal(breaker.Closed), "a Prometheus that cannot be reached never trips")
+	g.Expect(v.Queries).To(ConsistOf(HaveField("Err", MatchError("connection refused"))))
+
+	q.set(query.Sample{Value: 0.31}, nil)
+	var changes []Change
+	g.Eventually(func() []Change { changes = append(changes, s.TakeChanges(key(1))...); return changes }, 5*time.Second).
+		Should(HaveLen(1))
+	g.Expect(changes[0].Reason).To(Equal(breaker.QueryRule))
+	g.Expect(changes[0].To).To(Equal(breaker.Open))
+	g.Expect(changes[0].Query).To(Equal("error-rate 0.31 > 0.05 for 3 evaluations"))
+
+	// While Open the rule is not judged: the run starts again from zero.
+	g.Eventually(func() int { v, _ := s.View(key(1)); return v.Queries[0].Holding }).Should(BeZero())
+	g.Consistently(func() breaker.State { v, _ := s.View(key(1)); return v.Snapshot.State }, 300*time.Millisecond).
+		Should(Equal(breaker.Open))
+}
+
+func TestSchedulerReportsQueriesWithoutAPrometheus(t *testing.T) {
+	g := NewWithT(t)
+	_, eps := backends(t, 1)
+	s := startScheduler(t, Options{MaxConcurrentProbes: 4})
+	reg := registration(t, time.Second, eps...)
+	reg.Queries, reg.QueryInterval = []query.Rule{errorRateRule()}, 50*time.Millisecond
+	g.Expect(s.Upsert(key(1), reg)).To(Succeed())
+	g.Eventually(func() []QueryResult { v, _ := s.View(key(1)); return v.Queries }).
+		Should(ConsistOf(HaveField("Err", MatchError(ErrNoQuerier))))
+}
+
+func TestSchedulerHoldsQueryTripsUnderTheObserverGuard(t *testing.T) {
+	g := NewWithT(t)
+	_, eps := backends(t, 1)
+	q := &fakeQuerier{sample: query.Sample{Value: 1}}
+	gd := guard.New(guard.Config{MaxTripFraction: 0.5, Window: time.Minute, MinBreakers: 4}, clock.RealClock{})
+	s := startScheduler(t, Options{MaxConcurrentProbes: 8, Querier: q, Guard: gd})
+	for i := range 4 {
+		reg := registration(t, time.Second, eps...)
+		reg.Gated = true
+		reg.Queries, reg.QueryInterval = []query.Rule{errorRateRule()}, 50*time.Millisecond
+		g.Expect(s.Upsert(key(i), reg)).To(Succeed())
+	}
+	count := func() [2]int {
+		var open, held int
+		for i := range 4 {
+			v, _ := s.View(key(i))
+			if v.Snapshot.State == breaker.Open {
+				open++
+			}
+			if v.Held != nil {
+				held++
+				g.Expect(v.Held.Reason).To(Equal(breaker.QueryRule))
+			}
+		}
+		return [2]int{open, held}
+	}
+	g.Eventually(count, 5*time.Second).Should(Equal([2]int{2, 2}), "a Prometheus that shows every target failing trips only the budget")
+	g.Consistently(count, 500*time.Millisecond).Should(Equal([2]int{2, 2}), "probes that succeed do not end a held query trip")
+	q.set(query.Sample{Value: 0}, nil)
+	g.Eventually(func() int { return count()[1] }, 5*time.Second).Should(BeZero(), "the holds end when the rule stops holding")
+}
