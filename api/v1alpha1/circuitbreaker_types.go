@@ -772,6 +772,13 @@ type CircuitBreakerStatus struct {
 	// +optional
 	Ejection *EjectionStatus `json:"ejection,omitempty"`
 
+	// queries are the newest evaluations of spec.trip.queries.
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=10
+	// +optional
+	Queries []QueryStatus `json:"queries,omitempty"`
+
 	// frontService is the name of the front Service whose EndpointSlices the breaker owns.
 	// +optional
 	FrontService string `json:"frontService,omitempty"`
@@ -875,6 +882,27 @@ type EjectedEndpoint struct {
 	// +kubebuilder:validation:MaxLength=256
 	// +optional
 	Message string `json:"message,omitempty"`
+}
+
+// QueryStatus is the newest evaluation of one query rule.
+type QueryStatus struct {
+	// name is the rule's name.
+	// +kubebuilder:validation:MaxLength=63
+	Name string `json:"name"`
+	// value is what the query returned, as a decimal number; absent for no data or an error.
+	// +kubebuilder:validation:MaxLength=32
+	// +optional
+	Value string `json:"value,omitempty"`
+	// holding is how many consecutive evaluations held.
+	// +optional
+	Holding int32 `json:"holding,omitempty"`
+	// lastEvaluation is when the query was last sent.
+	// +optional
+	LastEvaluation *metav1.Time `json:"lastEvaluation,omitempty"`
+	// error is why the last evaluation failed; a failed evaluation never trips.
+	// +kubebuilder:validation:MaxLength=256
+	// +optional
+	Error string `json:"error,omitempty"`
 }
 
 // ProbeResult is one probe's result.

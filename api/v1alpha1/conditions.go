@@ -28,6 +28,10 @@ const (
 	// SlowStart), False with NoEndpointsEjected when every endpoint is published. It is absent
 	// otherwise.
 	ConditionEjection = "Ejection"
+	// ConditionQueriesFailing is True while the last evaluation of some query rule failed
+	// (no --prometheus-url, Prometheus unreachable, a timeout, a result that is not one
+	// number): those rules cannot trip the breaker. It is absent otherwise.
+	ConditionQueriesFailing = "QueriesFailing"
 )
 
 // Condition reasons.
@@ -90,4 +94,6 @@ const (
 	ReasonSlowStart = "SlowStart"
 	// ReasonNoEndpointsEjected: every endpoint is published.
 	ReasonNoEndpointsEjected = "NoEndpointsEjected"
+	// ReasonQueryFailed: a query rule's last evaluation failed (ConditionQueriesFailing).
+	ReasonQueryFailed = "QueryFailed"
 )

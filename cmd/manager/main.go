@@ -48,6 +48,10 @@ type options struct {
 	kubeAPIBurst            int
 	probeAddressMap         string
 	probeAllowedCIDRs       string
+	prometheusURL           string
+	queryTimeout            time.Duration
+	queryNamespaceLabel     string
+	maxConcurrentQueries    int
 	guard                   guard.Config
 	handBackTimeout         time.Duration
 	responderService        string
@@ -85,6 +89,16 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 	fs.StringVar(&o.probeAddressMap, "probe-address-map", "",
 		"For local development only: dial endpoints in one prefix at the same offset in another, "+
 			"such as 192.0.2.0/24=127.0.0.0/24, so that EndpointSlices with documentation addresses reach loopback servers.")
+	fs.StringVar(&o.prometheusURL, "prometheus-url", "",
+		"Base URL of a server with the Prometheus HTTP API (Prometheus, Thanos, Mimir, VictoriaMetrics) that "+
+			"spec.trip.queries are sent to, with the manager's identity. Empty leaves query rules unevaluated; "+
+			"their breakers say so in the QueriesFailing condition.")
+	fs.DurationVar(&o.queryTimeout, "query-timeout", 5*time.Second,
+		"Bound on each query rule's query, on the server and on the wire; a query that times out never trips.")
+	fs.StringVar(&o.queryNamespaceLabel, "query-namespace-label", "namespace",
+		"Label through which every series selector of a breaker's queries is confined to the breaker's namespace, "+
+			"so that whoever may create breakers reads only their namespace's series. Empty turns confinement off.")
+	fs.IntVar(&o.maxConcurrentQueries, "max-concurrent-queries", 4, "Most query-rule queries in flight at once.")
 	fs.StringVar(&o.probeAllowedCIDRs, "probe-allowed-cidrs", endpoints.AllAddresses,
 		"Comma-separated CIDR prefixes that probes may go to, such as the pod network's. A ready endpoint of a target "+
 			"outside them is never dialled and counts as if not ready; the breaker's EndpointsNotProbed condition names it. "+
@@ -117,6 +131,10 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 	}
 	if o.maxConcurrentReconciles < 1 {
 		return nil, fmt.Errorf("--max-concurrent-reconciles must be at least 1, got %d", o.maxConcurrentReconciles)
+	}
+	if o.queryTimeout <= 0 || o.maxConcurrentQueries < 1 {
+		return nil, fmt.Errorf("--query-timeout must be positive and --max-concurrent-queries at least 1, got %s and %d",
+			o.queryTimeout, o.maxConcurrentQueries)
 	}
 	if !(o.kubeAPIQPS > 0) || o.kubeAPIBurst < 1 {
 		return nil, fmt.Errorf("--kube-api-qps must be above 0 and --kube-api-burst at least 1, got %g and %d", o.kubeAPIQPS, o.kubeAPIBurst)
@@ -217,6 +235,10 @@ func run(o *options) error {
 		Responder:               responder,
 		ProbeAllowedCIDRs:       allowed,
 		SliceCache:              sliceCache,
+		PrometheusURL:           o.prometheusURL,
+		QueryTimeout:            o.queryTimeout,
+		QueryNamespaceLabel:     o.queryNamespaceLabel,
+		MaxConcurrentQueries:    o.maxConcurrentQueries,
 	}); err != nil {
 		return fmt.Errorf("setting up the CircuitBreaker controller: %w", err)
 	}

@@ -85,6 +85,9 @@ type CircuitBreakerReconciler struct {
 	// RefreshBudget bounds the status writes a second that only refresh counters, across all
 	// breakers; 0 or less sets no bound (see refreshPeriod).
 	RefreshBudget float64
+	// QueryNamespaceLabel, when set, confines every series selector of a breaker's query
+	// rules to the breaker's namespace through this label.
+	QueryNamespaceLabel string
 
 	// lastSync is when each breaker's status was last written, for the write economy.
 	lastSync sync.Map // types.NamespacedName -> time.Time

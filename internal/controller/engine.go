@@ -35,11 +35,17 @@ func (r *CircuitBreakerReconciler) reconcileEngine(ctx context.Context, st *reco
 			message: fmt.Sprintf("the spec cannot be run: %v; %s", compileErr, how)}
 		log.FromContext(ctx).Error(compileErr, "The API server accepted a spec that cannot be run", "fallback", how)
 	}
+	rules, queryInterval, queryErr := compileQueries(&st.spec, r.QueryNamespaceLabel, cb.Namespace)
+	if queryErr != nil && stalled == nil {
+		stalled = &stalledError{reason: tripswitchv1alpha1.ReasonInvalidSpec,
+			message: "query rules that cannot run are left out: " + queryErr.Error()}
+	}
 	reg := runner.Registration{
 		Spec: run.Probe, Interval: run.Interval, Config: run.Engine,
 		Restore: snapshotFromStatus(&cb.Status), Seed: seedFor(cb),
 		Gated: run.Engine.Mode == breaker.Auto, HeldSince: heldSince(&cb.Status),
 		Ejection: run.Ejection, RampKeep: run.RampKeep, RestoreEjections: ejectionsFromStatus(&cb.Status),
+		Queries: rules, QueryInterval: queryInterval,
 	}
 	switch {
 	case st.target == nil:
@@ -70,6 +76,7 @@ func (r *CircuitBreakerReconciler) reconcileEngine(ctx context.Context, st *reco
 	}
 	applyView(&cb.Status, view)
 	r.reportEjection(ctx, cb, st.spec.Mode, &view, endpointEvents)
+	applyQueries(cb, view.Queries)
 	r.reportHold(ctx, cb, view.Held)
 	if r.Metrics != nil {
 		r.Metrics.SetState(cb.Namespace, cb.Name, string(cb.Status.State))
@@ -112,7 +119,10 @@ func (r *CircuitBreakerReconciler) fallback(key types.NamespacedName, spec *trip
 // announce records one transition as an event and a log line.
 func (r *CircuitBreakerReconciler) announce(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker, c runner.Change) {
 	message := ""
-	if c.Probe != nil {
+	switch {
+	case c.Query != "":
+		message = " after " + c.Query
+	case c.Probe != nil:
 		message = fmt.Sprintf(" after %s from %s", c.Probe.Message, c.Probe.Endpoint)
 	}
 	if c.Released {

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/netip"
@@ -17,6 +18,7 @@ import (
 	"github.com/tripswitch/tripswitch/internal/guard"
 	"github.com/tripswitch/tripswitch/internal/metrics"
 	"github.com/tripswitch/tripswitch/internal/probe"
+	"github.com/tripswitch/tripswitch/internal/query"
 	"github.com/tripswitch/tripswitch/internal/runner"
 )
 
@@ -47,6 +49,15 @@ type Options struct {
 	// Clock drives the probes, the engines, the guard and the reconciler; nil is the real
 	// clock. Tests pass a fake one.
 	Clock clock.WithDelayedExecution
+	// PrometheusURL is the server with the Prometheus HTTP API that query rules are sent to;
+	// empty leaves them unevaluated, reported by the QueriesFailing condition.
+	PrometheusURL string
+	// QueryTimeout bounds each query; 0 is 5 s.
+	QueryTimeout time.Duration
+	// QueryNamespaceLabel, when set, confines every query to the breaker's namespace.
+	QueryNamespaceLabel string
+	// MaxConcurrentQueries bounds the queries in flight; 0 is 4.
+	MaxConcurrentQueries int
 }
 
 // DefaultGuard is the observer guard of the default install: more than half of the gated
@@ -97,6 +108,15 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		MaxConcurrentReconciles: o.MaxConcurrentReconciles,
 		SliceCache:              o.SliceCache,
 		RefreshBudget:           RefreshShare * clientQPS(mgr.GetConfig()),
+		QueryNamespaceLabel:     o.QueryNamespaceLabel,
+	}
+	var querier runner.Querier
+	if o.PrometheusURL != "" {
+		c, err := query.NewClient(o.PrometheusURL, cmp.Or(o.QueryTimeout, 5*time.Second), nil)
+		if err != nil {
+			return err
+		}
+		querier = c
 	}
 	r.Scheduler = runner.New(runner.Options{
 		NewProber:           probe.NewFactory(o.Dial, clk).New,
@@ -106,8 +126,10 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		Observers: func(key types.NamespacedName) runner.ProbeObserver {
 			return recorder.Breaker(key.Namespace, key.Name)
 		},
-		LocalErrors: recorder.LocalError,
-		OnChange:    r.enqueueTransition,
+		LocalErrors:          recorder.LocalError,
+		OnChange:             r.enqueueTransition,
+		Querier:              querier,
+		MaxConcurrentQueries: o.MaxConcurrentQueries,
 	})
 	if err := mgr.Add(r.Scheduler); err != nil {
 		return fmt.Errorf("adding the probe scheduler: %w", err)

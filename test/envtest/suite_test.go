@@ -111,6 +111,8 @@ type managerOptions struct {
 	responder types.NamespacedName
 	// probeAllowedCIDRs is --probe-allowed-cidrs, before the address map; nil allows all.
 	probeAllowedCIDRs []netip.Prefix
+	// prometheusURL is --prometheus-url; empty leaves query rules unevaluated.
+	prometheusURL string
 }
 
 // startManager starts a manager process equivalent, with the CircuitBreaker controller, and
@@ -156,6 +158,8 @@ func startManager(opts managerOptions) (stop func()) {
 		Responder:           opts.responder,
 		ProbeAllowedCIDRs:   opts.probeAllowedCIDRs,
 		SliceCache:          sliceCache,
+		PrometheusURL:       opts.prometheusURL,
+		QueryTimeout:        2 * time.Second,
 	})).To(Succeed())
 
 	done := make(chan struct{})
