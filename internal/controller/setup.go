@@ -130,6 +130,9 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		OnChange:             r.enqueueTransition,
 		Querier:              querier,
 		MaxConcurrentQueries: o.MaxConcurrentQueries,
+		QueryObserved: func(key types.NamespacedName, rule string, s query.Sample, err error) {
+			recorder.QueryEvaluated(key.Namespace, key.Name, rule, s.Value, s.NoData, err)
+		},
 	})
 	if err := mgr.Add(r.Scheduler); err != nil {
 		return fmt.Errorf("adding the probe scheduler: %w", err)

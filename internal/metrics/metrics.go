@@ -27,6 +27,8 @@ const (
 	EjectionsName          = "tripswitch_endpoint_ejections_total"
 	EjectedName            = "tripswitch_endpoints_ejected"
 	PanicName              = "tripswitch_ejection_panic"
+	QueryErrorsName        = "tripswitch_query_errors_total"
+	QueryValueName         = "tripswitch_query_value"
 	stateClosed, stateOpen = "closed", "open"
 	stateHalfOpen          = "half_open"
 )
@@ -53,6 +55,8 @@ type Recorder struct {
 	ejections     *prometheus.CounterVec
 	ejected       *prometheus.GaugeVec
 	panic         *prometheus.GaugeVec
+	queryErrors   *prometheus.CounterVec
+	queryValue    *prometheus.GaugeVec
 
 	// infoMu guards infoOf: the target and front each breaker's info series carries now.
 	infoMu sync.Mutex
@@ -102,6 +106,13 @@ func NewRecorder(reg prometheus.Registerer) (*Recorder, error) {
 		panic: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: PanicName,
 			Help: "1 while fewer of the breaker's endpoints are healthy than spec.ejection.panicThresholdPercent, so " +
 				"ejections are ignored and every endpoint is published."}, []string{"namespace", "name"}),
+		queryErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: QueryErrorsName,
+			Help: "Evaluations of a query rule (spec.trip.queries) that failed: no --prometheus-url, an unreachable " +
+				"server, a timeout, or a result that is not one number. A failed evaluation never trips."},
+			[]string{"namespace", "name", "rule"}),
+		queryValue: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: QueryValueName,
+			Help: "The newest value of a query rule; absent while it returns no data or fails."},
+			[]string{"namespace", "name", "rule"}),
 	}
 	r.state = register(reg, r.state)
 	r.transitions = register(reg, r.transitions)
@@ -119,6 +130,8 @@ func NewRecorder(reg prometheus.Registerer) (*Recorder, error) {
 	r.ejections = register(reg, r.ejections)
 	r.ejected = register(reg, r.ejected)
 	r.panic = register(reg, r.panic)
+	r.queryErrors = register(reg, r.queryErrors)
+	r.queryValue = register(reg, r.queryValue)
 	return r, nil
 }
 
@@ -226,6 +239,21 @@ func (r *Recorder) SetEjection(namespace, name string, ejected int, panicking, o
 	r.panic.WithLabelValues(namespace, name).Set(v)
 }
 
+// QueryEvaluated records one evaluation of a breaker's query rule: a failure counts, a number
+// is the value, and no data or a failure removes the value.
+func (r *Recorder) QueryEvaluated(namespace, name, rule string, value float64, noData bool, err error) {
+	failed := r.queryErrors.WithLabelValues(namespace, name, rule) // exists from the first evaluation
+	switch {
+	case err != nil:
+		failed.Inc()
+		r.queryValue.DeleteLabelValues(namespace, name, rule)
+	case noData:
+		r.queryValue.DeleteLabelValues(namespace, name, rule)
+	default:
+		r.queryValue.WithLabelValues(namespace, name, rule).Set(value)
+	}
+}
+
 // Delete removes every series of a breaker, when the breaker is deleted.
 func (r *Recorder) Delete(namespace, name string) {
 	labels := prometheus.Labels{"namespace": namespace, "name": name}
@@ -239,6 +267,8 @@ func (r *Recorder) Delete(namespace, name string) {
 	r.ejections.DeletePartialMatch(labels)
 	r.ejected.DeletePartialMatch(labels)
 	r.panic.DeletePartialMatch(labels)
+	r.queryErrors.DeletePartialMatch(labels)
+	r.queryValue.DeletePartialMatch(labels)
 	r.infoMu.Lock()
 	delete(r.infoOf, [2]string{namespace, name})
 	r.infoMu.Unlock()

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -157,5 +158,31 @@ tripswitch_ejection_panic{name="search",namespace="shop"} 1
 	r.Delete("shop", "payments")
 	if n := testutil.CollectAndCount(r.ejections); n != 0 {
 		t.Errorf("deleting the breaker left %d ejection series", n)
+	}
+}
+
+func TestQueryMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	r, err := NewRecorder(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.QueryEvaluated("shop", "payments", "error-rate", 0.31, false, nil)
+	r.QueryEvaluated("shop", "orders", "errors", 0, false, errors.New("connection refused"))
+	r.QueryEvaluated("shop", "orders", "errors", 0, false, errors.New("connection refused"))
+	r.QueryEvaluated("shop", "cart", "errors", 0.5, false, nil)
+	r.QueryEvaluated("shop", "cart", "errors", 0, true, nil) // no data: the value goes
+	want := `
+# HELP tripswitch_query_errors_total Evaluations of a query rule (spec.trip.queries) that failed: no --prometheus-url, an unreachable server, a timeout, or a result that is not one number. A failed evaluation never trips.
+# TYPE tripswitch_query_errors_total counter
+tripswitch_query_errors_total{name="cart",namespace="shop",rule="errors"} 0
+tripswitch_query_errors_total{name="orders",namespace="shop",rule="errors"} 2
+tripswitch_query_errors_total{name="payments",namespace="shop",rule="error-rate"} 0
+# HELP tripswitch_query_value The newest value of a query rule; absent while it returns no data or fails.
+# TYPE tripswitch_query_value gauge
+tripswitch_query_value{name="payments",namespace="shop",rule="error-rate"} 0.31
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), QueryErrorsName, QueryValueName); err != nil {
+		t.Error(err)
 	}
 }

@@ -27,6 +27,7 @@ func registered(t *testing.T) map[string]bool {
 	r.SetObserverGuard(false)
 	r.Ejected("ns", "b", "ConsecutiveFailures")
 	r.SetEjection("ns", "b", 1, false, true)
+	r.QueryEvaluated("ns", "b", "r", 1, false, nil)
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)

@@ -108,6 +108,11 @@ func (s *Scheduler) evaluate(e *entry) {
 	if ctx.Err() != nil {
 		return
 	}
+	if s.queryHeard != nil {
+		for i, r := range rules {
+			s.queryHeard(e.key, r.Name, samples[i], errs[i])
+		}
+	}
 
 	e.mu.Lock()
 	if e.removed || !reflect.DeepEqual(rules, e.queries.rules) {

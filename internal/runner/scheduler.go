@@ -124,6 +124,9 @@ type Options struct {
 	Querier Querier
 	// MaxConcurrentQueries bounds the queries in flight across all breakers; 0 is 4.
 	MaxConcurrentQueries int
+	// QueryObserved, when set, hears of every evaluation of a query rule, such as metrics.
+	// It must be cheap and must not block.
+	QueryObserved func(key types.NamespacedName, rule string, s query.Sample, err error)
 	// OnChange, when set, is called outside any lock when a breaker's engine made a transition
 	// on its own (a probe or a deadline), or the observer guard started or stopped holding its
 	// trip. It must not block.
@@ -148,6 +151,7 @@ type Scheduler struct {
 	capLog      rateLimitedLog
 	querier     Querier
 	querySlots  chan struct{}
+	queryHeard  func(types.NamespacedName, string, query.Sample, error)
 
 	mu         sync.Mutex
 	entries    map[types.NamespacedName]*entry
@@ -177,6 +181,7 @@ func New(o Options) *Scheduler {
 		localErrors: o.LocalErrors,
 		onChange:    o.OnChange,
 		querier:     o.Querier,
+		queryHeard:  o.QueryObserved,
 		querySlots:  make(chan struct{}, cmp.Or(o.MaxConcurrentQueries, 4)),
 		entries:     map[types.NamespacedName]*entry{},
 		namespaces:  map[string]*namespace{},

@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
+	"github.com/tripswitch/tripswitch/internal/metrics"
 	"github.com/tripswitch/tripswitch/test/promtest"
 )
 
@@ -81,5 +82,7 @@ var _ = Describe("Trip rules over real traffic (PromQL)", func() {
 			return c.Message
 		}, 20*time.Second).Should(ContainSubstring("errors:"))
 		Consistently(status(ctx, ns, "orders"), 3*time.Second).Should(HaveField("State", tripswitchv1alpha1.StateClosed))
+		Expect(metricValue(metrics.QueryErrorsName, map[string]string{"namespace": ns, "name": "orders", "rule": "errors"})).
+			To(BeNumerically(">=", 3), "every failed evaluation is counted")
 	})
 })
