@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -62,6 +63,29 @@ var _ = Describe("Trip rules over real traffic (PromQL)", func() {
 		// whatever the query says while it is not Closed.
 		app.SetErrorShare(0)
 		Eventually(status(ctx, ns, "payments"), 20*time.Second).Should(HaveField("State", tripswitchv1alpha1.StateClosed))
+	})
+
+	It("counts a query that returns nothing as its noData policy says: Ignore never trips, Failure does", func(ctx SpecContext) {
+		app := promtest.StartApp(GinkgoT(), "search", 200)
+		prom := promtest.Start(GinkgoT(), prometheusBinary(), app.Address)
+		startManager(managerOptions{prometheusURL: prom.URL})
+		bs := newBackends(2)
+		for i, policy := range []string{"Ignore", "Failure"} {
+			name := "search-" + strings.ToLower(policy)
+			createTarget(ctx, ns, name+"-backend", bs[i].port, bs[i])
+			// No series is called service="gone": the query returns an empty vector.
+			createBreaker(ctx, ns, name, `{target: {service: `+name+`-backend, port: http},
+				trip: {queryInterval: 1s, queries: [{name: gone, for: 2, above: "0.05", noData: `+policy+`,
+					query: 'sum(rate(http_requests_total{service="gone"}[5s]))'}]}}`)
+		}
+		Eventually(status(ctx, ns, "search-failure"), 20*time.Second).Should(And(
+			HaveField("State", tripswitchv1alpha1.StateOpen), HaveField("Reason", "QueryRule")))
+		Expect(eventNotes(ctx, ns, "QueryRule")(Default)).To(ContainElement(ContainSubstring("gone no data > 0.05 for 2 evaluations")))
+		// Status shows evaluations at the breaker's next reconcile (its counter refresh).
+		Eventually(status(ctx, ns, "search-ignore"), 20*time.Second).Should(HaveField("Queries", ConsistOf(And(
+			HaveField("Value", ""), HaveField("Error", ""), HaveField("Holding", BeZero()), HaveField("LastEvaluation", Not(BeNil()))))))
+		Expect(status(ctx, ns, "search-ignore")(Default).State).To(Equal(tripswitchv1alpha1.StateClosed),
+			"under Ignore no data never trips")
 	})
 
 	It("never trips while Prometheus is down, and says so", func(ctx SpecContext) {
