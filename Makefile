@@ -112,21 +112,21 @@ tidy: ## Run go mod tidy on the project and on the envtest tools module.
 	cd hack/envtest && go mod tidy
 
 .PHONY: test
-test: manifests generate $(ENVTEST_DEP) $(E2E_DEP) ## Run every test: envtest suites on a source-built kube-apiserver, the data-plane suite (as root), and promtool on the alerts.
+test: manifests generate $(ENVTEST_DEP) $(E2E_DEP) ## Run every test: envtest suites on a source-built kube-apiserver, the data-plane suite (as root), promtool on the alerts, and the query stories on a real Prometheus.
 ifeq ($(E2E_DEP),)
 	@echo "test/e2e: skipped: the data-plane suite needs root for network namespaces and iptables (as root: make test-e2e)"
-	$(MAKE) --no-print-directory fmt vet build-installer promtool
-	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" PROMTOOL="$(PROMTOOL)" go test $(GO_TEST_FLAGS) ./... -coverprofile cover.out
+	$(MAKE) --no-print-directory fmt vet build-installer promtool prometheus
+	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" PROMTOOL="$(PROMTOOL)" PROMETHEUS="$(PROMETHEUS)" go test $(GO_TEST_FLAGS) ./... -coverprofile cover.out
 else
 	@# The data-plane suite is the longest package and spends most of its time waiting (leases,
 	@# open durations, two minutes of failing writes), so it starts as soon as the Kubernetes
-	@# binaries and the generated code are there. fmt, vet, the installer and promtool's build
-	@# run beside it at the lowest priority, filling idle cores without slowing its timed
+	@# binaries and the generated code are there. fmt, vet, the installer and the builds of
+	@# promtool and Prometheus run beside it at the lowest priority, filling idle cores without slowing its timed
 	@# stories; then the other packages, which always ran beside the suite.
 	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" go test $(GO_TEST_FLAGS) -count=1 ./test/e2e/... & e2e=$$!; \
 	rc=0; \
-	nice -n 19 $(MAKE) --no-print-directory fmt vet build-installer promtool && \
-	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" PROMTOOL="$(PROMTOOL)" go test $(GO_TEST_FLAGS) \
+	nice -n 19 $(MAKE) --no-print-directory fmt vet build-installer promtool prometheus && \
+	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" PROMTOOL="$(PROMTOOL)" PROMETHEUS="$(PROMETHEUS)" go test $(GO_TEST_FLAGS) \
 		$$(go list ./... | grep -v '/test/e2e$$') -coverprofile cover.out || rc=1; \
 	wait $$e2e || rc=1; \
 	exit $$rc
