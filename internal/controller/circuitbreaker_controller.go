@@ -195,7 +195,7 @@ func (r *CircuitBreakerReconciler) forget(key types.NamespacedName) {
 
 // patchStatus writes status with a merge patch against what was read. A change of state,
 // gate, conditions or endpoints is written at once; a change of counters only (consecutive
-// counts, window, last probe) at most once per refresh period (the status sync period, or
+// counts, window, last probe, query evaluations) at most once per refresh period (the status sync period, or
 // longer when the refresh budget calls for it), so steady probing costs one write per breaker
 // per period.
 func (r *CircuitBreakerReconciler) patchStatus(ctx context.Context, original, cb *tripswitchv1alpha1.CircuitBreaker) error {
@@ -219,8 +219,18 @@ func (r *CircuitBreakerReconciler) patchStatus(ctx context.Context, original, cb
 	return nil
 }
 
+// withoutCounters is the status without what changes at every probe or query evaluation: the
+// probe counters, and each query rule's value, run and time (whether it fails stays, since it
+// comes with a condition).
 func withoutCounters(st tripswitchv1alpha1.CircuitBreakerStatus) tripswitchv1alpha1.CircuitBreakerStatus {
 	st.ConsecutiveFailures, st.ConsecutiveSuccesses, st.Window, st.LastProbe = 0, 0, nil, nil
+	if st.Queries != nil {
+		queries := make([]tripswitchv1alpha1.QueryStatus, len(st.Queries))
+		for i, q := range st.Queries {
+			queries[i] = tripswitchv1alpha1.QueryStatus{Name: q.Name, Error: q.Error}
+		}
+		st.Queries = queries
+	}
 	return st
 }
 

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/ptr"
@@ -176,4 +177,25 @@ func TestCounterWritesKeepToTheBudgetWhenRefreshesBunchUp(t *testing.T) {
 
 	r.lastSync.Store(key(0), now)
 	g.Expect(r.counterWriteAllowed(key(0), now.Add(5*time.Second))).To(BeFalse(), "not due for this breaker")
+}
+
+// A query rule's value, run and time change at every evaluation: like the probe counters they
+// are written at the refresh, not at every reconcile that a watch event brings. Whether a rule
+// fails is not a counter: it comes with the QueriesFailing condition and is written at once.
+func TestQueryEvaluationsAreCounters(t *testing.T) {
+	g := NewWithT(t)
+	at := func(s int64) *metav1.Time { return ptr.To(metav1.Unix(s, 0)) }
+	before := tripswitchv1alpha1.CircuitBreakerStatus{Queries: []tripswitchv1alpha1.QueryStatus{
+		{Name: "error-rate", Value: "0.01", LastEvaluation: at(100)}}}
+	evaluated := tripswitchv1alpha1.CircuitBreakerStatus{Queries: []tripswitchv1alpha1.QueryStatus{
+		{Name: "error-rate", Value: "0.07", Holding: 1, LastEvaluation: at(101)}}}
+	failing := tripswitchv1alpha1.CircuitBreakerStatus{Queries: []tripswitchv1alpha1.QueryStatus{
+		{Name: "error-rate", LastEvaluation: at(101), Error: "connection refused"}}}
+	renamed := tripswitchv1alpha1.CircuitBreakerStatus{Queries: []tripswitchv1alpha1.QueryStatus{
+		{Name: "latency", Value: "0.01", LastEvaluation: at(100)}}}
+
+	g.Expect(withoutCounters(before)).To(Equal(withoutCounters(evaluated)), "a new evaluation waits for the refresh")
+	g.Expect(withoutCounters(before)).NotTo(Equal(withoutCounters(failing)), "a failing query is written at once")
+	g.Expect(withoutCounters(before)).NotTo(Equal(withoutCounters(renamed)), "the list of rules is written at once")
+	g.Expect(before.Queries[0].Value).To(Equal("0.01"), "the status itself is left alone")
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"reflect"
+	"strings"
 	"time"
 
 	"github.com/tripswitch/tripswitch/internal/breaker"
@@ -120,6 +121,7 @@ func (s *Scheduler) evaluate(e *entry) {
 		return // edited meanwhile: setQueries armed the new rules
 	}
 	closed := e.engine.State() == breaker.Closed
+	failingBefore := failingRules(e.queries.results)
 	var change *Change
 	heldBefore := e.guardHeld
 	results := make([]QueryResult, len(rules))
@@ -153,9 +155,22 @@ func (s *Scheduler) evaluate(e *entry) {
 	}
 	s.releaseHold(e)
 	holdChanged := heldBefore != e.guardHeld
+	failingChanged := failingRules(results) != failingBefore
 	s.armQueries(e, e.queries.interval)
 	e.mu.Unlock()
-	if change != nil || holdChanged {
+	if change != nil || holdChanged || failingChanged {
 		s.changed(e.key)
 	}
+}
+
+// failingRules names the rules whose last evaluation failed, in order: what the QueriesFailing
+// condition shows, so a change of it is written at once while new values wait for the refresh.
+func failingRules(results []QueryResult) string {
+	var names []string
+	for _, r := range results {
+		if r.Err != nil {
+			names = append(names, r.Name)
+		}
+	}
+	return strings.Join(names, ",")
 }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	. "github.com/onsi/gomega"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 
 	"github.com/tripswitch/tripswitch/internal/breaker"
@@ -110,4 +112,30 @@ func TestSchedulerHoldsQueryTripsUnderTheObserverGuard(t *testing.T) {
 	g.Consistently(count, 500*time.Millisecond).Should(Equal([2]int{2, 2}), "probes that succeed do not end a held query trip")
 	q.set(query.Sample{Value: 0}, nil)
 	g.Eventually(func() int { return count()[1] }, 5*time.Second).Should(BeZero(), "the holds end when the rule stops holding")
+}
+
+// A rule that starts or stops failing changes the QueriesFailing condition, so the scheduler
+// asks for a reconcile at once, not at the next counter refresh; an evaluation that only has a
+// new value does not.
+func TestSchedulerReportsWhenARuleStartsOrStopsFailing(t *testing.T) {
+	g := NewWithT(t)
+	_, eps := backends(t, 1)
+	q := &fakeQuerier{sample: query.Sample{Value: 0.01}}
+	var notified atomic.Int32
+	s := startScheduler(t, Options{MaxConcurrentProbes: 4, Querier: q,
+		OnChange: func(types.NamespacedName) { notified.Add(1) }})
+	reg := registration(t, time.Hour, eps...)
+	reg.Queries, reg.QueryInterval = []query.Rule{errorRateRule()}, 50*time.Millisecond
+	g.Expect(s.Upsert(key(1), reg)).To(Succeed())
+	asked := func() int { q.mu.Lock(); defer q.mu.Unlock(); return q.asked }
+	g.Eventually(asked, 5*time.Second).Should(BeNumerically(">=", 5))
+	g.Expect(notified.Load()).To(BeZero(), "healthy evaluations are counters")
+
+	q.set(query.Sample{}, errors.New("connection refused"))
+	g.Eventually(notified.Load, 5*time.Second).Should(BeEquivalentTo(1))
+	g.Consistently(notified.Load, 300*time.Millisecond).Should(BeEquivalentTo(1), "once, not at every failed evaluation")
+
+	q.set(query.Sample{Value: 0.02}, nil)
+	g.Eventually(notified.Load, 5*time.Second).Should(BeEquivalentTo(2))
+	g.Consistently(notified.Load, 300*time.Millisecond).Should(BeEquivalentTo(2))
 }
