@@ -36,14 +36,14 @@ var _ = Describe("Trip rules over real traffic (PromQL)", func() {
 	BeforeEach(func() { ns = newNamespace() })
 
 	It("opens when the application's error rate crosses the threshold, with the rule's value in the event, and recovers by probes", func(ctx SpecContext) {
-		app := promtest.StartApp(GinkgoT(), "payments", 200)
+		app := promtest.StartNamespacedApp(GinkgoT(), ns, "payments", 200)
 		prom := promtest.Start(GinkgoT(), prometheusBinary(), app.Address)
 		startManager(managerOptions{prometheusURL: prom.URL})
 		b := newBackend()
 		createTarget(ctx, ns, "payments-backend", b.port, b)
 		createBreaker(ctx, ns, "payments", `{target: {service: payments-backend, port: http},
 			probe: {interval: 200ms, timeout: 100ms}, recovery: {openDuration: 2s},
-			trip: {queryInterval: 1s, queries: [{name: error-rate, for: 2, above: "0.05",
+			trip: {queryInterval: 1s, queries: [{name: error-rate, for: 3, above: "0.05",
 				query: 'sum(rate(http_requests_total{service="payments",code=~"5.."}[5s])) / sum(rate(http_requests_total{service="payments"}[5s]))'}]}}`)
 		Eventually(status(ctx, ns, "payments"), 20*time.Second).Should(HaveField("Queries", ConsistOf(And(
 			HaveField("Name", "error-rate"), HaveField("Value", "0"), HaveField("Error", "")))), "evaluated, healthy")
@@ -52,12 +52,12 @@ var _ = Describe("Trip rules over real traffic (PromQL)", func() {
 		app.SetErrorShare(0.3)
 		Eventually(status(ctx, ns, "payments"), 20*time.Second).Should(HaveField("State", tripswitchv1alpha1.StateOpen))
 		detection := time.Since(errorsAt)
-		AddReportEntry("query trip: errors start → Open (scrape 1s, rate 5s, queryInterval 1s, for 2)", detection.String())
+		AddReportEntry("query trip: errors start → Open (scrape 1s, rate 5s, queryInterval 1s, for 3)", detection.String())
 		fmt.Fprintf(GinkgoWriter, "open %s after the errors began\n", detection)
 		st := status(ctx, ns, "payments")(Default)
 		Expect(st.Reason).To(Equal("QueryRule"))
 		Eventually(eventNotes(ctx, ns, "QueryRule")).Should(ContainElement(MatchRegexp(
-			`Closed -> Open.*after error-rate 0\.[0-9]+ > 0\.05 for 2 evaluations`)))
+			`Closed -> Open.*after error-rate 0\.[0-9]+ > 0\.05 for 3 evaluations`)))
 
 		// The probes succeed throughout: the breaker recovers through HalfOpen on its own,
 		// whatever the query says while it is not Closed.
@@ -66,7 +66,7 @@ var _ = Describe("Trip rules over real traffic (PromQL)", func() {
 	})
 
 	It("counts a query that returns nothing as its noData policy says: Ignore never trips, Failure does", func(ctx SpecContext) {
-		app := promtest.StartApp(GinkgoT(), "search", 200)
+		app := promtest.StartNamespacedApp(GinkgoT(), ns, "search", 200)
 		prom := promtest.Start(GinkgoT(), prometheusBinary(), app.Address)
 		startManager(managerOptions{prometheusURL: prom.URL})
 		bs := newBackends(2)
@@ -89,7 +89,7 @@ var _ = Describe("Trip rules over real traffic (PromQL)", func() {
 	})
 
 	It("never trips while Prometheus is down, and says so", func(ctx SpecContext) {
-		app := promtest.StartApp(GinkgoT(), "orders", 200)
+		app := promtest.StartNamespacedApp(GinkgoT(), ns, "orders", 200)
 		prom := promtest.Start(GinkgoT(), prometheusBinary(), app.Address)
 		startManager(managerOptions{prometheusURL: prom.URL})
 		b := newBackend()
@@ -108,5 +108,63 @@ var _ = Describe("Trip rules over real traffic (PromQL)", func() {
 		Consistently(status(ctx, ns, "orders"), 3*time.Second).Should(HaveField("State", tripswitchv1alpha1.StateClosed))
 		Expect(metricValue(metrics.QueryErrorsName, map[string]string{"namespace": ns, "name": "orders", "rule": "errors"})).
 			To(BeNumerically(">=", 3), "every failed evaluation is counted")
+	})
+
+	It("lets the observer guard hold query trips when Prometheus shows every target failing at once", func(ctx SpecContext) {
+		// One series that every breaker's rule reads goes bad at once, as when a shared ingress
+		// or a broken exporter reports errors for everything: that looks like the manager's
+		// own trouble, not ten targets failing together. Half of the ten may trip.
+		app := promtest.StartNamespacedApp(GinkgoT(), ns, "edge", 200)
+		prom := promtest.Start(GinkgoT(), prometheusBinary(), app.Address)
+		startManager(managerOptions{prometheusURL: prom.URL})
+		f := newFleet(ctx, ns, "shard", 10, `probe: {interval: 200ms}, recovery: {openDuration: 10s}, trip: {queryInterval: 1s, queries: [{name: edge-errors,
+			above: "0.05", query: 'sum(rate(http_requests_total{code=~"5.."}[5s])) / sum(rate(http_requests_total[5s]))'}]}`)
+		_, mostEmpty := f.watchEmpty()
+		Eventually(func(g Gomega) {
+			for _, name := range f.names {
+				g.Expect(status(ctx, ns, name)(g).Queries).To(ConsistOf(HaveField("Value", "0")))
+			}
+		}, 20*time.Second).Should(Succeed(), "every rule evaluated, healthy")
+
+		app.SetErrorShare(1)
+		Eventually(f.held(ctx), 20*time.Second).Should(HaveLen(5), "the 6th to 10th query trips are held")
+		Consistently(f.emptyFronts(ctx), 3*time.Second).Should(BeNumerically("<=", 5))
+		held := status(ctx, ns, f.held(ctx)(Default)[0])(Default)
+		Expect(meta.FindStatusCondition(held.Conditions, tripswitchv1alpha1.ConditionObserverGuard).Message).
+			To(ContainSubstring("traffic keeps flowing"))
+
+		// The series heal: the holds end with the rule, and nothing else trips.
+		app.SetErrorShare(0)
+		Eventually(f.held(ctx), 20*time.Second).Should(BeEmpty())
+		Eventually(f.emptyFronts(ctx), 30*time.Second).Should(BeZero(), "the tripped half recovers by probes")
+		Expect(mostEmpty()).To(Equal(5))
+	})
+
+	It("confines every query to its breaker's namespace", func(ctx SpecContext) {
+		// Two tenants run an application called payments; the other tenant's fails.
+		mine := promtest.StartNamespacedApp(GinkgoT(), ns, "payments", 200)
+		other := newNamespace()
+		theirs := promtest.StartNamespacedApp(GinkgoT(), other, "payments", 200)
+		theirs.SetErrorShare(1)
+		prom := promtest.Start(GinkgoT(), prometheusBinary(), mine.Address, theirs.Address)
+		startManager(managerOptions{prometheusURL: prom.URL})
+		bs := newBackends(2)
+		createTarget(ctx, ns, "payments-backend", bs[0].port, bs[0])
+		createTarget(ctx, ns, "snoop-backend", bs[1].port, bs[1])
+		// A rule that names no namespace reads only its own namespace's series...
+		createBreaker(ctx, ns, "payments", `{target: {service: payments-backend, port: http},
+			trip: {queryInterval: 1s, queries: [{name: error-rate, above: "0.05",
+				query: 'sum(rate(http_requests_total{service="payments",code=~"5.."}[5s])) / sum(rate(http_requests_total{service="payments"}[5s]))'}]}}`)
+		// ...and one that names another namespace reads nothing at all.
+		createBreaker(ctx, ns, "snoop", fmt.Sprintf(`{target: {service: snoop-backend, port: http},
+			trip: {queryInterval: 1s, queries: [{name: theirs, above: "-1",
+				query: 'sum(rate(http_requests_total{namespace=%q}[5s]))'}]}}`, other))
+		Eventually(func(g Gomega) {
+			g.Expect(status(ctx, ns, "payments")(g).Queries).To(ConsistOf(HaveField("Value", "0")))
+			g.Expect(status(ctx, ns, "snoop")(g).Queries).To(ConsistOf(And(HaveField("Value", ""),
+				HaveField("Error", ""), HaveField("LastEvaluation", Not(BeNil())))))
+		}, 20*time.Second).Should(Succeed())
+		Expect(status(ctx, ns, "payments")(Default).State).To(Equal(tripswitchv1alpha1.StateClosed))
+		Expect(status(ctx, ns, "snoop")(Default).State).To(Equal(tripswitchv1alpha1.StateClosed))
 	})
 })

@@ -160,6 +160,8 @@ func startManager(opts managerOptions) (stop func()) {
 		SliceCache:          sliceCache,
 		PrometheusURL:       opts.prometheusURL,
 		QueryTimeout:        2 * time.Second,
+		// As the binary's default: every query is confined to its breaker's namespace.
+		QueryNamespaceLabel: "namespace",
 	})).To(Succeed())
 
 	done := make(chan struct{})

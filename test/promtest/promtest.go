@@ -134,9 +134,20 @@ type App struct {
 // second, all successful until SetErrorShare says otherwise. It stops when the test ends.
 func StartApp(t T, service string, rps int) *App {
 	t.Helper()
+	return StartNamespacedApp(t, "", service, rps)
+}
+
+// StartNamespacedApp is StartApp with every series labelled namespace, as Prometheus'
+// Kubernetes service discovery labels the series of a pod; empty leaves the label out.
+func StartNamespacedApp(t T, namespace, service string, rps int) *App {
+	t.Helper()
 	registry := prometheus.NewRegistry()
+	var constant prometheus.Labels
+	if namespace != "" {
+		constant = prometheus.Labels{"namespace": namespace}
+	}
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "http_requests_total",
-		Help: "Requests handled, by status code."}, []string{"service", "code"})
+		Help: "Requests handled, by status code.", ConstLabels: constant}, []string{"service", "code"})
 	registry.MustRegister(requests)
 	ok, failed := requests.WithLabelValues(service, "200"), requests.WithLabelValues(service, "500")
 	ok.Add(0)
