@@ -79,7 +79,12 @@ func Compile(s Spec, namespaceLabel, namespace string) (Rule, error) {
 	if err != nil {
 		return Rule{}, fmt.Errorf("query %q: %w", s.Name, err)
 	}
-	if t := expr.Type(); t != parser.ValueTypeVector && t != parser.ValueTypeScalar {
+	switch t := expr.Type(); t {
+	case parser.ValueTypeVector, parser.ValueTypeScalar:
+	case parser.ValueTypeMatrix:
+		return Rule{}, fmt.Errorf("query %q returns a range vector; a trip rule needs an instant vector or a scalar, such as rate(%s)",
+			s.Name, expr)
+	default:
 		return Rule{}, fmt.Errorf("query %q returns a %s; a trip rule needs an instant vector or a scalar", s.Name, t)
 	}
 	if namespaceLabel != "" {

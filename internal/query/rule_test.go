@@ -33,7 +33,7 @@ func TestCompile(t *testing.T) {
 		{name: "a scalar query", spec: Spec{Name: "r", Query: `scalar(up) * 2`, Above: "1", For: 1},
 			wantQuery: `scalar(up) * 2`},
 		{name: "a range vector is refused", spec: Spec{Name: "r", Query: `up[5m]`, Above: "1", For: 1},
-			wantErr: "returns a matrix"},
+			wantErr: "returns a range vector; a trip rule needs an instant vector or a scalar, such as rate(up[5m])"},
 		{name: "a parse error", spec: Spec{Name: "r", Query: `sum(rate(`, Above: "1", For: 1}, wantErr: `query "r":`},
 		{name: "both bounds", spec: Spec{Name: "r", Query: `up`, Above: "1", Below: "2", For: 1},
 			wantErr: "exactly one of above and below"},

@@ -167,4 +167,29 @@ var _ = Describe("Trip rules over real traffic (PromQL)", func() {
 		Expect(status(ctx, ns, "payments")(Default).State).To(Equal(tripswitchv1alpha1.StateClosed))
 		Expect(status(ctx, ns, "snoop")(Default).State).To(Equal(tripswitchv1alpha1.StateClosed))
 	})
+
+	It("leaves out a rule whose query cannot run, says so, and runs the rest", func(ctx SpecContext) {
+		// Admission cannot parse PromQL: the API server takes these, so the manager must run them.
+		app := promtest.StartNamespacedApp(GinkgoT(), ns, "ledger", 200)
+		prom := promtest.Start(GinkgoT(), prometheusBinary(), app.Address)
+		startManager(managerOptions{prometheusURL: prom.URL})
+		b := newBackend()
+		createTarget(ctx, ns, "ledger-backend", b.port, b)
+		createBreaker(ctx, ns, "ledger", `{target: {service: ledger-backend, port: http}, probe: {interval: 200ms},
+			trip: {queryInterval: 1s, queries: [
+				{name: unbalanced, above: "0.05", query: 'sum(rate(http_requests_total[5s])'},
+				{name: range, above: "0.05", query: 'http_requests_total[5m]'},
+				{name: errors, above: "0.05", query: 'sum(rate(http_requests_total{code=~"5.."}[5s])) / sum(rate(http_requests_total[5s]))'}]}}`)
+		Eventually(status(ctx, ns, "ledger"), 20*time.Second).Should(And(
+			condition(tripswitchv1alpha1.ConditionStalled, "Reason", tripswitchv1alpha1.ReasonInvalidSpec,
+				"Message", And(ContainSubstring(`query rules that cannot run are left out: query "unbalanced"`),
+					ContainSubstring(`query "range" returns a range vector`))),
+			HaveField("Queries", ConsistOf(And(HaveField("Name", "errors"), HaveField("Value", "0"))))))
+		Expect(front(ctx, ns, "ledger")(Default)).To(HaveField("Ready", 1), "the gate runs on")
+
+		// The rule that runs still trips.
+		app.SetErrorShare(0.5)
+		Eventually(status(ctx, ns, "ledger"), 20*time.Second).Should(And(
+			HaveField("State", tripswitchv1alpha1.StateOpen), HaveField("Reason", "QueryRule")))
+	})
 })
