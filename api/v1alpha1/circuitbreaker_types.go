@@ -735,6 +735,14 @@ type CircuitBreakerStatus struct {
 	// +optional
 	Reason string `json:"reason,omitempty"`
 
+	// transitionMessage says what decided the last transition, in words: the deciding probe's
+	// result and endpoint ("HTTP 503 from 10.0.0.7:8080"), or the query rule and the value it
+	// saw ("error-rate 0.31 > 0.05 for 3 evaluations"); empty when a deadline or the user
+	// decided it.
+	// +kubebuilder:validation:MaxLength=512
+	// +optional
+	TransitionMessage string `json:"transitionMessage,omitempty"`
+
 	// lastTransitionTime is when state last changed.
 	// +optional
 	LastTransitionTime *metav1.Time `json:"lastTransitionTime,omitempty"`

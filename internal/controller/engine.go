@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -70,6 +71,7 @@ func (r *CircuitBreakerReconciler) reconcileEngine(ctx context.Context, st *reco
 	view, _ := r.Scheduler.View(key)
 	for _, change := range changes {
 		r.announce(ctx, cb, change)
+		cb.Status.TransitionMessage = cut(transitionDetail(change), 512)
 		if r.Metrics != nil {
 			r.Metrics.Transition(cb.Namespace, cb.Name, change.From.String(), change.To.String(), change.Reason.String())
 		}
@@ -116,17 +118,31 @@ func (r *CircuitBreakerReconciler) fallback(key types.NamespacedName, spec *trip
 	return run, "the breaker only observes, with built-in defaults, and gates no traffic until the spec is fixed"
 }
 
-// announce records one transition as an event and a log line.
-func (r *CircuitBreakerReconciler) announce(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker, c runner.Change) {
-	message := ""
+// transitionDetail says what decided a transition: the query rule and its value, or the
+// deciding probe's result and endpoint; empty when a deadline or the user decided it.
+func transitionDetail(c runner.Change) string {
+	detail := ""
 	switch {
 	case c.Query != "":
-		message = " after " + c.Query
+		detail = c.Query
 	case c.Probe != nil:
-		message = fmt.Sprintf(" after %s from %s", c.Probe.Message, c.Probe.Endpoint)
+		detail = fmt.Sprintf("%s from %s", c.Probe.Message, c.Probe.Endpoint)
 	}
 	if c.Released {
-		message += "; the observer guard had held this trip and let it go after its release timeout"
+		detail = strings.TrimPrefix(detail+"; the observer guard had held this trip and let it go after its release timeout", "; ")
+	}
+	return detail
+}
+
+// announce records one transition as an event and a log line.
+func (r *CircuitBreakerReconciler) announce(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker, c runner.Change) {
+	message := transitionDetail(c)
+	switch {
+	case message == "":
+	case c.Query == "" && c.Probe == nil: // only the observer guard's note
+		message = "; " + message
+	default:
+		message = " after " + message
 	}
 	log.FromContext(ctx).Info("Breaker changed state", "from", c.From.String(), "to", c.To.String(),
 		"gateFrom", c.GateFrom.String(), "gateTo", c.GateTo.String(), "reason", c.Reason.String(), "probe", message)

@@ -2,6 +2,7 @@ package envtest_test
 
 import (
 	"fmt"
+	"regexp"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -57,7 +58,8 @@ var _ = Describe("A breaker's life", func() {
 				}
 				return addrs
 			}).Should(Equal([]string{fmt.Sprintf("%s:%d", bs[1].address(), bs[1].port)}))
-			Eventually(status(ctx, ns, "payments")).Should(HaveField("State", tripswitchv1alpha1.StateOpen))
+			Eventually(status(ctx, ns, "payments")).Should(And(HaveField("State", tripswitchv1alpha1.StateOpen),
+				HaveField("TransitionMessage", MatchRegexp(`^HTTP 5[0-9][0-9] from %s:%d$`, regexp.QuoteMeta(bs[0].address()), bs[0].port))))
 		})
 
 		It("lets ForceOpen and ForceClosed pin the gate, and Observe never touch it", func(ctx SpecContext) {

@@ -56,6 +56,7 @@ var _ = Describe("Trip rules over real traffic (PromQL)", func() {
 		fmt.Fprintf(GinkgoWriter, "open %s after the errors began\n", detection)
 		st := status(ctx, ns, "payments")(Default)
 		Expect(st.Reason).To(Equal("QueryRule"))
+		Expect(st.TransitionMessage).To(MatchRegexp(`^error-rate 0\.[0-9]+ > 0\.05 for 3 evaluations$`))
 		Eventually(eventNotes(ctx, ns, "QueryRule")).Should(ContainElement(MatchRegexp(
 			`Closed -> Open.*after error-rate 0\.[0-9]+ > 0\.05 for 3 evaluations`)))
 
