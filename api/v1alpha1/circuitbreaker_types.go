@@ -911,6 +911,11 @@ type QueryStatus struct {
 	// +kubebuilder:validation:MaxLength=256
 	// +optional
 	Error string `json:"error,omitempty"`
+	// settlingUntil, set after the breaker closes, is when the rule is judged again: until
+	// then its window (the longest range in the query) reaches back to before the close, to
+	// the errors that tripped it and the refusals of the Open time.
+	// +optional
+	SettlingUntil *metav1.Time `json:"settlingUntil,omitempty"`
 }
 
 // ProbeResult is one probe's result.

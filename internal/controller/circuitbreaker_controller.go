@@ -227,7 +227,7 @@ func withoutCounters(st tripswitchv1alpha1.CircuitBreakerStatus) tripswitchv1alp
 	if st.Queries != nil {
 		queries := make([]tripswitchv1alpha1.QueryStatus, len(st.Queries))
 		for i, q := range st.Queries {
-			queries[i] = tripswitchv1alpha1.QueryStatus{Name: q.Name, Error: q.Error}
+			queries[i] = tripswitchv1alpha1.QueryStatus{Name: q.Name, Error: q.Error, SettlingUntil: q.SettlingUntil}
 		}
 		st.Queries = queries
 	}

@@ -55,6 +55,9 @@ func applyQueries(cb *tripswitchv1alpha1.CircuitBreaker, results []runner.QueryR
 		if !r.At.IsZero() {
 			q.LastEvaluation = ptr.To(metav1.NewTime(r.At.Truncate(time.Second)))
 		}
+		if !r.SettlingUntil.IsZero() {
+			q.SettlingUntil = ptr.To(metav1.NewTime(roundUpSecond(r.SettlingUntil)))
+		}
 		switch {
 		case r.Err != nil:
 			q.Error = cut(r.Err.Error(), 256)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"time"
 
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
@@ -39,6 +40,11 @@ type Rule struct {
 	// For is how many consecutive evaluations must hold.
 	For    int
 	NoData NoData
+	// Lookback is how far back one evaluation reads: the longest range of the query's
+	// selectors, with their offsets and enclosing subqueries. A window that reaches back over
+	// a time the breaker was not Closed holds traffic of then (the errors that tripped it, the
+	// responder's refusals), so the runner does not judge it.
+	Lookback time.Duration
 }
 
 // Spec is a rule as the API states it.
@@ -91,7 +97,38 @@ func Compile(s Spec, namespaceLabel, namespace string) (Rule, error) {
 		confine(expr, namespaceLabel, namespace)
 	}
 	r.Query = expr.String()
+	r.Lookback = lookback(expr)
 	return r, nil
+}
+
+// lookback is how far back before the evaluation time expr reads samples: for each selector
+// its range (for a range vector) and offset, plus the range and offset of every subquery
+// around it. An instant selector's own staleness lookback (5m by default) is left out: it
+// finds the newest sample, not a window of them.
+func lookback(expr parser.Expr) time.Duration {
+	var longest time.Duration
+	parser.Inspect(expr, func(n parser.Node, path []parser.Node) error {
+		var reach time.Duration
+		switch n := n.(type) {
+		case *parser.MatrixSelector:
+			reach = n.Range
+			if vs, ok := n.VectorSelector.(*parser.VectorSelector); ok {
+				reach += max(vs.OriginalOffset, 0)
+			}
+		case *parser.VectorSelector:
+			reach = max(n.OriginalOffset, 0)
+		default:
+			return nil
+		}
+		for _, p := range path {
+			if sq, ok := p.(*parser.SubqueryExpr); ok {
+				reach += sq.Range + max(sq.OriginalOffset, 0)
+			}
+		}
+		longest = max(longest, reach)
+		return nil
+	})
+	return longest
 }
 
 // confine adds label="value" to every series selector of expr.

@@ -5,6 +5,7 @@ import (
 	"math"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/common/model"
 )
@@ -143,5 +144,32 @@ func TestJudge(t *testing.T) {
 	below.Observe(none)
 	if got := below.Describe(); got != "throughput no data < 10 for 1 evaluation" {
 		t.Errorf("describe: %q", got)
+	}
+}
+
+// Lookback is how far back an evaluation reads: the longest range of its selectors, with their
+// offsets and enclosing subqueries. After the breaker closes, a rule is judged only once its
+// whole window lies after the close (see the runner).
+func TestCompileFindsTheLookback(t *testing.T) {
+	for _, tt := range []struct {
+		query string
+		want  time.Duration
+	}{
+		{errorRate, time.Minute},
+		{`sum(rate(a[1m])) / sum(rate(b[2m]))`, 2 * time.Minute},
+		{`rate(x[5m] offset 10m)`, 15 * time.Minute},
+		{`max_over_time(rate(x[1m])[10m:30s])`, 11 * time.Minute},
+		{`max_over_time(rate(x[1m] offset 1m)[10m:30s] offset 5m)`, 17 * time.Minute},
+		{`up offset 2m`, 2 * time.Minute},
+		{`up`, 0},
+		{`vector(1)`, 0},
+	} {
+		r, err := Compile(Spec{Name: "r", Query: tt.query, Above: "1", For: 1}, "namespace", "shop")
+		if err != nil {
+			t.Fatalf("%s: %v", tt.query, err)
+		}
+		if r.Lookback != tt.want {
+			t.Errorf("lookback of %s = %s, want %s", tt.query, r.Lookback, tt.want)
+		}
 	}
 }

@@ -26,6 +26,9 @@ type QueryResult struct {
 	At      time.Time
 	// Err is why the evaluation failed; a failed evaluation never trips.
 	Err error
+	// SettlingUntil, when set, is when the rule is judged again: until then its lookback
+	// reaches back to before the breaker last closed.
+	SettlingUntil time.Time
 }
 
 // ErrNoQuerier is every evaluation's error on a manager without --prometheus-url.
@@ -80,7 +83,9 @@ func (s *Scheduler) armQueries(e *entry, d time.Duration) {
 // evaluate runs every rule of a breaker once, at most MaxConcurrentQueries at a time across
 // the manager, and judges the results: only while the breaker is Closed, since while Open
 // clients are refused and the traffic a query watches goes quiet, and HalfOpen is decided by
-// the probes' trials. A failed query is reported and never trips.
+// the probes' trials; and, after a breaker that had tripped closes, only once the rule's
+// lookback lies wholly after the close, since until then its window holds the errors that
+// tripped it and the refusals of the Open time. A failed query is reported and never trips.
 func (s *Scheduler) evaluate(e *entry) {
 	e.mu.Lock()
 	if e.removed || len(e.queries.judges) == 0 {
@@ -120,16 +125,18 @@ func (s *Scheduler) evaluate(e *entry) {
 		e.mu.Unlock()
 		return // edited meanwhile: setQueries armed the new rules
 	}
-	closed := e.engine.State() == breaker.Closed
+	snap := e.engine.Snapshot()
+	closed := snap.State == breaker.Closed
 	failingBefore := failingRules(e.queries.results)
 	var change *Change
 	heldBefore := e.guardHeld
 	results := make([]QueryResult, len(rules))
 	anyHolds := false
 	for i, j := range e.queries.judges {
+		settling := settlingUntil(snap, j.Rule.Lookback, at)
 		switch {
 		case errs[i] != nil:
-		case !closed:
+		case !closed || !settling.IsZero():
 			j.Reset()
 		default:
 			if j.Observe(samples[i]) && change == nil {
@@ -140,7 +147,8 @@ func (s *Scheduler) evaluate(e *entry) {
 			}
 			anyHolds = anyHolds || j.Holding >= j.Rule.For
 		}
-		results[i] = QueryResult{Name: j.Rule.Name, Sample: samples[i], Holding: j.Holding, At: at, Err: errs[i]}
+		results[i] = QueryResult{Name: j.Rule.Name, Sample: samples[i], Holding: j.Holding, At: at, Err: errs[i],
+			SettlingUntil: settling}
 	}
 	if !anyHolds {
 		e.engine.ClearHeld(breaker.QueryRule)
@@ -173,4 +181,13 @@ func failingRules(results []QueryResult) string {
 		}
 	}
 	return strings.Join(names, ",")
+}
+
+// settlingUntil is when a rule with this lookback is judged again after its breaker closed,
+// or zero when it is judged now: a breaker that never tripped has no stale window to wait out.
+func settlingUntil(snap breaker.Snapshot, lookback time.Duration, now time.Time) time.Time {
+	if snap.State != breaker.Closed || snap.Trips == 0 || !now.Before(snap.Since.Add(lookback)) {
+		return time.Time{}
+	}
+	return snap.Since.Add(lookback)
 }

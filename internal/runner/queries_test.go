@@ -139,3 +139,29 @@ func TestSchedulerReportsWhenARuleStartsOrStopsFailing(t *testing.T) {
 	g.Eventually(notified.Load, 5*time.Second).Should(BeEquivalentTo(2))
 	g.Consistently(notified.Load, 300*time.Millisecond).Should(BeEquivalentTo(2))
 }
+
+// After a close, a rule's window still holds the traffic of before: the errors that tripped
+// it, and the responder's refusals while Open. The rule is judged again only once its whole
+// lookback lies after the close, so a recovered breaker does not trip again on stale data.
+func TestSchedulerJudgesAQueryOnlyOnceItsWindowLiesAfterTheClose(t *testing.T) {
+	g := NewWithT(t)
+	_, eps := backends(t, 1)
+	q := &fakeQuerier{sample: query.Sample{Value: 1}}
+	s := startScheduler(t, Options{MaxConcurrentProbes: 4, Querier: q})
+	reg := registration(t, 50*time.Millisecond, eps...)
+	reg.Config.OpenDuration = 200 * time.Millisecond
+	rule := errorRateRule()
+	rule.For, rule.Lookback = 1, 1500*time.Millisecond
+	reg.Queries, reg.QueryInterval = []query.Rule{rule}, 50*time.Millisecond
+	g.Expect(s.Upsert(key(1), reg)).To(Succeed())
+	state := func() breaker.State { v, _ := s.View(key(1)); return v.Snapshot.State }
+
+	g.Eventually(state, 5*time.Second).Should(Equal(breaker.Open), "a new breaker judges at once")
+	g.Eventually(state, 5*time.Second).Should(Equal(breaker.Closed), "the probes close it")
+	closed := time.Now()
+	v, _ := s.View(key(1))
+	g.Expect(v.Queries[0].SettlingUntil).To(BeTemporally("~", v.Snapshot.Since.Add(1500*time.Millisecond), 10*time.Millisecond))
+	g.Consistently(state, time.Second).Should(Equal(breaker.Closed), "the window still reaches back before the close")
+	g.Eventually(state, 5*time.Second).Should(Equal(breaker.Open))
+	g.Expect(time.Since(closed)).To(BeNumerically(">=", 1400*time.Millisecond))
+}

@@ -538,6 +538,11 @@ func (s *Scheduler) View(key types.NamespacedName) (View, bool) {
 		v.Ejection = &ev
 	}
 	v.Queries = append([]QueryResult(nil), e.queries.results...)
+	now := s.clock.Now()
+	for i := range v.Queries {
+		// As of now, not of the evaluation: a close since then starts a settling time.
+		v.Queries[i].SettlingUntil = settlingUntil(v.Snapshot, e.queries.judges[i].Rule.Lookback, now)
+	}
 	if s.guard != nil && e.guardHeld {
 		if since, held := s.guard.HeldSince(key); held {
 			v.Held = &Hold{Reason: e.engine.Held(), Ejection: v.Ejection != nil && v.Ejection.Held, Since: since,

@@ -64,6 +64,10 @@ var _ = Describe("Trip rules over real traffic (PromQL)", func() {
 		// whatever the query says while it is not Closed.
 		app.SetErrorShare(0)
 		Eventually(status(ctx, ns, "payments"), 20*time.Second).Should(HaveField("State", tripswitchv1alpha1.StateClosed))
+		// Its 5s window still holds the errors of before: the rule waits that long to judge.
+		st = status(ctx, ns, "payments")(Default)
+		Expect(st.Queries).To(ConsistOf(HaveField("SettlingUntil", HaveField("Time",
+			BeTemporally("~", st.LastTransitionTime.Add(5*time.Second), time.Second)))))
 	})
 
 	It("counts a query that returns nothing as its noData policy says: Ignore never trips, Failure does", func(ctx SpecContext) {
