@@ -18,14 +18,17 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/controller"
+	"github.com/tripswitch/tripswitch/internal/query"
 	"github.com/tripswitch/tripswitch/internal/testcerts"
 )
 
@@ -78,6 +81,14 @@ var _ = Describe("The CircuitBreaker API", func() {
 				obj.SetNamespace(ns)
 				Expect(k8sClient.Create(ctx, obj)).To(Succeed(), file)
 				created++
+				// Admission cannot parse PromQL: the manager's compiler must take every query too.
+				var cb tripswitchv1alpha1.CircuitBreaker
+				Expect(runtime.DefaultUnstructuredConverter.FromUnstructured(obj.Object, &cb)).To(Succeed())
+				for _, q := range cb.Spec.Trip.Queries {
+					_, err := query.Compile(query.Spec{Name: q.Name, Query: q.Query, Above: ptr.Deref(q.Above, ""),
+						Below: ptr.Deref(q.Below, ""), For: 1}, "namespace", ns)
+					Expect(err).NotTo(HaveOccurred(), file)
+				}
 			}
 		}
 		Expect(created).To(BeNumerically(">=", 4), "every sample file should hold a breaker")
