@@ -81,6 +81,11 @@ func (r *CircuitBreakerReconciler) reconcileEngine(ctx context.Context, st *reco
 	applyQueries(cb, view.Queries)
 	r.reportHold(ctx, cb, view.Held)
 	if r.Metrics != nil {
+		names := make([]string, len(rules))
+		for i, rule := range rules {
+			names[i] = rule.Name
+		}
+		r.Metrics.KeepQueryRules(cb.Namespace, cb.Name, names)
 		r.Metrics.SetState(cb.Namespace, cb.Name, string(cb.Status.State))
 		r.Metrics.SetInfo(cb.Namespace, cb.Name, st.spec.Target.Service, cb.FrontServiceName())
 	}

@@ -61,6 +61,9 @@ type Recorder struct {
 	// infoMu guards infoOf: the target and front each breaker's info series carries now.
 	infoMu sync.Mutex
 	infoOf map[[2]string][2]string
+	// queryRulesMu guards queryRules: the query rules each breaker has series for.
+	queryRulesMu sync.Mutex
+	queryRules   map[[2]string]map[string]bool
 }
 
 // NewRecorder registers the metrics with reg. Registering twice with one registry (a second
@@ -242,6 +245,18 @@ func (r *Recorder) SetEjection(namespace, name string, ejected int, panicking, o
 // QueryEvaluated records one evaluation of a breaker's query rule: a failure counts, a number
 // is the value, and no data or a failure removes the value.
 func (r *Recorder) QueryEvaluated(namespace, name, rule string, value float64, noData bool, err error) {
+	// Known from its first evaluation, so that KeepQueryRules finds it even when an
+	// evaluation of a rule just taken out ends after the breaker's rules changed.
+	r.queryRulesMu.Lock()
+	if r.queryRules == nil {
+		r.queryRules = map[[2]string]map[string]bool{}
+	}
+	key := [2]string{namespace, name}
+	if r.queryRules[key] == nil {
+		r.queryRules[key] = map[string]bool{}
+	}
+	r.queryRules[key][rule] = true
+	r.queryRulesMu.Unlock()
 	failed := r.queryErrors.WithLabelValues(namespace, name, rule) // exists from the first evaluation
 	switch {
 	case err != nil:
@@ -252,6 +267,32 @@ func (r *Recorder) QueryEvaluated(namespace, name, rule string, value float64, n
 	default:
 		r.queryValue.WithLabelValues(namespace, name, rule).Set(value)
 	}
+}
+
+// KeepQueryRules drops the query series of a breaker's rules that are not in rules, such as
+// a rule taken out of the spec or renamed, so that no series shows a value nobody computes.
+func (r *Recorder) KeepQueryRules(namespace, name string, rules []string) {
+	keep := map[string]bool{}
+	for _, rule := range rules {
+		keep[rule] = true
+	}
+	r.queryRulesMu.Lock()
+	defer r.queryRulesMu.Unlock()
+	key := [2]string{namespace, name}
+	for rule := range r.queryRules[key] {
+		if !keep[rule] {
+			r.queryErrors.DeleteLabelValues(namespace, name, rule)
+			r.queryValue.DeleteLabelValues(namespace, name, rule)
+		}
+	}
+	if len(keep) == 0 {
+		delete(r.queryRules, key)
+		return
+	}
+	if r.queryRules == nil {
+		r.queryRules = map[[2]string]map[string]bool{}
+	}
+	r.queryRules[key] = keep
 }
 
 // Delete removes every series of a breaker, when the breaker is deleted.
@@ -272,6 +313,9 @@ func (r *Recorder) Delete(namespace, name string) {
 	r.infoMu.Lock()
 	delete(r.infoOf, [2]string{namespace, name})
 	r.infoMu.Unlock()
+	r.queryRulesMu.Lock()
+	delete(r.queryRules, [2]string{namespace, name})
+	r.queryRulesMu.Unlock()
 }
 
 // Breaker returns the probe metrics of one breaker with their labels resolved, so that

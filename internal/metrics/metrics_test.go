@@ -186,3 +186,33 @@ tripswitch_query_value{name="payments",namespace="shop",rule="error-rate"} 0.31
 		t.Error(err)
 	}
 }
+
+// A rule taken out of the spec, or renamed, takes its series with it; the others stay.
+func TestQueryMetricsFollowTheRules(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	r, err := NewRecorder(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.KeepQueryRules("shop", "payments", []string{"error-rate", "latency"})
+	r.QueryEvaluated("shop", "payments", "error-rate", 0.31, false, nil)
+	r.QueryEvaluated("shop", "payments", "latency", 0.2, false, nil)
+	r.QueryEvaluated("shop", "cart", "latency", 0.4, false, nil)
+	r.KeepQueryRules("shop", "payments", []string{"latency"})
+	want := `
+# HELP tripswitch_query_value The newest value of a query rule; absent while it returns no data or fails.
+# TYPE tripswitch_query_value gauge
+tripswitch_query_value{name="cart",namespace="shop",rule="latency"} 0.4
+tripswitch_query_value{name="payments",namespace="shop",rule="latency"} 0.2
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), QueryValueName); err != nil {
+		t.Error(err)
+	}
+	if n := testutil.CollectAndCount(r.queryErrors); n != 2 {
+		t.Errorf("%d query error series, want 2 (payments/latency, cart/latency)", n)
+	}
+	r.KeepQueryRules("shop", "payments", nil)
+	if n := testutil.CollectAndCount(r.queryValue); n != 1 {
+		t.Errorf("%d query value series after the rules went, want cart's 1", n)
+	}
+}

@@ -171,6 +171,19 @@ var _ = Describe("Trip rules over real traffic (PromQL)", func() {
 		}, 20*time.Second).Should(Succeed())
 		Expect(status(ctx, ns, "payments")(Default).State).To(Equal(tripswitchv1alpha1.StateClosed))
 		Expect(status(ctx, ns, "snoop")(Default).State).To(Equal(tripswitchv1alpha1.StateClosed))
+
+		// A renamed rule takes its series with it: no series shows a value nobody computes.
+		series := func(rule string) func() float64 {
+			return func() float64 {
+				return metricValue(metrics.QueryValueName, map[string]string{"namespace": ns, "name": "payments", "rule": rule})
+			}
+		}
+		Expect(series("error-rate")()).To(BeZero())
+		patchBreaker(ctx, ns, "payments", func(cb *tripswitchv1alpha1.CircuitBreaker) { cb.Spec.Trip.Queries[0].Name = "errors" })
+		Eventually(series("errors"), 10*time.Second).Should(BeZero())
+		Eventually(series("error-rate")).Should(Equal(-1.0), "gone")
+		Expect(metricValue(metrics.QueryErrorsName, map[string]string{"namespace": ns, "name": "payments", "rule": "error-rate"})).
+			To(Equal(-1.0))
 	})
 
 	It("leaves out a rule whose query cannot run, says so, and runs the rest", func(ctx SpecContext) {
