@@ -481,8 +481,10 @@ type QueryRule struct {
 	// +optional
 	Below *string `json:"below,omitempty"`
 
-	// for is how many consecutive evaluations must hold to trip. Defaults to 1.
-	// +kubebuilder:default=1
+	// for is how many consecutive evaluations must hold to trip. Defaults to 3, so that one
+	// noisy evaluation (a scrape that came late, a rate over few requests) never trips the
+	// breaker for every caller.
+	// +kubebuilder:default=3
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=100
 	// +optional

@@ -47,6 +47,8 @@ const (
 
 	// DefaultQueryInterval is how often PromQL trip rules are evaluated.
 	DefaultQueryInterval = 15 * time.Second
+	// DefaultQueryFor is how many consecutive evaluations of a PromQL trip rule must hold.
+	DefaultQueryFor = int32(3)
 )
 
 // Resolve returns a copy of the breaker's spec in which every field the user left unset is
@@ -125,7 +127,7 @@ func resolveTrip(t *TripSpec, hasProfile bool, preset Preset) {
 	for i := range t.Queries {
 		q := &t.Queries[i]
 		if q.For == 0 {
-			q.For = 1
+			q.For = DefaultQueryFor
 		}
 		if q.NoData == "" {
 			q.NoData = NoDataIgnore

@@ -64,7 +64,7 @@ func TestResolve(t *testing.T) {
 		name: "query rules get their interval, for and noData, and the probes keep their default rule",
 		spec: CircuitBreakerSpec{Target: target, Trip: TripSpec{Queries: []QueryRule{{Name: "e", Query: "up", Above: ptr.To("1")}}}},
 		want: resolved(func(s *CircuitBreakerSpec) {
-			s.Trip.Queries = []QueryRule{{Name: "e", Query: "up", Above: ptr.To("1"), For: 1, NoData: NoDataIgnore}}
+			s.Trip.Queries = []QueryRule{{Name: "e", Query: "up", Above: ptr.To("1"), For: 3, NoData: NoDataIgnore}}
 			s.Trip.QueryInterval = dur(15 * time.Second)
 		}),
 	}, {
