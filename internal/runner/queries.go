@@ -41,6 +41,9 @@ type queryState struct {
 	judges   []*query.Judge
 	results  []QueryResult
 	timer    interface{ Stop() bool }
+	// generation counts installs: an evaluation armed under an older one ends without arming
+	// another, so that a change while an evaluation is in flight leaves one chain of them.
+	generation uint64
 }
 
 // setQueries installs a breaker's rules, keeping the runs of rules that did not change, and
@@ -50,7 +53,7 @@ func (s *Scheduler) setQueries(e *entry, rules []query.Rule, interval time.Durat
 		if e.queries.timer != nil {
 			e.queries.timer.Stop()
 		}
-		e.queries = queryState{}
+		e.queries = queryState{generation: e.queries.generation + 1}
 		return
 	}
 	if reflect.DeepEqual(rules, e.queries.rules) && interval == e.queries.interval && e.queries.timer != nil {
@@ -71,13 +74,14 @@ func (s *Scheduler) setQueries(e *entry, rules []query.Rule, interval time.Durat
 	if e.queries.timer != nil {
 		e.queries.timer.Stop()
 	}
-	e.queries = queryState{rules: rules, interval: interval, judges: judges}
+	e.queries = queryState{rules: rules, interval: interval, judges: judges, generation: e.queries.generation + 1}
 	s.armQueries(e, s.phase(e.key, netip.AddrPort{}, interval))
 }
 
 // armQueries schedules the breaker's next evaluation after d. Callers hold e.mu.
 func (s *Scheduler) armQueries(e *entry, d time.Duration) {
-	e.queries.timer = s.clock.AfterFunc(d, func() { go s.evaluate(e) })
+	generation := e.queries.generation
+	e.queries.timer = s.clock.AfterFunc(d, func() { go s.evaluate(e, generation) })
 }
 
 // evaluate runs every rule of a breaker once, at most MaxConcurrentQueries at a time across
@@ -86,9 +90,9 @@ func (s *Scheduler) armQueries(e *entry, d time.Duration) {
 // the probes' trials; and, after a breaker that had tripped closes, only once the rule's
 // lookback lies wholly after the close, since until then its window holds the errors that
 // tripped it and the refusals of the Open time. A failed query is reported and never trips.
-func (s *Scheduler) evaluate(e *entry) {
+func (s *Scheduler) evaluate(e *entry, generation uint64) {
 	e.mu.Lock()
-	if e.removed || len(e.queries.judges) == 0 {
+	if e.removed || e.queries.generation != generation || len(e.queries.judges) == 0 {
 		e.mu.Unlock()
 		return
 	}
@@ -121,7 +125,7 @@ func (s *Scheduler) evaluate(e *entry) {
 	}
 
 	e.mu.Lock()
-	if e.removed || !reflect.DeepEqual(rules, e.queries.rules) {
+	if e.removed || e.queries.generation != generation {
 		e.mu.Unlock()
 		return // edited meanwhile: setQueries armed the new rules
 	}

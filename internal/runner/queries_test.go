@@ -165,3 +165,42 @@ func TestSchedulerJudgesAQueryOnlyOnceItsWindowLiesAfterTheClose(t *testing.T) {
 	g.Eventually(state, 5*time.Second).Should(Equal(breaker.Open))
 	g.Expect(time.Since(closed)).To(BeNumerically(">=", 1400*time.Millisecond))
 }
+
+// blockingQuerier holds its first query until released, so that a test can change the
+// breaker's rules while an evaluation is in flight.
+type blockingQuerier struct {
+	entered, release chan struct{}
+	once             sync.Once
+	asked            atomic.Int32
+}
+
+func (b *blockingQuerier) Query(ctx context.Context, _ string, _ time.Time) (query.Sample, error) {
+	b.asked.Add(1)
+	b.once.Do(func() {
+		close(b.entered)
+		<-b.release
+	})
+	return query.Sample{Value: 0}, nil
+}
+
+// Changing only the interval while an evaluation is in flight must leave one chain of
+// evaluations, not one from the old timer and one from the new.
+func TestSchedulerKeepsOneEvaluationChainWhenTheIntervalChangesMidEvaluation(t *testing.T) {
+	g := NewWithT(t)
+	_, eps := backends(t, 1)
+	q := &blockingQuerier{entered: make(chan struct{}), release: make(chan struct{})}
+	s := startScheduler(t, Options{MaxConcurrentProbes: 4, Querier: q})
+	reg := registration(t, time.Hour, eps...)
+	reg.Queries, reg.QueryInterval = []query.Rule{errorRateRule()}, 200*time.Millisecond
+	g.Expect(s.Upsert(key(1), reg)).To(Succeed())
+	<-q.entered
+	reg.QueryInterval = 100 * time.Millisecond
+	g.Expect(s.Upsert(key(1), reg)).To(Succeed())
+	close(q.release)
+
+	g.Eventually(q.asked.Load).Should(BeNumerically(">=", 4), "the evaluations go on")
+	before := q.asked.Load()
+	g.Consistently(func() int32 { return q.asked.Load() - before }, 2*time.Second, 100*time.Millisecond).
+		Should(BeNumerically("<=", 25), "one chain evaluates about 20 times in 2 s at 100ms")
+	g.Expect(q.asked.Load()-before).To(BeNumerically(">=", 12), "and it does evaluate")
+}
