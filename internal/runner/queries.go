@@ -89,7 +89,8 @@ func (s *Scheduler) armQueries(e *entry, d time.Duration) {
 // clients are refused and the traffic a query watches goes quiet, and HalfOpen is decided by
 // the probes' trials; and, after a breaker that had tripped closes, only once the rule's
 // lookback lies wholly after the close, since until then its window holds the errors that
-// tripped it and the refusals of the Open time. A failed query is reported and never trips.
+// tripped it and the refusals of the Open time. A failed query is reported, never trips, and
+// starts the rule's run of evaluations again.
 func (s *Scheduler) evaluate(e *entry, generation uint64) {
 	e.mu.Lock()
 	if e.removed || e.queries.generation != generation || len(e.queries.judges) == 0 {
@@ -139,8 +140,9 @@ func (s *Scheduler) evaluate(e *entry, generation uint64) {
 	for i, j := range e.queries.judges {
 		settling := settlingUntil(snap, j.Rule.Lookback, at)
 		switch {
-		case errs[i] != nil:
-		case !closed || !settling.IsZero():
+		case errs[i] != nil, !closed, !settling.IsZero():
+			// A failed evaluation breaks the run too: after an outage of Prometheus a rule
+			// needs its whole count of evaluations again.
 			j.Reset()
 		default:
 			if j.Observe(samples[i]) && change == nil {

@@ -204,3 +204,36 @@ func TestSchedulerKeepsOneEvaluationChainWhenTheIntervalChangesMidEvaluation(t *
 		Should(BeNumerically("<=", 25), "one chain evaluates about 20 times in 2 s at 100ms")
 	g.Expect(q.asked.Load()-before).To(BeNumerically(">=", 12), "and it does evaluate")
 }
+
+// scriptedQuerier answers its script in order, then the last answer for ever.
+type scriptedQuerier struct {
+	mu     sync.Mutex
+	script []func() (query.Sample, error)
+	asked  int
+}
+
+func (s *scriptedQuerier) Query(context.Context, string, time.Time) (query.Sample, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	answer := s.script[min(s.asked, len(s.script)-1)]
+	s.asked++
+	return answer()
+}
+
+// A failed evaluation breaks a run of evaluations that held: after an outage of Prometheus,
+// a rule needs its full count of evaluations again, never one.
+func TestSchedulerStartsARunAgainAfterAFailedQuery(t *testing.T) {
+	g := NewWithT(t)
+	_, eps := backends(t, 1)
+	holds := func() (query.Sample, error) { return query.Sample{Value: 1}, nil }
+	fails := func() (query.Sample, error) { return query.Sample{}, errors.New("connection refused") }
+	healthy := func() (query.Sample, error) { return query.Sample{Value: 0}, nil }
+	q := &scriptedQuerier{script: []func() (query.Sample, error){holds, holds, fails, holds, holds, healthy}}
+	s := startScheduler(t, Options{MaxConcurrentProbes: 4, Querier: q})
+	reg := registration(t, time.Hour, eps...)
+	reg.Queries, reg.QueryInterval = []query.Rule{errorRateRule()}, 20*time.Millisecond // for 3
+	g.Expect(s.Upsert(key(1), reg)).To(Succeed())
+	g.Eventually(func() int { q.mu.Lock(); defer q.mu.Unlock(); return q.asked }, 5*time.Second).Should(BeNumerically(">=", 10))
+	v, _ := s.View(key(1))
+	g.Expect(v.Snapshot.State).To(Equal(breaker.Closed), "2 held, a failure, 2 held: no run of 3")
+}
