@@ -108,6 +108,7 @@ const (
 
 // CircuitBreakerSpec describes what is protected, how it is probed, when the breaker trips,
 // how it recovers and how traffic is gated.
+// +kubebuilder:validation:XValidation:rule="!has(self.modeUntil) || (has(self.mode) && self.mode != 'Auto')",message="modeUntil needs a mode other than Auto: it says when that mode ends",fieldPath=".modeUntil"
 // +kubebuilder:validation:XValidation:rule="!has(self.trip) || !has(self.trip.slowRate) || (has(self.probe) && has(self.probe.slowThreshold))",message="trip.slowRate needs probe.slowThreshold, which says what slow is"
 // +kubebuilder:validation:XValidation:rule="!has(self.recovery) || has(self.recovery.openDuration) || !has(self.recovery.backoff) || !has(self.recovery.backoff.maxOpenDuration) || duration(self.recovery.backoff.maxOpenDuration) >= duration(has(self.profile) ? {'aggressive': '30s', 'balanced': '60s', 'conservative': '120s'}[self.profile] : '60s')",messageExpression="'recovery.backoff.maxOpenDuration must not be shorter than recovery.openDuration (' + (has(self.profile) ? {'aggressive': '30s', 'balanced': '60s', 'conservative': '120s'}[self.profile] + ' from the ' + self.profile + ' profile' : '60s by default') + ' when unset)'",fieldPath=".recovery.backoff.maxOpenDuration"
 type CircuitBreakerSpec struct {
@@ -128,6 +129,13 @@ type CircuitBreakerSpec struct {
 	// +kubebuilder:default=Auto
 	// +optional
 	Mode Mode `json:"mode,omitempty"`
+
+	// modeUntil, when set, is when mode ends: from then on the breaker runs in Auto, as if mode
+	// were Auto, until the spec changes (`kubectl tripswitch trip payments --for 10m` sets it).
+	// The manager never rewrites the spec; status.mode says which mode is in effect. It needs a
+	// mode other than Auto.
+	// +optional
+	ModeUntil *metav1.Time `json:"modeUntil,omitempty"`
 
 	// probe says how every ready endpoint of the target is checked.
 	// +kubebuilder:default={}
@@ -731,6 +739,10 @@ type CircuitBreakerStatus struct {
 	// +optional
 	GateState State `json:"gateState,omitempty"`
 
+	// mode is the mode in effect: spec.mode, or Auto once spec.modeUntil has passed.
+	// +optional
+	Mode Mode `json:"mode,omitempty"`
+
 	// reason says why the last transition happened, for example ConsecutiveFailures,
 	// FailureRate, SlowRate, OpenTimeout, TrialSucceeded, TrialFailed, Reset or Forced.
 	// +kubebuilder:validation:MaxLength=64
@@ -950,7 +962,7 @@ type ProbeResult struct {
 // +kubebuilder:printcolumn:name="Trips",type=integer,JSONPath=`.status.trips`,description="Times opened, all time"
 // +kubebuilder:printcolumn:name="Last Change",type=date,JSONPath=`.status.lastTransitionTime`,description="Time since the last state change"
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
-// +kubebuilder:printcolumn:name="Mode",type=string,JSONPath=`.spec.mode`,priority=1,description="Auto, ForceOpen, ForceClosed or Observe"
+// +kubebuilder:printcolumn:name="Mode",type=string,JSONPath=`.status.mode`,priority=1,description="Mode in effect: Auto, ForceOpen, ForceClosed or Observe (Auto once spec.modeUntil has passed)"
 // +kubebuilder:printcolumn:name="Gate",type=string,JSONPath=`.status.gateState`,priority=1,description="State applied to traffic"
 // +kubebuilder:printcolumn:name="Failures",type=integer,JSONPath=`.status.consecutiveFailures`,priority=1,description="Consecutive failed probes"
 // +kubebuilder:printcolumn:name="Window Failures",type=integer,JSONPath=`.status.window.failures`,priority=1,description="Failures in the rate window"

@@ -112,6 +112,10 @@ func (in *CircuitBreakerList) DeepCopyObject() runtime.Object {
 func (in *CircuitBreakerSpec) DeepCopyInto(out *CircuitBreakerSpec) {
 	*out = *in
 	out.Target = in.Target
+	if in.ModeUntil != nil {
+		in, out := &in.ModeUntil, &out.ModeUntil
+		*out = (*in).DeepCopy()
+	}
 	in.Probe.DeepCopyInto(&out.Probe)
 	in.Trip.DeepCopyInto(&out.Trip)
 	in.Recovery.DeepCopyInto(&out.Recovery)
