@@ -153,6 +153,8 @@ func (r *CircuitBreakerReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 
 	original := cb.DeepCopy()
 	st := &reconcileState{cb: cb, spec: cb.Resolve(), gateWas: cb.Status.GateState, requeueAfter: r.StatusSyncPeriod}
+	st.spec.Mode, st.modeEnds = modeInEffect(&cb.Spec, r.Clock.Now())
+	cb.Status.Mode = st.spec.Mode
 	errs := runSteps(ctx, st, r.steps())
 	r.summarize(cb, errs)
 

@@ -94,12 +94,24 @@ func (r *CircuitBreakerReconciler) counterWriteAllowed(key types.NamespacedName,
 }
 
 // next is when the breaker comes back, and how urgently. A deadline that a step set (a
-// hand-back in progress) keeps the ordinary priority. An Open breaker probes nothing, so its
+// hand-back in progress) or the end of a forced mode (spec.modeUntil) keeps the ordinary
+// priority. An Open breaker probes nothing, so its
 // counters cannot change: it comes back only after its Open period, in case the scheduler's
 // own deadline did not bring it back. Any other breaker comes back at its refresh phase, at
 // the lowest priority. The priority is always set, so that a transition's priority does not
 // stick to the breaker's later refreshes.
 func (r *CircuitBreakerReconciler) next(key types.NamespacedName, cb *tripswitchv1alpha1.CircuitBreaker,
+	st *reconcileState) ctrl.Result {
+	result := r.nextDeadline(key, cb, st)
+	if st.modeEnds > 0 && st.modeEnds < result.RequeueAfter {
+		// A forced mode ends at spec.modeUntil, whatever the refresh period has grown to.
+		return ctrl.Result{RequeueAfter: st.modeEnds, Priority: ptr.To(0)}
+	}
+	return result
+}
+
+// nextDeadline is next without the end of a forced mode.
+func (r *CircuitBreakerReconciler) nextDeadline(key types.NamespacedName, cb *tripswitchv1alpha1.CircuitBreaker,
 	st *reconcileState) ctrl.Result {
 	if st.requeueAfter < r.StatusSyncPeriod {
 		return ctrl.Result{RequeueAfter: st.requeueAfter, Priority: ptr.To(0)}

@@ -27,6 +27,8 @@ type reconcileState struct {
 	view *runner.View
 	// requeueAfter is the next deadline a step knows of.
 	requeueAfter time.Duration
+	// modeEnds is how long spec.mode has left before spec.modeUntil; zero when it does not end.
+	modeEnds time.Duration
 }
 
 // requeueWithin brings the breaker back within d at the latest.

@@ -91,6 +91,33 @@ var _ = Describe("A breaker's life", func() {
 			Eventually(front(ctx, ns, "cart")).Should(HaveField("Ready", 0))
 		})
 
+		It("returns a forced mode to Auto at spec.modeUntil by itself, and leaves the spec alone", func(ctx SpecContext) {
+			bs := newBackends(2)
+			createTarget(ctx, ns, "basket-backend", bs[0].port, bs...)
+			// A long refresh period: the end of the mode must not wait for a counter refresh.
+			createBreaker(ctx, ns, "basket", `{target: {service: basket-backend, port: http},
+				probe: {interval: 100ms, timeout: 100ms}, trip: {consecutiveFailures: 2}}`)
+			Eventually(front(ctx, ns, "basket")).Should(HaveField("Ready", 2))
+			Expect(status(ctx, ns, "basket")(Default).Mode).To(Equal(tripswitchv1alpha1.ModeAuto))
+
+			// What `kubectl tripswitch trip basket --for 3s` writes.
+			until := metav1.NewTime(time.Now().Add(3 * time.Second).Truncate(time.Second))
+			patchBreaker(ctx, ns, "basket", func(cb *tripswitchv1alpha1.CircuitBreaker) {
+				cb.Spec.Mode, cb.Spec.ModeUntil = tripswitchv1alpha1.ModeForceOpen, &until
+			})
+			Eventually(front(ctx, ns, "basket")).Should(HaveField("Ready", 0))
+			Eventually(status(ctx, ns, "basket")).Should(HaveField("Mode", tripswitchv1alpha1.ModeForceOpen))
+			Eventually(front(ctx, ns, "basket"), 10*time.Second, 20*time.Millisecond).Should(HaveField("Ready", 2))
+			late := time.Since(until.Time)
+			fmt.Fprintf(GinkgoWriter, "the front served again %s after modeUntil\n", late)
+			Expect(late).To(BeNumerically("<", time.Second), "at modeUntil, not at the next refresh")
+			Eventually(status(ctx, ns, "basket")).Should(And(HaveField("Mode", tripswitchv1alpha1.ModeAuto),
+				HaveField("GateState", tripswitchv1alpha1.StateClosed)))
+			var cb tripswitchv1alpha1.CircuitBreaker
+			Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "basket"}, &cb)).To(Succeed())
+			Expect(cb.Spec.Mode).To(Equal(tripswitchv1alpha1.ModeForceOpen), "the spec stays as written")
+		})
+
 		It("closes once when the reset annotation gets a new value", func(ctx SpecContext) {
 			b := newBackend()
 			createTarget(ctx, ns, "auth-backend", b.port, b)
