@@ -171,8 +171,9 @@ var _ = Describe("tripswitch on the real data plane", Ordered, func() {
 			It("shares HalfOpen between the trial endpoint and the responders, and spreads again once Closed", func(ctx SpecContext) {
 				name := "recover"
 				bs := target(ctx, ns, name+"-backend", 3)
-				// Four trials at a 1 s interval keep the breaker HalfOpen for seconds.
-				breaker(ctx, ns, name, `{target: {service: `+name+`-backend, port: http}, probe: {interval: 1s, timeout: 200ms},
+				// Four trials at a 3 s interval (one per endpoint's turn) keep the breaker HalfOpen
+				// for seconds: long beside kube-proxy's sync, even on a loaded machine.
+				breaker(ctx, ns, name, `{target: {service: `+name+`-backend, port: http}, probe: {interval: 3s, timeout: 200ms},
 					trip: {consecutiveFailures: 1}, recovery: {openDuration: 2s, halfOpen: {trialProbes: 4, successThreshold: 4}}}`)
 				front := frontAddress(ctx, ns, name)
 				setBehavior(bs, rig.Unavailable)
@@ -187,6 +188,18 @@ var _ = Describe("tripswitch on the real data plane", Ordered, func() {
 				results := load.Stop()
 
 				halfOpen := during(results, gates(), tripswitchv1alpha1.StateHalfOpen)
+				// kube-proxy programs the HalfOpen slices a sync after status says HalfOpen, later
+				// on a loaded machine (one cold run on 2 busy cores saw 12% instead of a third):
+				// judge the share from the first call the trial endpoint answered.
+				if served := halfOpen.Where(servedByTarget); len(served) > 0 {
+					first := served[0].Start
+					for _, a := range served {
+						if a.Start.Before(first) {
+							first = a.Start
+						}
+					}
+					halfOpen = halfOpen.Where(func(a rig.Attempt) bool { return !a.Start.Before(first) })
+				}
 				closed := during(results, gates(), tripswitchv1alpha1.StateClosed)
 				AddReportEntry(fmt.Sprintf("%s, recovery: %d pods x %d connections/s", mode, loadClients, loadRate/5),
 					fmt.Sprintf("HalfOpen (1 trial endpoint, 2 responders): %v of %d calls; Closed: %v of %d calls",
