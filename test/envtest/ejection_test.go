@@ -291,7 +291,9 @@ var _ = Describe("Two-level breaking: ejecting endpoints", func() {
 		Consistently(readyCountsOf(seen), time.Until(until)-time.Second).Should(HaveEach(2),
 			"the new leader keeps the endpoint ejected until its time ends")
 		Eventually(front(ctx, ns, "cart"), 5*time.Second).Should(HaveField("Ready", 3))
-		Expect(ejection(ctx, ns, "cart")(Default).Ejected).To(BeZero())
+		// The slices change first, status in the same reconcile just after: on a loaded machine
+		// a read can fall between the two.
+		Eventually(ejection(ctx, ns, "cart")).Should(HaveField("Ejected", BeZero()))
 	})
 
 	It("lets the observer guard hold ejections when the manager's own network fails for one address everywhere", func(ctx SpecContext) {
