@@ -264,7 +264,7 @@ $(PROMTOOL): | $(LOCALBIN)
 # that the committed kustomization is never edited.
 define kustomize-build-with-image
 tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && cp -r config "$$tmp/" && \
-	(cd "$$tmp/config/manager" && $(KUSTOMIZE) edit set image controller=$(IMG)) && \
+	(cd "$$tmp/config/default" && $(KUSTOMIZE) edit set image controller=$(IMG)) && \
 	$(KUSTOMIZE) build "$$tmp/config/default"
 endef
 
