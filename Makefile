@@ -17,12 +17,14 @@ KUSTOMIZE_VERSION ?= v5.8.2
 PROMTOOL_VERSION ?= v0.316.0
 CRD_REF_DOCS_VERSION ?= v0.3.0
 GOLANGCI_LINT_VERSION ?= v2.15.0
+HELM_VERSION ?= v4.3.1
 
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 KUSTOMIZE ?= $(LOCALBIN)/kustomize-$(KUSTOMIZE_VERSION)
 PROMTOOL ?= $(LOCALBIN)/promtool-$(PROMTOOL_VERSION)
 CRD_REF_DOCS ?= $(LOCALBIN)/crd-ref-docs-$(CRD_REF_DOCS_VERSION)
 GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
+HELM ?= $(LOCALBIN)/helm-$(HELM_VERSION)
 
 # envtest needs kube-apiserver and etcd at the Kubernetes version that matches k8s.io/api
 # (v0.37.2 -> 1.37.2). They cannot be downloaded here, so hack/envtest builds them from source.
@@ -91,6 +93,11 @@ generate: controller-gen ## Generate DeepCopy methods for the API types.
 api-docs: crd-ref-docs ## Generate the API reference, docs/api.md, from the Go types.
 	$(CRD_REF_DOCS) --source-path=./api --config=hack/crd-ref-docs/config.yaml --renderer=markdown --output-path=docs/api.md
 
+.PHONY: chart
+chart: manifests kustomize ## Generate the Helm chart's CRDs, templates and values (charts/tripswitch) from config/ and the binary's flags.
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && go build -o "$$tmp/manager" ./cmd/manager && \
+		go run ./hack/chartgen -kustomize $(KUSTOMIZE) -manager "$$tmp/manager" -chart charts/tripswitch
+
 .PHONY: fmt
 fmt: ## Run go fmt.
 	go fmt ./...
@@ -134,7 +141,7 @@ test-e2e: manifests generate fmt vet $(ENVTEST_DEP) $(E2E_DEP) ## Run the data-p
 	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" go test $(GO_TEST_FLAGS) -count=1 -v ./test/e2e/...
 
 .PHONY: verify
-verify: controller-gen crd-ref-docs golangci-lint ## Fail when generated code, manifests, API docs, formatting or go.mod are out of date, or golangci-lint finds anything (run on a committed tree).
+verify: controller-gen crd-ref-docs golangci-lint kustomize ## Fail when generated code, manifests, API docs, formatting or go.mod are out of date, or golangci-lint finds anything (run on a committed tree).
 	hack/verify.sh
 
 .PHONY: envtest
@@ -251,6 +258,11 @@ $(CRD_REF_DOCS): | $(LOCALBIN)
 golangci-lint: $(GOLANGCI_LINT) ## Install golangci-lint into ./bin (about 3 minutes the first time).
 $(GOLANGCI_LINT): | $(LOCALBIN)
 	$(call go-install-tool,$(GOLANGCI_LINT),github.com/golangci/golangci-lint/v2/cmd/golangci-lint,$(GOLANGCI_LINT_VERSION))
+
+.PHONY: helm
+helm: $(HELM) ## Install helm into ./bin.
+$(HELM): | $(LOCALBIN)
+	$(call go-install-tool,$(HELM),helm.sh/helm/v4/cmd/helm,$(HELM_VERSION))
 
 .PHONY: promtool
 promtool: $(PROMTOOL) ## Install promtool into ./bin (built from source, about 3 minutes the first time).
