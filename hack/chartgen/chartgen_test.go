@@ -50,14 +50,14 @@ func TestParseArgs(t *testing.T) {
 func TestRewrite(t *testing.T) {
 	names := map[string]bool{"tripswitch-responder": true, "tripswitch-controller-manager": true}
 	in := object{
-		"a": "tripswitch-system/tripswitch-responder",
-		"b": []any{"tripswitch-controller-manager", "tripswitch-responder-role", "tripswitch.tripswitch.io", "tripswitch"},
+		"a":      "tripswitch-system/tripswitch-responder",
+		"b":      []any{"tripswitch-controller-manager", "tripswitch-responder-role", "tripswitch.tripswitch.io", "tripswitch"},
 		"labels": object{"app.kubernetes.io/managed-by": "kustomize"},
 	}
 	got := rewrite(in, names)
 	want := object{
-		"a": nsToken + "/" + fullnameToken + "-responder",
-		"b": []any{fullnameToken + "-controller-manager", "tripswitch-responder-role", "tripswitch.tripswitch.io", "tripswitch"},
+		"a":      nsToken + "/" + fullnameToken + "-responder",
+		"b":      []any{fullnameToken + "-controller-manager", "tripswitch-responder-role", "tripswitch.tripswitch.io", "tripswitch"},
 		"labels": object{"app.kubernetes.io/managed-by": serviceToken},
 	}
 	if !reflect.DeepEqual(got, want) {
