@@ -114,6 +114,7 @@ lint: golangci-lint ## Run golangci-lint (govet, staticcheck, errcheck, gosec, i
 tidy: ## Run go mod tidy on the project and on the envtest tools module.
 	go mod tidy
 	cd hack/envtest && go mod tidy
+	cd test/helm && go mod tidy
 
 .PHONY: test
 test: manifests generate $(ENVTEST_DEP) $(E2E_DEP) ## Run every test: envtest suites on a source-built kube-apiserver, the data-plane suite (as root), and promtool on the alerts.
@@ -121,6 +122,7 @@ ifeq ($(E2E_DEP),)
 	@echo "test/e2e: skipped: the data-plane suite needs root for network namespaces and iptables (as root: make test-e2e)"
 	$(MAKE) --no-print-directory fmt vet build-installer promtool
 	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" PROMTOOL="$(PROMTOOL)" go test $(GO_TEST_FLAGS) ./... -coverprofile cover.out
+	$(MAKE) --no-print-directory test-chart
 else
 	@# The data-plane suite is the longest package and spends most of its time waiting (leases,
 	@# open durations, two minutes of failing writes), so it starts as soon as the Kubernetes
@@ -132,9 +134,17 @@ else
 	nice -n 19 $(MAKE) --no-print-directory fmt vet build-installer promtool && \
 	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" PROMTOOL="$(PROMTOOL)" go test $(GO_TEST_FLAGS) \
 		$$(go list ./... | grep -v '/test/e2e$$') -coverprofile cover.out || rc=1; \
+	$(MAKE) --no-print-directory test-chart || rc=1; \
 	wait $$e2e || rc=1; \
 	exit $$rc
 endif
+
+.PHONY: test-chart
+test-chart: helm kustomize $(ENVTEST_DEP) ## Test the Helm chart: helm lint and template, and the Helm SDK suite (test/helm): same objects as config/default, a dry run, install, upgrade, uninstall and reinstall on envtest.
+	$(HELM) lint --strict charts/tripswitch
+	$(HELM) lint --strict charts/tripswitch --set responder.enabled=false,serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true,uninstall.releaseFronts=false
+	$(HELM) template tripswitch charts/tripswitch -n tripswitch-system >/dev/null
+	cd test/helm && KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" KUSTOMIZE="$(KUSTOMIZE)" go test $(GO_TEST_FLAGS) -count=1 ./...
 
 .PHONY: test-e2e
 test-e2e: manifests generate fmt vet $(ENVTEST_DEP) $(E2E_DEP) ## Run the data-plane suite only: real kube-proxy (iptables and nftables) and kube-controller-manager, pods in network namespaces (root).
