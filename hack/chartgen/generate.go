@@ -458,6 +458,23 @@ grafanaDashboard:
   labels:
     grafana_dashboard: "1"
   annotations: {}
+
+# helm uninstall leaves the CRD and every CircuitBreaker. Before it removes the manager, a
+# pre-delete hook Job (the manager image, `+"`manager release`"+`) scales the manager to zero, waits
+# until no replica leads, and leaves every front Service a copy of its target's endpoints, as if
+# Closed, that a reinstalled manager takes back. With releaseFronts: false, fronts keep what they
+# last published, Open ones the responder's endpoints, which go with the responder.
+uninstall:
+  releaseFronts: true
+  # How long the hook waits for the manager to stop; past it, the manager is scaled back up and
+  # the uninstall fails, removing nothing.
+  timeout: 2m
+  resources:
+    requests:
+      cpu: 10m
+      memory: 32Mi
+    limits:
+      memory: 128Mi
 `)
 	return []byte(b.String()), nil
 }
