@@ -15,7 +15,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"helm.sh/helm/v4/pkg/action"
-	"helm.sh/helm/v4/pkg/chart/common"
 	chartloader "helm.sh/helm/v4/pkg/chart/loader"
 	"helm.sh/helm/v4/pkg/kube"
 	release "helm.sh/helm/v4/pkg/release/v1"
@@ -27,23 +26,19 @@ var (
 	chartDir = filepath.Join(repoRoot, "charts", "tripswitch")
 )
 
+// tester is what the helpers need of testing.T and of GinkgoT().
+type tester interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+}
+
 // object is one decoded manifest.
 type object = map[string]any
 
-// kubeVersion is the Kubernetes version that client-side rendering assumes: the one envtest
-// runs (the SDK's own default is older than the chart's kubeVersion allows).
-func kubeVersion(t testing.TB) *common.KubeVersion {
-	t.Helper()
-	v, err := common.ParseKubeVersion("v1.37.2")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v
-}
-
 // render renders the chart as helm template does, CRDs and hooks included, for a release
 // called name in namespace, and returns the release.
-func render(t testing.TB, name, namespace string, values map[string]any) *release.Release {
+func render(t tester, name, namespace string, values map[string]any) *release.Release {
 	t.Helper()
 	chart, err := chartloader.Load(chartDir)
 	if err != nil {
@@ -51,7 +46,6 @@ func render(t testing.TB, name, namespace string, values map[string]any) *releas
 	}
 	install := action.NewInstall(action.NewConfiguration())
 	install.DryRunStrategy = action.DryRunClient
-	install.KubeVersion = kubeVersion(t)
 	install.Replace = true
 	install.IncludeCRDs = true
 	install.ReleaseName, install.Namespace = name, namespace
@@ -64,7 +58,7 @@ func render(t testing.TB, name, namespace string, values map[string]any) *releas
 }
 
 // decode splits a multi-document manifest into objects, leaving out empty documents.
-func decode(t testing.TB, manifest string) []object {
+func decode(t tester, manifest string) []object {
 	t.Helper()
 	var out []object
 	dec := utilyaml.NewYAMLOrJSONDecoder(strings.NewReader(manifest), 4096)
@@ -87,7 +81,7 @@ func key(o object) string {
 }
 
 // kustomizeBuild runs kustomize build config/default with the pinned kustomize.
-func kustomizeBuild(t testing.TB) []object {
+func kustomizeBuild(t tester) []object {
 	t.Helper()
 	kustomize := os.Getenv("KUSTOMIZE")
 	if kustomize == "" {
@@ -254,7 +248,6 @@ func TestChartRefusesUnknownFlags(t *testing.T) {
 	}
 	install := action.NewInstall(action.NewConfiguration())
 	install.DryRunStrategy = action.DryRunClient
-	install.KubeVersion = kubeVersion(t)
 	install.ReleaseName, install.Namespace = "tripswitch", "tripswitch-system"
 	install.WaitStrategy = kube.HookOnlyStrategy
 	_, err = install.Run(chart, map[string]any{"manager": map[string]any{"flags": map[string]any{"status-sync-perod": "5s"}}})
