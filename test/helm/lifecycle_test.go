@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"os/exec"
 	"strings"
 	"time"
@@ -20,7 +19,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
@@ -53,17 +51,8 @@ var _ = Describe("The chart on a real API server", func() {
 		Expect(client.IgnoreAlreadyExists(k8sClient.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "tripswitch-dryrun"}}))).To(Succeed())
 		kinds := map[string]int{}
 		for _, m := range manifests {
-			dec := utilyaml.NewYAMLOrJSONDecoder(strings.NewReader(m), 4096)
-			for {
-				obj := &unstructured.Unstructured{}
-				if err := dec.Decode(&obj.Object); errors.Is(err, io.EOF) {
-					break
-				} else {
-					Expect(err).NotTo(HaveOccurred())
-				}
-				if len(obj.Object) == 0 {
-					continue
-				}
+			for _, o := range decode(GinkgoT(), m) {
+				obj := &unstructured.Unstructured{Object: o}
 				kinds[obj.GetKind()]++
 				Expect(k8sClient.Apply(ctx, client.ApplyConfigurationFromUnstructured(obj), client.FieldOwner("helm-test"),
 					client.ForceOwnership, client.DryRunAll)).To(Succeed(), "%s %s", obj.GetKind(), obj.GetName())
