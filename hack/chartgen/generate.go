@@ -460,7 +460,7 @@ grafanaDashboard:
   annotations: {}
 
 # helm uninstall leaves the CRD and every CircuitBreaker. Before it removes the manager, a
-# pre-delete hook Job (the manager image, `+"`manager release`"+`) scales the manager to zero, waits
+# pre-delete hook Job (the manager image, ` + "`manager release`" + `) scales the manager to zero, waits
 # until no replica leads, and leaves every front Service a copy of its target's endpoints, as if
 # Closed, that a reinstalled manager takes back. With releaseFronts: false, fronts keep what they
 # last published, Open ones the responder's endpoints, which go with the responder.

@@ -45,7 +45,7 @@ type Options struct {
 	Lease string
 	// Timeout bounds the wait for the manager to stop; Poll is how often it looks.
 	Timeout, Poll time.Duration
-	Clock     clock.PassiveClock
+	Clock         clock.PassiveClock
 }
 
 // ReplicasAnnotation, on the manager's Deployment, holds its replicas from before Run scaled
