@@ -22,6 +22,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -183,7 +184,11 @@ func Holder(l *coordinationv1.Lease, now time.Time) string {
 // manager: Run does, first.
 func Fronts(ctx context.Context, c client.Client) (int, error) {
 	var breakers tripswitchv1alpha1.CircuitBreakerList
-	if err := c.List(ctx, &breakers); err != nil {
+	if err := c.List(ctx, &breakers); meta.IsNoMatchError(err) || apierrors.IsNotFound(err) {
+		// No CRD, so no breakers: nothing gates a front, and the uninstall must not be held up.
+		log.FromContext(ctx).Info("The CircuitBreaker CRD is not installed; no front to release")
+		return 0, nil
+	} else if err != nil {
 		return 0, fmt.Errorf("listing CircuitBreakers: %w", err)
 	}
 	released := 0

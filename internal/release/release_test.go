@@ -1,12 +1,23 @@
 package release
 
 import (
+	"context"
+	"errors"
 	"testing"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+
+	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 )
 
 func TestHolder(t *testing.T) {
@@ -37,5 +48,25 @@ func TestHolder(t *testing.T) {
 				t.Fatalf("Holder = %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// Without the CRD there is no breaker to release, and the uninstall goes on.
+func TestFrontsWithoutTheCRD(t *testing.T) {
+	scheme := runtime.NewScheme()
+	utilruntime.Must(tripswitchv1alpha1.AddToScheme(scheme))
+	noCRD := fake.NewClientBuilder().WithScheme(scheme).WithInterceptorFuncs(interceptor.Funcs{
+		List: func(context.Context, client.WithWatch, client.ObjectList, ...client.ListOption) error {
+			return &meta.NoKindMatchError{GroupKind: schema.GroupKind{Group: "tripswitch.io", Kind: "CircuitBreaker"}}
+		}}).Build()
+	if n, err := Fronts(context.Background(), noCRD); n != 0 || err != nil {
+		t.Fatalf("Fronts = %d, %v; want 0, nil", n, err)
+	}
+	failing := fake.NewClientBuilder().WithScheme(scheme).WithInterceptorFuncs(interceptor.Funcs{
+		List: func(context.Context, client.WithWatch, client.ObjectList, ...client.ListOption) error {
+			return errors.New("the API server is away")
+		}}).Build()
+	if _, err := Fronts(context.Background(), failing); err == nil {
+		t.Fatal("an API error was taken for a missing CRD")
 	}
 }
