@@ -30,8 +30,17 @@ const (
 // hiddenFlags are flags the chart does not list as values, and why; extraArgs still passes
 // them.
 var hiddenFlags = map[string]string{
-	"kubeconfig":        "the pods use their service account",
-	"probe-address-map": "local development only",
+	"kubeconfig":        "the pods use their service account (extraArgs passes it)",
+	"probe-address-map": "local development only (extraArgs passes it)",
+}
+
+// hidden says why a flag is not a value, or "". Listen addresses are config's, passed as
+// they are: the container's ports, the Services' target ports and the probes name them.
+func hidden(name string) string {
+	if strings.HasSuffix(name, "-bind-address") {
+		return "the chart passes config's, which the container's ports and probes name"
+	}
+	return hiddenFlags[name]
 }
 
 // component is one of the two workloads, by its app.kubernetes.io/component label, which is
@@ -343,6 +352,13 @@ func (t *templater) deployment(o object, c *component) (string, error) {
 			return "", fmt.Errorf("the %s Deployment passes --%s, which its -help does not list", c.key, name)
 		}
 	}
+	for name, value := range flags {
+		if hidden(name) != "" {
+			words = append(words, "--"+name+"="+value)
+			delete(flags, name)
+		}
+	}
+	slices.Sort(words[min(len(words), countWords(args)):])
 	c.words, c.args = words, flags
 	ctr["args"] = t.token(func(indent int) string {
 		quoted := make([]string, len(words))
@@ -350,10 +366,20 @@ func (t *templater) deployment(o object, c *component) (string, error) {
 			quoted[i] = fmt.Sprintf("%q", w)
 		}
 		return lines(indent, "args:",
-			fmt.Sprintf(`{{- include "tripswitch.args" (dict "component" %q "words" (list %s) "root" $) | nindent %d }}`,
+			fmt.Sprintf(`{{- include "tripswitch.args" (dict "component" %q "words" (list %s) "root" $) | trim | nindent %d }}`,
 				c.key, strings.Join(quoted, " "), indent))
 	})
 	return image, nil
+}
+
+// countWords counts the leading words of args, before the first flag.
+func countWords(args []string) int {
+	for i, a := range args {
+		if strings.HasPrefix(a, "-") {
+			return i
+		}
+	}
+	return len(args)
 }
 
 // valuesYAML writes values.yaml: config's settings as defaults, and every flag of each
@@ -400,8 +426,8 @@ responder:
 		fmt.Fprintf(&b, "  # Every flag of `manager%s`, as name: value, passed as --name=value (values go through tpl,\n", map[bool]string{true: " responder"}[key == "responder"])
 		b.WriteString("  # so they may name the release). Commented out: not passed, the binary's default applies.\n  flags:\n")
 		for _, f := range c.flags {
-			if why, hidden := hiddenFlags[f.Name]; hidden {
-				fmt.Fprintf(&b, "    # --%s is left out: %s (extraArgs passes it).\n", f.Name, why)
+			if why := hidden(f.Name); why != "" {
+				fmt.Fprintf(&b, "    # --%s is not a value: %s.\n", f.Name, why)
 				continue
 			}
 			doc := f.Usage
@@ -541,7 +567,7 @@ func valuesSchema(comps map[string]*component) ([]byte, error) {
 		flags := object{}
 		names := make([]string, 0, len(comps[key].flags))
 		for _, f := range comps[key].flags {
-			if _, hidden := hiddenFlags[f.Name]; !hidden {
+			if hidden(f.Name) == "" {
 				names = append(names, f.Name)
 			}
 		}
