@@ -49,6 +49,11 @@ type Options struct {
 	Clock         clock.PassiveClock
 }
 
+// FieldOwner is the field manager of the manager Deployment's replicas while they are
+// scaled down; restore gives the field up again, so that Helm's server-side apply does not
+// conflict with it later.
+const FieldOwner = "tripswitch-release"
+
 // ReplicasAnnotation, on the manager's Deployment, holds its replicas from before Run scaled
 // it to zero, so that a Run that is retried (the hook Job's second pod) still knows them.
 const ReplicasAnnotation = "tripswitch.io/replicas-before-release"
@@ -101,14 +106,16 @@ func stop(ctx context.Context, c client.Client, key types.NamespacedName) (bool,
 		metav1.SetMetaDataAnnotation(&d.ObjectMeta, ReplicasAnnotation, strconv.Itoa(int(ptr.Deref(d.Spec.Replicas, 1))))
 	}
 	d.Spec.Replicas = ptr.To[int32](0)
-	if err := c.Patch(ctx, d, patch); err != nil {
+	if err := c.Patch(ctx, d, patch, client.FieldOwner(FieldOwner)); err != nil {
 		return false, fmt.Errorf("scaling the manager's Deployment to zero: %w", err)
 	}
 	log.FromContext(ctx).Info("Scaled the manager's Deployment to zero", "deployment", key, "replicas", d.Annotations[ReplicasAnnotation])
 	return true, nil
 }
 
-// restore scales the manager's Deployment back to the replicas that stop noted.
+// restore scales the manager's Deployment back to the replicas that stop noted, and gives up
+// the fields it wrote: the replicas were Helm's (server-side apply), and would otherwise be
+// FieldOwner's, so that the next helm upgrade that changes them would fail with a conflict.
 func restore(ctx context.Context, c client.Client, key types.NamespacedName) error {
 	d := &appsv1.Deployment{}
 	if err := c.Get(ctx, key, d); err != nil {
@@ -121,7 +128,21 @@ func restore(ctx context.Context, c client.Client, key types.NamespacedName) err
 	patch := client.MergeFrom(d.DeepCopy())
 	delete(d.Annotations, ReplicasAnnotation)
 	d.Spec.Replicas = ptr.To(int32(replicas))
-	return c.Patch(ctx, d, patch)
+	if err := c.Patch(ctx, d, patch, client.FieldOwner(FieldOwner)); err != nil {
+		return err
+	}
+	kept := slices.DeleteFunc(slices.Clone(d.ManagedFields), func(e metav1.ManagedFieldsEntry) bool { return e.Manager == FieldOwner })
+	if len(kept) == len(d.ManagedFields) || len(kept) == 0 {
+		return nil // nothing to give up, or nobody else to leave the fields to
+	}
+	// Writing managedFields replaces them: the replicas are left with no owner, and the next
+	// apply that sets them takes them over.
+	disown := client.MergeFrom(d.DeepCopy())
+	d.ManagedFields = kept
+	if err := c.Patch(ctx, d, disown, client.FieldOwner(FieldOwner)); err != nil {
+		return fmt.Errorf("giving up the replicas field: %w", err)
+	}
+	return nil
 }
 
 // waitStopped waits until no pod of the manager's Deployment is left and nobody holds its

@@ -10,8 +10,10 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	"helm.sh/helm/v4/pkg/action"
 	chart "helm.sh/helm/v4/pkg/chart/v2"
 	chartloader "helm.sh/helm/v4/pkg/chart/v2/loader"
+	"helm.sh/helm/v4/pkg/kube"
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -184,6 +186,13 @@ var _ = Describe("helm install, upgrade, uninstall and install again", Ordered, 
 		Expect(d.Annotations).NotTo(HaveKey("tripswitch.io/replicas-before-release"))
 		Consistently(front(ctx, ns, "dead")).Should(Equal(frontView{Ready: 0, Managers: []string{tripswitchv1alpha1.ManagedBy}}))
 		Expect(front(ctx, ns, "alive")(Default)).To(Equal(frontView{Ready: 1, Managers: []string{tripswitchv1alpha1.ManagedBy}}))
+
+		By("rolling back (Helm leaves the release uninstalling), then upgrading: a new replica count applies without a conflict")
+		rollback := action.NewRollback(helmConfig(releaseNamespace))
+		rollback.WaitStrategy, rollback.Timeout = kube.HookOnlyStrategy, time.Minute
+		Expect(rollback.Run(releaseName)).To(Succeed())
+		helmUpgrade(ctx, releaseName, releaseNamespace, map[string]any{"manager": map[string]any{"replicas": 3}})
+		Expect(deployment(ctx, managerName)(Default).Spec.Replicas).To(Equal(ptr.To[int32](3)))
 	})
 })
 
