@@ -424,7 +424,12 @@ responder:
 			return nil, err
 		}
 		fmt.Fprintf(&b, "  # Every flag of `manager%s`, as name: value, passed as --name=value (values go through tpl,\n", map[bool]string{true: " responder"}[key == "responder"])
-		b.WriteString("  # so they may name the release). Commented out: not passed, the binary's default applies.\n  flags:\n")
+		b.WriteString("  # so they may name the release). Commented out: not passed, the binary's default applies.\n")
+		if len(c.args) == 0 {
+			b.WriteString("  flags: {}\n") // not null, which the schema refuses
+		} else {
+			b.WriteString("  flags:\n")
+		}
 		for _, f := range c.flags {
 			if why := hidden(f.Name); why != "" {
 				fmt.Fprintf(&b, "    # --%s is not a value: %s.\n", f.Name, why)

@@ -166,8 +166,10 @@ func TestChartValues(t *testing.T) {
 		"image":            map[string]any{"repository": "registry.example/tripswitch", "tag": "v9", "pullPolicy": "Always"},
 		"imagePullSecrets": []any{map[string]any{"name": "pull"}},
 		"manager": map[string]any{
-			"replicas":     3,
-			"flags":        map[string]any{"status-sync-period": "5s", "max-trip-fraction": 0.3, "metrics-secure": false},
+			"replicas": 3,
+			// Numbers from a values file reach templates as float64, which would print 1e+06.
+			"flags": map[string]any{"status-sync-period": "5s", "max-trip-fraction": 0.3, "metrics-secure": false,
+				"max-concurrent-probes": float64(1000000)},
 			"extraArgs":    []any{"--zap-devel"},
 			"resources":    map[string]any{"limits": map[string]any{"memory": "1Gi"}},
 			"nodeSelector": map[string]any{"pool": "system"},
@@ -210,7 +212,7 @@ func TestChartValues(t *testing.T) {
 	}
 	args := fmt.Sprint(ctr["args"])
 	for _, want := range []string{"--status-sync-period=5s", "--max-trip-fraction=0.3", "--metrics-secure=false",
-		"--leader-elect=true", "--responder-service= ", "--zap-devel]"} {
+		"--leader-elect=true", "--responder-service= ", "--zap-devel]", "--max-concurrent-probes=1000000 "} {
 		checks["args have "+want] = strings.Contains(args+" ", want)
 	}
 	for _, k := range []string{"ServiceMonitor ops/ts-controller-manager-metrics-monitor", "PrometheusRule ops/ts-tripswitch-alerts",
@@ -253,5 +255,26 @@ func TestChartRefusesUnknownFlags(t *testing.T) {
 	_, err = install.Run(chart, map[string]any{"manager": map[string]any{"flags": map[string]any{"status-sync-perod": "5s"}}})
 	if err == nil || !strings.Contains(err.Error(), "status-sync-perod") {
 		t.Fatalf("a misspelt flag was not refused by name: %v", err)
+	}
+}
+
+// TestChartLints runs helm lint --strict as a library, with the default values and with
+// every switch turned, so that go test alone catches what make test-chart's helm lint does
+// (a values.yaml the schema refuses, for one).
+func TestChartLints(t *testing.T) {
+	for _, values := range []map[string]any{nil, {
+		"responder": map[string]any{"enabled": false}, "serviceMonitor": map[string]any{"enabled": true},
+		"prometheusRule": map[string]any{"enabled": true}, "grafanaDashboard": map[string]any{"enabled": true},
+		"uninstall": map[string]any{"releaseFronts": false},
+	}} {
+		lint := action.NewLint()
+		lint.Strict = true
+		result := lint.Run([]string{chartDir}, values)
+		if len(result.Errors) > 0 {
+			t.Errorf("helm lint with %v: %v", values, result.Errors)
+		}
+		for _, m := range result.Messages {
+			t.Logf("helm lint with %v: %s", values, m)
+		}
 	}
 }

@@ -33,7 +33,7 @@ tripswitch.image is the manager's and the responder's image.
 {{/*
 tripswitch.args renders a container's args as a YAML list: the words (a subcommand), then
 every flag in values <component>.flags that is not null, as --name=value sorted by name, with
-the value through tpl so that it may name the release, then <component>.extraArgs. Without the
+the value through tpl so that it may name the release (whole numbers as integers), then <component>.extraArgs. Without the
 responder, the manager is told it has none (--responder-service=), so that Open fronts with
 whenOpen: Respond reject rather than publish a responder that is not there.
 */}}
@@ -48,6 +48,10 @@ whenOpen: Respond reject rather than publish a responder that is not there.
 {{- end }}
 {{- range $name, $value := $flags }}
 {{- if not (kindIs "invalid" $value) }}
+{{- /* Numbers from values files are float64: 1000000 would print as 1e+06. */}}
+{{- if and (kindIs "float64" $value) (eq $value (floor $value)) }}
+{{- $value = int64 $value }}
+{{- end }}
 - {{ printf "--%s=%s" $name (tpl (toString $value) $.root) | quote }}
 {{- end }}
 {{- end }}
