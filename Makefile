@@ -19,6 +19,7 @@ PROMTOOL_VERSION ?= v0.316.0
 PROMETHEUS_VERSION ?= $(PROMTOOL_VERSION)
 CRD_REF_DOCS_VERSION ?= v0.3.0
 GOLANGCI_LINT_VERSION ?= v2.15.0
+HELM_VERSION ?= v4.3.1
 
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 KUSTOMIZE ?= $(LOCALBIN)/kustomize-$(KUSTOMIZE_VERSION)
@@ -26,6 +27,7 @@ PROMTOOL ?= $(LOCALBIN)/promtool-$(PROMTOOL_VERSION)
 PROMETHEUS ?= $(LOCALBIN)/prometheus-$(PROMETHEUS_VERSION)
 CRD_REF_DOCS ?= $(LOCALBIN)/crd-ref-docs-$(CRD_REF_DOCS_VERSION)
 GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
+HELM ?= $(LOCALBIN)/helm-$(HELM_VERSION)
 
 # envtest needs kube-apiserver and etcd at the Kubernetes version that matches k8s.io/api
 # (v0.37.2 -> 1.37.2). They cannot be downloaded here, so hack/envtest builds them from source.
@@ -94,6 +96,11 @@ generate: controller-gen ## Generate DeepCopy methods for the API types.
 api-docs: crd-ref-docs ## Generate the API reference, docs/api.md, from the Go types.
 	$(CRD_REF_DOCS) --source-path=./api --config=hack/crd-ref-docs/config.yaml --renderer=markdown --output-path=docs/api.md
 
+.PHONY: chart
+chart: manifests kustomize ## Generate the Helm chart's CRDs, templates and values (charts/tripswitch) from config/ and the binary's flags.
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && go build -o "$$tmp/manager" ./cmd/manager && \
+		go run ./hack/chartgen -kustomize $(KUSTOMIZE) -manager "$$tmp/manager" -chart charts/tripswitch
+
 .PHONY: fmt
 fmt: ## Run go fmt.
 	go fmt ./...
@@ -110,34 +117,45 @@ lint: golangci-lint ## Run golangci-lint (govet, staticcheck, errcheck, gosec, i
 tidy: ## Run go mod tidy on the project and on the envtest tools module.
 	go mod tidy
 	cd hack/envtest && go mod tidy
+	cd test/helm && go mod tidy
 
 .PHONY: test
-test: manifests generate $(ENVTEST_DEP) $(E2E_DEP) ## Run every test: envtest suites on a source-built kube-apiserver, the data-plane suite (as root), promtool on the alerts, and the query stories on a real Prometheus.
+test: manifests generate $(ENVTEST_DEP) $(E2E_DEP) ## Run every test: envtest suites on a source-built kube-apiserver, the data-plane suite (as root), promtool on the alerts, the query stories on a real Prometheus, and the Helm chart.
 ifeq ($(E2E_DEP),)
 	@echo "test/e2e: skipped: the data-plane suite needs root for network namespaces and iptables (as root: make test-e2e)"
-	$(MAKE) --no-print-directory fmt vet build-installer promtool prometheus
+	$(MAKE) --no-print-directory fmt vet build-installer promtool prometheus helm
 	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" PROMTOOL="$(PROMTOOL)" PROMETHEUS="$(PROMETHEUS)" go test $(GO_TEST_FLAGS) ./... -coverprofile cover.out
+	$(MAKE) --no-print-directory test-chart
 else
 	@# The data-plane suite is the longest package and spends most of its time waiting (leases,
 	@# open durations, two minutes of failing writes), so it starts as soon as the Kubernetes
 	@# binaries and the generated code are there. fmt, vet, the installer and the builds of
-	@# promtool and Prometheus run beside it at the lowest priority, filling idle cores without slowing its timed
-	@# stories; then the other packages, which always ran beside the suite.
+	@# promtool, Prometheus and helm run beside it at the lowest priority, filling idle cores
+	@# without slowing its timed stories; then the other packages and the chart's tests, which
+	@# always ran beside the suite.
 	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" go test $(GO_TEST_FLAGS) -count=1 ./test/e2e/... & e2e=$$!; \
 	rc=0; \
-	nice -n 19 $(MAKE) --no-print-directory fmt vet build-installer promtool prometheus && \
+	nice -n 19 $(MAKE) --no-print-directory fmt vet build-installer promtool prometheus helm && \
 	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" PROMTOOL="$(PROMTOOL)" PROMETHEUS="$(PROMETHEUS)" go test $(GO_TEST_FLAGS) \
 		$$(go list ./... | grep -v '/test/e2e$$') -coverprofile cover.out || rc=1; \
+	$(MAKE) --no-print-directory test-chart || rc=1; \
 	wait $$e2e || rc=1; \
 	exit $$rc
 endif
+
+.PHONY: test-chart
+test-chart: helm kustomize $(ENVTEST_DEP) ## Test the Helm chart: helm lint and template, and the Helm SDK suite (test/helm): same objects as config/default, a dry run, install, upgrade, uninstall and reinstall on envtest.
+	$(HELM) lint --strict charts/tripswitch
+	$(HELM) lint --strict charts/tripswitch --set responder.enabled=false,serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true,uninstall.releaseFronts=false
+	$(HELM) template tripswitch charts/tripswitch -n tripswitch-system >/dev/null
+	cd test/helm && KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" KUSTOMIZE="$(KUSTOMIZE)" go test $(GO_TEST_FLAGS) -count=1 ./...
 
 .PHONY: test-e2e
 test-e2e: manifests generate fmt vet $(ENVTEST_DEP) $(E2E_DEP) ## Run the data-plane suite only: real kube-proxy (iptables and nftables) and kube-controller-manager, pods in network namespaces (root).
 	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" go test $(GO_TEST_FLAGS) -count=1 -v ./test/e2e/...
 
 .PHONY: verify
-verify: controller-gen crd-ref-docs golangci-lint ## Fail when generated code, manifests, API docs, formatting or go.mod are out of date, or golangci-lint finds anything (run on a committed tree).
+verify: controller-gen crd-ref-docs golangci-lint kustomize ## Fail when generated code, manifests, API docs, formatting or go.mod are out of date, or golangci-lint finds anything (run on a committed tree).
 	hack/verify.sh
 
 .PHONY: envtest
@@ -255,6 +273,11 @@ golangci-lint: $(GOLANGCI_LINT) ## Install golangci-lint into ./bin (about 3 min
 $(GOLANGCI_LINT): | $(LOCALBIN)
 	$(call go-install-tool,$(GOLANGCI_LINT),github.com/golangci/golangci-lint/v2/cmd/golangci-lint,$(GOLANGCI_LINT_VERSION))
 
+.PHONY: helm
+helm: $(HELM) ## Install helm into ./bin.
+$(HELM): | $(LOCALBIN)
+	$(call go-install-tool,$(HELM),helm.sh/helm/v4/cmd/helm,$(HELM_VERSION))
+
 .PHONY: promtool
 promtool: $(PROMTOOL) ## Install promtool into ./bin (built from source, about 3 minutes the first time).
 $(PROMTOOL): | $(LOCALBIN)
@@ -276,7 +299,7 @@ $(PROMETHEUS): | $(LOCALBIN)
 # that the committed kustomization is never edited.
 define kustomize-build-with-image
 tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && cp -r config "$$tmp/" && \
-	(cd "$$tmp/config/manager" && $(KUSTOMIZE) edit set image controller=$(IMG)) && \
+	(cd "$$tmp/config/default" && $(KUSTOMIZE) edit set image controller=$(IMG)) && \
 	$(KUSTOMIZE) build "$$tmp/config/default"
 endef
 

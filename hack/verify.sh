@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # verify.sh fails when golangci-lint finds anything, or when generated code, manifests, the API
-# reference, formatting or go.mod are not what the generators make of the sources. It catches both a stale generated file that was committed
+# reference, the Helm chart, formatting or go.mod are not what the generators make of the sources. It catches both a stale generated file that was committed
 # and a hand edit that is not committed yet (which regenerating would silently undo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,11 +14,11 @@ fingerprint() {
 }
 
 before=$(fingerprint)
-make --no-print-directory manifests generate api-docs fmt tidy
+make --no-print-directory manifests generate api-docs fmt tidy chart
 after=$(fingerprint)
 
 if [[ "$before" != "$after" ]]; then
-	echo "verify: regenerating changed the tree, so a generated file, the formatting or go.mod was out of date"
+	echo "verify: regenerating changed the tree, so a generated file, the chart, the formatting or go.mod was out of date"
 	echo "verify: (a hand edit to a generated file is now overwritten; change the Go source or markers instead)"
 	git status --short
 	exit 1

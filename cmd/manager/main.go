@@ -166,6 +166,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "responder" {
 		os.Exit(responderMain(os.Args[2:])) // the open responder: see responder.go
 	}
+	if len(os.Args) > 1 && os.Args[1] == "release" {
+		os.Exit(releaseMain(os.Args[2:])) // helm uninstall's pre-delete hook: see release.go
+	}
 	o, err := parseFlags(flag.CommandLine, os.Args[1:])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

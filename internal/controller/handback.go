@@ -304,6 +304,17 @@ func (r *CircuitBreakerReconciler) writeLastCopy(ctx context.Context, cb *tripsw
 	return nil
 }
 
+// WriteLastCopy turns a breaker's slices on a front Service (ours) into the last copy, as a
+// deleted breaker's finalizer leaves it: the target's endpoints (from targetSlices) mirrored
+// as if Closed, labelled managed-by tripswitch.io-released and owned by the front. It is for
+// callers that run without a manager (internal/release, on helm uninstall); c is a plain
+// client, and nothing but c is used.
+func WriteLastCopy(ctx context.Context, c client.Client, cb *tripswitchv1alpha1.CircuitBreaker, front *corev1.Service,
+	targetSlices, ours []discoveryv1.EndpointSlice) error {
+	r := &CircuitBreakerReconciler{Client: c}
+	return r.writeLastCopy(ctx, cb, front, handBackView{slices: targetSlices}, ours)
+}
+
 // hasLegacyClaim says whether a front carries an earlier release's claim for the breaker
 // called name. The annotation gate writes the same key beside tripswitch.io/state, and that
 // is no claim: the gate owns it and would only put it back.

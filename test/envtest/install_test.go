@@ -23,7 +23,7 @@ var _ = Describe("The installer, dist/install.yaml", func() {
 		Expect(err).NotTo(HaveOccurred(), "run `make build-installer` (make test does) to write dist/install.yaml")
 		decoder := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
 		kinds := map[string]int{}
-		var names []string
+		var names, images []string
 		for {
 			obj := &unstructured.Unstructured{}
 			if err := decoder.Decode(&obj.Object); errors.Is(err, io.EOF) {
@@ -35,6 +35,13 @@ var _ = Describe("The installer, dist/install.yaml", func() {
 				continue
 			}
 			kinds[obj.GetKind()]++
+			if obj.GetKind() == "Deployment" {
+				containers, _, err := unstructured.NestedSlice(obj.Object, "spec", "template", "spec", "containers")
+				Expect(err).NotTo(HaveOccurred())
+				for _, c := range containers {
+					images = append(images, c.(map[string]any)["image"].(string))
+				}
+			}
 			names = append(names, obj.GetKind()+"/"+obj.GetNamespace()+"/"+obj.GetName())
 			if obj.GetKind() == "Namespace" {
 				// A dry run creates nothing, and the namespaced objects need their namespace.
@@ -48,6 +55,11 @@ var _ = Describe("The installer, dist/install.yaml", func() {
 		}
 		Expect(kinds).To(Equal(map[string]int{"Namespace": 1, "CustomResourceDefinition": 1, "ServiceAccount": 2, "Role": 1,
 			"RoleBinding": 1, "ClusterRole": 6, "ClusterRoleBinding": 3, "Service": 2, "Deployment": 2, "PodDisruptionBudget": 1}))
+		// The manager and the responder run the one image that make set (IMG), not kustomize's
+		// placeholder.
+		Expect(images).To(HaveLen(2))
+		Expect(images[1]).To(Equal(images[0]))
+		Expect(images[0]).NotTo(HavePrefix("controller:"))
 		// The manager's --responder-service default names the installed responder.
 		Expect(names).To(ContainElements("Service/tripswitch-system/tripswitch-responder",
 			"Deployment/tripswitch-system/tripswitch-responder", "PodDisruptionBudget/tripswitch-system/tripswitch-responder"))

@@ -1,0 +1,82 @@
+package main
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestParseHelp(t *testing.T) {
+	help := `Usage of manager:
+  -leader-elect
+    	Elect a leader.
+  -kube-api-qps float
+    	Requests a second. (default 50)
+  -responder-service string
+    	The responder's Service. (default "tripswitch-system/tripswitch-responder")
+`
+	got, err := parseHelp(help)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []flagDoc{
+		{Name: "leader-elect", Type: "bool", Usage: "Elect a leader."},
+		{Name: "kube-api-qps", Type: "float", Usage: "Requests a second.", Default: "50"},
+		{Name: "responder-service", Type: "string", Usage: "The responder's Service.", Default: "tripswitch-system/tripswitch-responder"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+	if _, err := parseHelp("no flags here"); err == nil {
+		t.Fatal("a help text without flags was accepted")
+	}
+}
+
+func TestParseArgs(t *testing.T) {
+	words, flags, err := parseArgs([]string{"responder", "--a=1", "--b", "-c=x=y"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(words, []string{"responder"}) || !reflect.DeepEqual(flags, map[string]string{"a": "1", "b": "true", "c": "x=y"}) {
+		t.Fatalf("got %v %v", words, flags)
+	}
+	for _, bad := range [][]string{{"--a=1", "--a=2"}, {"--a=1", "responder"}} {
+		if _, _, err := parseArgs(bad); err == nil {
+			t.Errorf("%v was accepted", bad)
+		}
+	}
+}
+
+func TestRewrite(t *testing.T) {
+	names := map[string]bool{"tripswitch-responder": true, "tripswitch-controller-manager": true}
+	in := object{
+		"a":      "tripswitch-system/tripswitch-responder",
+		"b":      []any{"tripswitch-controller-manager", "tripswitch-responder-role", "tripswitch.tripswitch.io", "tripswitch"},
+		"labels": object{"app.kubernetes.io/managed-by": "kustomize"},
+	}
+	got := rewrite(in, names)
+	want := object{
+		"a":      nsToken + "/" + fullnameToken + "-responder",
+		"b":      []any{fullnameToken + "-controller-manager", "tripswitch-responder-role", "tripswitch.tripswitch.io", "tripswitch"},
+		"labels": object{"app.kubernetes.io/managed-by": serviceToken},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+}
+
+func TestRenderEscapesBracesAndOpensTokenItems(t *testing.T) {
+	tm := &templater{snippets: map[string]func(int) string{}}
+	o := object{"description": "{{ $labels.name }}", "items": []any{object{tm.token(func(indent int) string {
+		return lines(indent, "x: 1")
+	}): "", "name": "y"}}}
+	got, err := tm.render(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`description: '{{ "{{" }} $labels.name }}'`, "items:\n-\n  x: 1\n  name: \"y\"\n"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("want %q in:\n%s", want, got)
+		}
+	}
+}

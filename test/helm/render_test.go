@@ -1,0 +1,280 @@
+package helm_test
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"helm.sh/helm/v4/pkg/action"
+	chartloader "helm.sh/helm/v4/pkg/chart/loader"
+	"helm.sh/helm/v4/pkg/kube"
+	release "helm.sh/helm/v4/pkg/release/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+)
+
+var (
+	repoRoot = filepath.Join("..", "..")
+	chartDir = filepath.Join(repoRoot, "charts", "tripswitch")
+)
+
+// tester is what the helpers need of testing.T and of GinkgoT().
+type tester interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+}
+
+// object is one decoded manifest.
+type object = map[string]any
+
+// render renders the chart as helm template does, CRDs and hooks included, for a release
+// called name in namespace, and returns the release.
+func render(t tester, name, namespace string, values map[string]any) *release.Release {
+	t.Helper()
+	chart, err := chartloader.Load(chartDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	install := action.NewInstall(action.NewConfiguration())
+	install.DryRunStrategy = action.DryRunClient
+	install.Replace = true
+	install.IncludeCRDs = true
+	install.ReleaseName, install.Namespace = name, namespace
+	install.WaitStrategy = kube.HookOnlyStrategy
+	rel, err := install.Run(chart, values)
+	if err != nil {
+		t.Fatalf("rendering the chart with %v: %v", values, err)
+	}
+	return rel.(*release.Release)
+}
+
+// decode splits a multi-document manifest into objects, leaving out empty documents.
+func decode(t tester, manifest string) []object {
+	t.Helper()
+	var out []object
+	dec := utilyaml.NewYAMLOrJSONDecoder(strings.NewReader(manifest), 4096)
+	for {
+		var o object
+		if err := dec.Decode(&o); errors.Is(err, io.EOF) {
+			return out
+		} else if err != nil {
+			t.Fatalf("decoding the manifest: %v", err)
+		}
+		if len(o) > 0 {
+			out = append(out, o)
+		}
+	}
+}
+
+func key(o object) string {
+	meta, _ := o["metadata"].(object)
+	return fmt.Sprintf("%s %v/%v", o["kind"], meta["namespace"], meta["name"])
+}
+
+// kustomizeBuild runs kustomize build config/default with the pinned kustomize.
+func kustomizeBuild(t tester) []object {
+	t.Helper()
+	kustomize := os.Getenv("KUSTOMIZE")
+	if kustomize == "" {
+		matches, _ := filepath.Glob(filepath.Join(repoRoot, "bin", "kustomize-*"))
+		if len(matches) == 0 {
+			t.Fatal("no kustomize: set KUSTOMIZE, or run make kustomize (make test-chart does)")
+		}
+		kustomize = matches[len(matches)-1]
+	}
+	var stderr bytes.Buffer
+	cmd := exec.Command(kustomize, "build", filepath.Join(repoRoot, "config", "default"))
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("kustomize build: %v: %s", err, stderr.String())
+	}
+	return decode(t, string(out))
+}
+
+// normalize makes the differences that are meant to be invisible: kustomize manages the one,
+// Helm the other, and the chart passes flags sorted by name (and booleans as =true).
+func normalize(o object) object {
+	if labels, ok := o["metadata"].(object)["labels"].(object); ok && labels["app.kubernetes.io/managed-by"] == "kustomize" {
+		labels["app.kubernetes.io/managed-by"] = "Helm"
+	}
+	spec, _ := o["spec"].(object)
+	tmpl, _ := spec["template"].(object)
+	pod, _ := tmpl["spec"].(object)
+	containers, _ := pod["containers"].([]any)
+	for _, c := range containers {
+		ctr := c.(object)
+		args, _ := ctr["args"].([]any)
+		var words, flags []any
+		for _, a := range args {
+			s := a.(string)
+			switch {
+			case !strings.HasPrefix(s, "-"):
+				words = append(words, s)
+			case !strings.Contains(s, "="):
+				flags = append(flags, s+"=true")
+			default:
+				flags = append(flags, s)
+			}
+		}
+		slices.SortFunc(flags, func(a, b any) int { return strings.Compare(a.(string), b.(string)) })
+		if args != nil {
+			ctr["args"] = append(words, flags...)
+		}
+	}
+	return o
+}
+
+// TestChartRendersConfigDefault is the drift check's other half: the chart with default
+// values, for a release called tripswitch in tripswitch-system, renders the very objects of
+// kustomize build config/default (but the Namespace, which helm install --create-namespace
+// makes), field by field. make chart generates the chart; this shows the generator right.
+func TestChartRendersConfigDefault(t *testing.T) {
+	want := map[string]object{}
+	for _, o := range kustomizeBuild(t) {
+		if o["kind"] != "Namespace" {
+			want[key(o)] = normalize(o)
+		}
+	}
+	rel := render(t, "tripswitch", "tripswitch-system", nil)
+	got := map[string]object{}
+	for _, o := range decode(t, rel.Manifest) {
+		got[key(o)] = normalize(o)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("the chart renders something else than config/default (-kustomize +helm):\n%s", diff)
+	}
+	if len(got) < 15 {
+		t.Fatalf("only %d objects compared", len(got))
+	}
+}
+
+// TestChartValues renders the values an operator changes and checks each lands where it
+// should; a values key that rendered nowhere would pass helm lint unnoticed.
+func TestChartValues(t *testing.T) {
+	values := map[string]any{
+		"fullnameOverride": "ts",
+		"image":            map[string]any{"repository": "registry.example/tripswitch", "tag": "v9", "pullPolicy": "Always"},
+		"imagePullSecrets": []any{map[string]any{"name": "pull"}},
+		"manager": map[string]any{
+			"replicas": 3,
+			// Numbers from a values file reach templates as float64, which would print 1e+06.
+			"flags": map[string]any{"status-sync-period": "5s", "max-trip-fraction": 0.3, "metrics-secure": false,
+				"max-concurrent-probes": float64(1000000)},
+			"extraArgs":    []any{"--zap-devel"},
+			"resources":    map[string]any{"limits": map[string]any{"memory": "1Gi"}},
+			"nodeSelector": map[string]any{"pool": "system"},
+			"tolerations":  []any{map[string]any{"key": "dedicated", "operator": "Exists"}},
+			"affinity": map[string]any{"nodeAffinity": map[string]any{"requiredDuringSchedulingIgnoredDuringExecution": map[string]any{
+				"nodeSelectorTerms": []any{map[string]any{"matchExpressions": []any{map[string]any{"key": "a", "operator": "Exists"}}}}}}},
+			"podSecurityContext": map[string]any{"runAsUser": 1000},
+			"podAnnotations":     map[string]any{"example.com/a": "b"},
+		},
+		"responder":        map[string]any{"enabled": false},
+		"serviceMonitor":   map[string]any{"enabled": true, "labels": map[string]any{"release": "prometheus"}},
+		"prometheusRule":   map[string]any{"enabled": true},
+		"grafanaDashboard": map[string]any{"enabled": true, "namespace": "grafana"},
+	}
+	rel := render(t, "anything", "ops", values)
+	objs := map[string]object{}
+	for _, o := range decode(t, rel.Manifest) {
+		objs[key(o)] = o
+	}
+	dep := objs["Deployment ops/ts-controller-manager"]
+	if dep == nil {
+		t.Fatalf("no manager Deployment called ts-controller-manager in %v", slices.Sorted(maps.Keys(objs)))
+	}
+	spec := dep["spec"].(object)
+	pod := spec["template"].(object)["spec"].(object)
+	ctr := pod["containers"].([]any)[0].(object)
+	checks := map[string]bool{
+		"replicas":         fmt.Sprint(spec["replicas"]) == "3",
+		"image":            ctr["image"] == "registry.example/tripswitch:v9" && ctr["imagePullPolicy"] == "Always",
+		"imagePullSecrets": fmt.Sprint(pod["imagePullSecrets"]) == "[map[name:pull]]",
+		// Helm merges maps into the defaults: the requests stay.
+		"resources":          fmt.Sprint(ctr["resources"]) == "map[limits:map[memory:1Gi] requests:map[cpu:100m memory:128Mi]]",
+		"nodeSelector":       fmt.Sprint(pod["nodeSelector"]) == "map[pool:system]",
+		"tolerations":        fmt.Sprint(pod["tolerations"]) == "[map[key:dedicated operator:Exists]]",
+		"affinity":           pod["affinity"] != nil,
+		"podSecurityContext": fmt.Sprint(pod["securityContext"]) == "map[runAsNonRoot:true runAsUser:1000 seccompProfile:map[type:RuntimeDefault]]",
+		"podAnnotations":     spec["template"].(object)["metadata"].(object)["annotations"].(object)["example.com/a"] == "b",
+		"topologySpread":     len(pod["topologySpreadConstraints"].([]any)) == 2,
+		"serviceAccount":     pod["serviceAccountName"] == "ts-controller-manager",
+	}
+	args := fmt.Sprint(ctr["args"])
+	for _, want := range []string{"--status-sync-period=5s", "--max-trip-fraction=0.3", "--metrics-secure=false",
+		"--leader-elect=true", "--responder-service= ", "--zap-devel]", "--max-concurrent-probes=1000000 "} {
+		checks["args have "+want] = strings.Contains(args+" ", want)
+	}
+	for _, k := range []string{"ServiceMonitor ops/ts-controller-manager-metrics-monitor", "PrometheusRule ops/ts-tripswitch-alerts",
+		"ConfigMap grafana/ts-dashboard", "Service ops/ts-controller-manager-metrics-service"} {
+		checks[k] = objs[k] != nil
+	}
+	checks["no responder"] = objs["Deployment ops/ts-responder"] == nil && objs["Service ops/ts-responder"] == nil
+	if sm := objs["ServiceMonitor ops/ts-controller-manager-metrics-monitor"]; sm != nil {
+		checks["ServiceMonitor labels"] = sm["metadata"].(object)["labels"].(object)["release"] == "prometheus"
+	}
+	if cm := objs["ConfigMap grafana/ts-dashboard"]; cm != nil {
+		dashboard, _ := cm["data"].(object)["tripswitch-dashboard.json"].(string)
+		raw, err := os.ReadFile(filepath.Join(repoRoot, "config", "grafana", "tripswitch-dashboard.json"))
+		checks["dashboard is config/grafana's"] = err == nil && strings.TrimSpace(dashboard) == strings.TrimSpace(string(raw))
+	}
+	if pr := objs["PrometheusRule ops/ts-tripswitch-alerts"]; pr != nil {
+		checks["alert templates kept"] = strings.Contains(fmt.Sprint(pr["spec"]), "{{ $labels.namespace }}")
+	}
+	for name, ok := range checks {
+		if !ok {
+			t.Errorf("%s: not rendered as set", name)
+		}
+	}
+	if t.Failed() {
+		t.Logf("manager container: %v", ctr)
+	}
+}
+
+// TestChartRefusesUnknownFlags: a misspelt flag fails at render time (values.schema.json),
+// not in a crash-looping pod.
+func TestChartRefusesUnknownFlags(t *testing.T) {
+	chart, err := chartloader.Load(chartDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	install := action.NewInstall(action.NewConfiguration())
+	install.DryRunStrategy = action.DryRunClient
+	install.ReleaseName, install.Namespace = "tripswitch", "tripswitch-system"
+	install.WaitStrategy = kube.HookOnlyStrategy
+	_, err = install.Run(chart, map[string]any{"manager": map[string]any{"flags": map[string]any{"status-sync-perod": "5s"}}})
+	if err == nil || !strings.Contains(err.Error(), "status-sync-perod") {
+		t.Fatalf("a misspelt flag was not refused by name: %v", err)
+	}
+}
+
+// TestChartLints runs helm lint --strict as a library, with the default values and with
+// every switch turned, so that go test alone catches what make test-chart's helm lint does
+// (a values.yaml the schema refuses, for one).
+func TestChartLints(t *testing.T) {
+	for _, values := range []map[string]any{nil, {
+		"responder": map[string]any{"enabled": false}, "serviceMonitor": map[string]any{"enabled": true},
+		"prometheusRule": map[string]any{"enabled": true}, "grafanaDashboard": map[string]any{"enabled": true},
+		"uninstall": map[string]any{"releaseFronts": false},
+	}} {
+		lint := action.NewLint()
+		lint.Strict = true
+		result := lint.Run([]string{chartDir}, values)
+		if len(result.Errors) > 0 {
+			t.Errorf("helm lint with %v: %v", values, result.Errors)
+		}
+		for _, m := range result.Messages {
+			t.Logf("helm lint with %v: %s", values, m)
+		}
+	}
+}
