@@ -31,14 +31,21 @@ func prometheusBinary() string {
 	return matches[0]
 }
 
+// withPrometheus starts an application called service in namespace ns, a real Prometheus that
+// scrapes it every second, and a manager that sends its queries there.
+func withPrometheus(ns, service string) (*promtest.App, *promtest.Server) {
+	app := promtest.StartNamespacedApp(GinkgoT(), ns, service, 200)
+	prom := promtest.Start(GinkgoT(), prometheusBinary(), app.Address)
+	startManager(managerOptions{prometheusURL: prom.URL})
+	return app, prom
+}
+
 var _ = Describe("Trip rules over real traffic (PromQL)", func() {
 	var ns string
 	BeforeEach(func() { ns = newNamespace() })
 
 	It("opens when the application's error rate crosses the threshold, with the rule's value in the event, and recovers by probes", func(ctx SpecContext) {
-		app := promtest.StartNamespacedApp(GinkgoT(), ns, "payments", 200)
-		prom := promtest.Start(GinkgoT(), prometheusBinary(), app.Address)
-		startManager(managerOptions{prometheusURL: prom.URL})
+		app, _ := withPrometheus(ns, "payments")
 		b := newBackend()
 		createTarget(ctx, ns, "payments-backend", b.port, b)
 		createBreaker(ctx, ns, "payments", `{target: {service: payments-backend, port: http},
@@ -71,9 +78,7 @@ var _ = Describe("Trip rules over real traffic (PromQL)", func() {
 	})
 
 	It("counts a query that returns nothing as its noData policy says: Ignore never trips, Failure does", func(ctx SpecContext) {
-		app := promtest.StartNamespacedApp(GinkgoT(), ns, "search", 200)
-		prom := promtest.Start(GinkgoT(), prometheusBinary(), app.Address)
-		startManager(managerOptions{prometheusURL: prom.URL})
+		withPrometheus(ns, "search")
 		bs := newBackends(2)
 		for i, policy := range []string{"Ignore", "Failure"} {
 			name := "search-" + strings.ToLower(policy)
@@ -94,9 +99,7 @@ var _ = Describe("Trip rules over real traffic (PromQL)", func() {
 	})
 
 	It("never trips while Prometheus is down, and says so", func(ctx SpecContext) {
-		app := promtest.StartNamespacedApp(GinkgoT(), ns, "orders", 200)
-		prom := promtest.Start(GinkgoT(), prometheusBinary(), app.Address)
-		startManager(managerOptions{prometheusURL: prom.URL})
+		_, prom := withPrometheus(ns, "orders")
 		b := newBackend()
 		createTarget(ctx, ns, "orders-backend", b.port, b)
 		createBreaker(ctx, ns, "orders", `{target: {service: orders-backend, port: http},
@@ -119,9 +122,7 @@ var _ = Describe("Trip rules over real traffic (PromQL)", func() {
 		// One series that every breaker's rule reads goes bad at once, as when a shared ingress
 		// or a broken exporter reports errors for everything: that looks like the manager's
 		// own trouble, not ten targets failing together. Half of the ten may trip.
-		app := promtest.StartNamespacedApp(GinkgoT(), ns, "edge", 200)
-		prom := promtest.Start(GinkgoT(), prometheusBinary(), app.Address)
-		startManager(managerOptions{prometheusURL: prom.URL})
+		app, _ := withPrometheus(ns, "edge")
 		f := newFleet(ctx, ns, "shard", 10, `probe: {interval: 200ms}, recovery: {openDuration: 10s}, trip: {queryInterval: 1s, queries: [{name: edge-errors,
 			above: "0.05", query: 'sum(rate(http_requests_total{code=~"5.."}[5s])) / sum(rate(http_requests_total[5s]))'}]}`)
 		_, mostEmpty := f.watchEmpty()
@@ -188,9 +189,7 @@ var _ = Describe("Trip rules over real traffic (PromQL)", func() {
 
 	It("leaves out a rule whose query cannot run, says so, and runs the rest", func(ctx SpecContext) {
 		// Admission cannot parse PromQL: the API server takes these, so the manager must run them.
-		app := promtest.StartNamespacedApp(GinkgoT(), ns, "ledger", 200)
-		prom := promtest.Start(GinkgoT(), prometheusBinary(), app.Address)
-		startManager(managerOptions{prometheusURL: prom.URL})
+		app, _ := withPrometheus(ns, "ledger")
 		b := newBackend()
 		createTarget(ctx, ns, "ledger-backend", b.port, b)
 		createBreaker(ctx, ns, "ledger", `{target: {service: ledger-backend, port: http}, probe: {interval: 200ms},
