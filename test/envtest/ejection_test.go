@@ -249,7 +249,7 @@ var _ = Describe("Two-level breaking: ejecting endpoints", func() {
 			b.failing.Store(true)
 		}
 		createBreaker(ctx, ns, "catalog", `{target: {service: catalog-backend, port: http},
-			probe: {interval: 200ms, timeout: 100ms}, trip: {consecutiveFailures: 1},
+			probe: {interval: 200ms, timeout: 200ms}, trip: {consecutiveFailures: 3},
 			recovery: {openDuration: 1s, slowStart: {window: 3s}}}`)
 		Eventually(status(ctx, ns, "catalog")).Should(HaveField("State", tripswitchv1alpha1.StateOpen))
 		seen := watchReady(ctx, ns, "catalog")
@@ -257,14 +257,18 @@ var _ = Describe("Two-level breaking: ejecting endpoints", func() {
 		for _, b := range bs {
 			b.failing.Store(false)
 		}
-		Eventually(readyCountsOf(seen), 10*time.Second).Should(Equal([]int{0, 1, 2, 3, 5, 8}),
-			"Open none, HalfOpen 1, then of the 7 others: 1 at once, 2 from a third of the window, 4 from two thirds, all at its end")
+		Eventually(readyCountsOf(seen), 20*time.Second).Should(Equal([]int{0, 1, 2, 3, 5, 8}), func() string {
+			return fmt.Sprintf("Open none, HalfOpen 1, then of the 7 others: 1 at once, 2 from a third of the window, "+
+				"4 from two thirds, all at its end; seen %v, breaker %+v", seen(), status(ctx, ns, "catalog")(Default))
+		})
 		steps := seen()
 		start := steps[2].At // the close: the first ramp step
 		for i, offset := range map[int]time.Duration{3: time.Second, 4: 2 * time.Second, 5: 3 * time.Second} {
 			at := steps[i].At.Sub(start)
 			fmt.Fprintf(GinkgoWriter, "ramp step to %d ready at %s (planned %s)\n", len(steps[i].Ready), at, offset)
-			Expect(at).To(BeNumerically("~", offset, 400*time.Millisecond))
+			// ±600 ms: the steps are a second apart and their order is checked above; a loaded
+			// machine delays the watch and the close's own write by a few hundred ms.
+			Expect(at).To(BeNumerically("~", offset, 600*time.Millisecond))
 		}
 		Expect(steps[1].Ready).To(HaveLen(1))
 		Expect(steps[2].Ready).To(ContainElement(steps[1].Ready[0]), "the endpoint HalfOpen published stays published")
