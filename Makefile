@@ -216,6 +216,27 @@ build-installer: manifests generate kustomize ## Write dist/install.yaml: CRDs, 
 	mkdir -p dist
 	$(call kustomize-build-with-image) > dist/install.yaml
 
+# The kubectl plugin's release archives: one per platform, named as the krew manifest template
+# (plugins/tripswitch.yaml) names them; cmd/kubectl-tripswitch's test keeps the two in step.
+PLUGIN_PLATFORMS ?= linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64
+PLUGIN_VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: plugin
+plugin: fmt vet ## Build the kubectl plugin into bin/kubectl-tripswitch: on the PATH, kubectl runs it as `kubectl tripswitch`.
+	go build -o bin/kubectl-tripswitch ./cmd/kubectl-tripswitch
+
+.PHONY: plugin-dist
+plugin-dist: ## Build the plugin's release archives and their sha256 sums into dist/plugin, for the krew manifest (PLUGIN_VERSION=v0.1.0).
+	rm -rf dist/plugin && mkdir -p dist/plugin
+	for platform in $(PLUGIN_PLATFORMS); do \
+		os=$${platform%/*}; arch=$${platform#*/}; exe=kubectl-tripswitch; \
+		if [ $$os = windows ]; then exe=$$exe.exe; fi; \
+		dir=dist/plugin/kubectl-tripswitch_$(PLUGIN_VERSION)_$${os}_$${arch}; mkdir -p $$dir; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch go build -trimpath -ldflags "-s -w" -o $$dir/$$exe ./cmd/kubectl-tripswitch; \
+		tar -C $$dir -czf $$dir.tar.gz $$exe; rm -rf $$dir; \
+	done
+	cd dist/plugin && sha256sum *.tar.gz > SHA256SUMS && cat SHA256SUMS
+
 ##@ Deployment
 
 ifndef ignore-not-found
