@@ -5,11 +5,16 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	. "github.com/onsi/gomega"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/watch"
 	clocktesting "k8s.io/utils/clock/testing"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 )
@@ -308,4 +313,57 @@ func TestREADMEShowsRealSessions(t *testing.T) {
 			t.Errorf("README.md does not show %q followed by testdata/%s.golden", strings.TrimSpace(command), name)
 		}
 	}
+}
+
+// TestWatchResumesAfterTheWatchBreaks breaks the watch the way an API server does when its
+// resource version has expired (410 Gone), and fails the list after it once: watch lists
+// again after a pause, prints the change it missed meanwhile, and goes on watching.
+func TestWatchResumesAfterTheWatchBreaks(t *testing.T) {
+	const ns = "rewatch-shop"
+	payments, _, _ := shop(t, ns)
+	g := NewWithT(t)
+	var watches, lists atomic.Int32
+	broken := watch.NewFake()
+	c := interceptor.NewClient(mustClient(t), interceptor.Funcs{
+		Watch: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) (watch.Interface, error) {
+			if watches.Add(1) == 1 {
+				return broken, nil
+			}
+			return c.Watch(ctx, list, opts...)
+		},
+		List: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
+			if lists.Add(1) == 2 {
+				return apierrors.NewServiceUnavailable("the API server is restarting")
+			}
+			return c.List(ctx, list, opts...)
+		},
+	})
+	r := &run{out: &syncBuffer{}, errOut: &syncBuffer{}}
+	s := &session{Options: r.options(), client: c, namespace: ns}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.watch(ctx, "", false, true) }()
+	lines := func() []string { return strings.Split(strings.TrimSuffix(r.out.String(), "\n"), "\n") }
+	g.Eventually(lines, 10*time.Second).Should(HaveLen(4))
+
+	// A transition while the watch is broken, then the break.
+	current := breakerIn(t, ns, payments.Name)
+	current.Status.State, current.Status.GateState, current.Status.Reason, current.Status.TransitionMessage = tripswitchv1alpha1.StateHalfOpen, tripswitchv1alpha1.StateHalfOpen, "OpenTimeout", ""
+	g.Expect(k8s.Status().Update(context.Background(), current)).To(Succeed())
+	broken.Error(&apierrors.NewResourceExpired("too old resource version").ErrStatus)
+
+	g.Eventually(lines, 10*time.Second).Should(HaveLen(5))
+	g.Expect(lines()[4]).To(MatchRegexp(`^10:00:00 payments HalfOpen\s+HalfOpen\s+Auto\s+4  OpenTimeout$`))
+	g.Expect(r.errOut.String()).To(MatchRegexp(`(?s)watch interrupted \(.*too old resource version.*\); listing again\n` +
+		`listing breakers failed \(the API server is restarting\); trying again in 500ms\n$`))
+
+	// The new watch sees the next transition.
+	current = breakerIn(t, ns, payments.Name)
+	current.Status.State, current.Status.GateState, current.Status.Reason = tripswitchv1alpha1.StateClosed, tripswitchv1alpha1.StateClosed, "TrialSucceeded"
+	g.Expect(k8s.Status().Update(context.Background(), current)).To(Succeed())
+	g.Eventually(lines, 10*time.Second).Should(HaveLen(6))
+	g.Expect(watches.Load()).To(BeNumerically(">=", 2))
+	cancel()
+	g.Eventually(done, 10*time.Second).Should(Receive(BeNil()))
 }

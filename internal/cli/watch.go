@@ -5,12 +5,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 	watchtools "k8s.io/client-go/tools/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -83,6 +86,7 @@ func (s *session) watch(ctx context.Context, name string, allNamespaces, noColor
 		opts = append(opts, client.MatchingFieldsSelector{Selector: fields.OneTermEqualSelector("metadata.name", name)})
 	}
 	first := true
+	retry := relistBackoff
 	for ctx.Err() == nil {
 		// A list, then a watch from its resource version; when the watch cannot go on (its
 		// version expired, the connection broke for good), list again and print what changed.
@@ -91,8 +95,18 @@ func (s *session) watch(ctx context.Context, name string, allNamespaces, noColor
 			if ctx.Err() != nil {
 				break
 			}
-			return err
+			if first { // nothing shown yet: a wrong namespace or missing rights, say so at once
+				return err
+			}
+			delay := retry.Step()
+			fmt.Fprintf(s.Streams.ErrOut, "listing breakers failed (%v); trying again in %s\n", err, delay)
+			select {
+			case <-ctx.Done():
+			case <-time.After(delay):
+			}
+			continue
 		}
+		retry = relistBackoff
 		if first {
 			w.header(list.Items)
 			first = false
@@ -104,6 +118,10 @@ func (s *session) watch(ctx context.Context, name string, allNamespaces, noColor
 	}
 	return nil
 }
+
+// relistBackoff spaces the lists again after a watch broke and a list failed: an API server
+// that is down is asked again soon, then every 30 s at most.
+var relistBackoff = wait.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Cap: 30 * time.Second, Steps: math.MaxInt32}
 
 // follow prints changes from a watch until it ends.
 func (w *watcher) follow(ctx context.Context, resourceVersion string, opts []client.ListOption) error {
