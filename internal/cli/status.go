@@ -235,8 +235,10 @@ func gateLine(cb *tripswitchv1alpha1.CircuitBreaker) string {
 
 // endpointRow is one endpoint of the target, as the plugin can see it.
 type endpointRow struct {
-	addr      netip.AddrPort
-	published bool
+	addr netip.AddrPort
+	// published is "yes" or "no" for the front's slices, "-" for a breaker without a front
+	// (an annotation gate only).
+	published string
 	// level is what the endpoint level says of it (Ejected or SlowStart), and detail why.
 	level, detail string
 	// probe is the last probe, when the breaker's last probe was to this endpoint.
@@ -248,7 +250,7 @@ func (r endpointRow) attention() int {
 	switch {
 	case r.level != "":
 		return 0
-	case !r.published:
+	case r.published == "no":
 		return 1
 	case r.probe != "":
 		return 2
@@ -277,8 +279,9 @@ func (s *session) endpointRows(ctx context.Context, cb *tripswitchv1alpha1.Circu
 	if len(ready) == 0 {
 		return nil, fmt.Sprintf("the target Service %s has no ready endpoints on port %s", target.Name, cb.Spec.Target.Port.String()), nil
 	}
-	published := map[string]bool{}
+	var published map[string]bool
 	if cb.Status.FrontService != "" {
+		published = map[string]bool{}
 		var front discoveryv1.EndpointSliceList
 		if err := s.client.List(ctx, &front, client.InNamespace(cb.Namespace), client.MatchingLabels{
 			discoveryv1.LabelServiceName: cb.Status.FrontService, discoveryv1.LabelManagedBy: tripswitchv1alpha1.ManagedBy}); err != nil {
@@ -300,7 +303,10 @@ func (s *session) endpointRows(ctx context.Context, cb *tripswitchv1alpha1.Circu
 	}
 	rows := make([]endpointRow, 0, len(ready))
 	for _, addr := range ready {
-		row := endpointRow{addr: addr, published: published[addr.Addr().String()]}
+		row := endpointRow{addr: addr, published: "-"}
+		if published != nil {
+			row.published = map[bool]string{true: "yes", false: "no"}[published[addr.Addr().String()]]
+		}
 		if ep, ok := levels[addr.String()]; ok {
 			row.level, row.detail = ep.Phase, levelDetail(ep, now)
 		}
@@ -341,15 +347,11 @@ func printEndpoints(out io.Writer, rows []endpointRow, limit int) {
 		shown = rows[:limit]
 	}
 	for _, r := range shown {
-		yes := "no"
-		if r.published {
-			yes = "yes"
-		}
 		level := "-"
 		if r.level != "" {
 			level = r.level + ": " + r.detail
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", r.addr, yes, level, orDash(r.probe))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", r.addr, r.published, level, orDash(r.probe))
 	}
 	_ = w.Flush()
 	if len(shown) < len(rows) {
@@ -407,6 +409,10 @@ func printConditions(out io.Writer, cb *tripswitchv1alpha1.CircuitBreaker, now t
 		if !fine {
 			notable = append(notable, c)
 		}
+	}
+	if len(cb.Status.Conditions) == 0 {
+		fmt.Fprintln(out, "Conditions: none reported yet.")
+		return
 	}
 	if len(notable) == 0 {
 		if meta := cb.Status.ObservedGeneration; meta != 0 && meta != cb.Generation {
