@@ -250,28 +250,48 @@ var _ = Describe("Two-level breaking: ejecting endpoints", func() {
 		}
 		createBreaker(ctx, ns, "catalog", `{target: {service: catalog-backend, port: http},
 			probe: {interval: 200ms, timeout: 200ms}, trip: {consecutiveFailures: 3},
-			recovery: {openDuration: 1s, slowStart: {window: 3s}}}`)
+			recovery: {openDuration: 3s, slowStart: {window: 3s}}}`)
 		Eventually(status(ctx, ns, "catalog")).Should(HaveField("State", tripswitchv1alpha1.StateOpen))
 		seen := watchReady(ctx, ns, "catalog")
 		Eventually(seen).ShouldNot(BeEmpty())
+		// The backends heal while the breaker is still Open: the Open time must outlast the
+		// status read and the watch's start on a loaded machine, or the half-open trial fails
+		// and the breaker opens again (0, 1, 0, ...) before the story has begun.
+		Expect(status(ctx, ns, "catalog")(Default).State).To(Equal(tripswitchv1alpha1.StateOpen))
 		for _, b := range bs {
 			b.failing.Store(false)
 		}
-		Eventually(readyCountsOf(seen), 20*time.Second).Should(Equal([]int{0, 1, 2, 3, 5, 8}), func() string {
-			return fmt.Sprintf("Open none, HalfOpen 1, then of the 7 others: 1 at once, 2 from a third of the window, "+
+		// HalfOpen publishes one endpoint while its trial runs, but the trial is one probe to a
+		// healthy backend (a few ms): when the reconcile that follows the half-open tick comes
+		// after the trial's result, as it can on a loaded machine, both transitions land in one
+		// reconcile and the front goes from none to the ramp's first step. Both are right;
+		// what this story checks is the ramp after the close.
+		steps := func() []readySet {
+			s := seen()
+			if len(s) > 1 && len(s[1].Ready) == 1 {
+				s = append(s[:1:1], s[2:]...)
+			}
+			return s
+		}
+		Eventually(func() []int { return readyCountsOf(steps)() }, 20*time.Second).Should(Equal([]int{0, 2, 3, 5, 8}), func() string {
+			return fmt.Sprintf("Open none, (HalfOpen 1,) then of the 7 others: 1 at once, 2 from a third of the window, "+
 				"4 from two thirds, all at its end; seen %v, breaker %+v", seen(), status(ctx, ns, "catalog")(Default))
 		})
-		steps := seen()
-		start := steps[2].At // the close: the first ramp step
-		for i, offset := range map[int]time.Duration{3: time.Second, 4: 2 * time.Second, 5: 3 * time.Second} {
-			at := steps[i].At.Sub(start)
-			fmt.Fprintf(GinkgoWriter, "ramp step to %d ready at %s (planned %s)\n", len(steps[i].Ready), at, offset)
+		if all := seen(); len(all) == 6 {
+			fmt.Fprintf(GinkgoWriter, "HalfOpen's step was seen\n")
+			Expect(all[2].Ready).To(ContainElement(all[1].Ready[0]), "the endpoint HalfOpen published stays published")
+		} else {
+			fmt.Fprintf(GinkgoWriter, "HalfOpen's step was not seen\n")
+		}
+		ramp := steps()
+		start := ramp[1].At // the close: the first ramp step
+		for i, offset := range map[int]time.Duration{2: time.Second, 3: 2 * time.Second, 4: 3 * time.Second} {
+			at := ramp[i].At.Sub(start)
+			fmt.Fprintf(GinkgoWriter, "ramp step to %d ready at %s (planned %s)\n", len(ramp[i].Ready), at, offset)
 			// ±600 ms: the steps are a second apart and their order is checked above; a loaded
 			// machine delays the watch and the close's own write by a few hundred ms.
 			Expect(at).To(BeNumerically("~", offset, 600*time.Millisecond))
 		}
-		Expect(steps[1].Ready).To(HaveLen(1))
-		Expect(steps[2].Ready).To(ContainElement(steps[1].Ready[0]), "the endpoint HalfOpen published stays published")
 		Eventually(ejectionCondition(ctx, ns, "catalog")).Should(HavePrefix("False/NoEndpointsEjected"))
 	})
 
