@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -355,8 +356,9 @@ func TestWatchResumesAfterTheWatchBreaks(t *testing.T) {
 
 	g.Eventually(lines, 10*time.Second).Should(HaveLen(5))
 	g.Expect(lines()[4]).To(MatchRegexp(`^10:00:00 payments HalfOpen\s+HalfOpen\s+Auto\s+4  OpenTimeout$`))
-	g.Expect(r.errOut.String()).To(MatchRegexp(`(?s)watch interrupted \(.*too old resource version.*\); listing again\n` +
-		`listing breakers failed \(the API server is restarting\); trying again in 500ms\n$`))
+	// The broken watch had no event, so the pauses grow from the first: 500 ms, then 1 s.
+	g.Expect(r.errOut.String()).To(MatchRegexp(`(?s)watch interrupted \(.*too old resource version.*\); listing again in 500ms\n` +
+		`listing breakers failed \(the API server is restarting\); trying again in 1s\n$`))
 
 	// The new watch sees the next transition.
 	current = breakerIn(t, ns, payments.Name)
@@ -366,4 +368,29 @@ func TestWatchResumesAfterTheWatchBreaks(t *testing.T) {
 	g.Expect(watches.Load()).To(BeNumerically(">=", 2))
 	cancel()
 	g.Eventually(done, 10*time.Second).Should(Receive(BeNil()))
+}
+
+// TestWatchStopsWhenItMayNotWatch ends watch with the API server's refusal when the user may
+// list breakers but not watch them, instead of listing again and again.
+func TestWatchStopsWhenItMayNotWatch(t *testing.T) {
+	const ns = "forbidden-shop"
+	shop(t, ns)
+	var watches atomic.Int32
+	c := interceptor.NewClient(mustClient(t), interceptor.Funcs{
+		Watch: func(context.Context, client.WithWatch, client.ObjectList, ...client.ListOption) (watch.Interface, error) {
+			watches.Add(1)
+			return nil, apierrors.NewForbidden(tripswitchv1alpha1.GroupVersion.WithResource("circuitbreakers").GroupResource(), "",
+				errors.New(`User "viewer" cannot watch resource "circuitbreakers"`))
+		},
+	})
+	r := &run{out: &syncBuffer{}, errOut: &syncBuffer{}}
+	s := &session{Options: r.options(), client: c, namespace: ns}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err := s.watch(ctx, "", false, true)
+	g := NewWithT(t)
+	g.Expect(err).To(MatchError(ContainSubstring(`watching breakers: circuitbreakers.tripswitch.io is forbidden: User "viewer" cannot watch`)))
+	g.Expect(ctx.Err()).To(BeNil(), "it stopped by itself")
+	g.Expect(watches.Load()).To(Equal(int32(1)))
+	g.Expect(strings.Count(r.out.String(), "\n")).To(Equal(4), "the header and the listed breakers were printed first")
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -112,8 +113,22 @@ func (s *session) watch(ctx context.Context, name string, allNamespaces, noColor
 			first = false
 		}
 		w.sync(list.Items)
-		if err := w.follow(ctx, list.ResourceVersion, opts); err != nil && ctx.Err() == nil {
-			fmt.Fprintf(s.Streams.ErrOut, "watch interrupted (%v); listing again\n", err)
+		events, err := w.follow(ctx, list.ResourceVersion, opts)
+		if ctx.Err() != nil {
+			break
+		}
+		if apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) {
+			// Listing again would not help, and without a pause it would spin.
+			return fmt.Errorf("watching breakers: %w", err)
+		}
+		if events > 0 {
+			retry = relistBackoff // the watch worked for a while: start the pauses over
+		}
+		delay := retry.Step()
+		fmt.Fprintf(s.Streams.ErrOut, "watch interrupted (%v); listing again in %s\n", err, delay)
+		select {
+		case <-ctx.Done():
+		case <-time.After(delay):
 		}
 	}
 	return nil
@@ -123,31 +138,32 @@ func (s *session) watch(ctx context.Context, name string, allNamespaces, noColor
 // that is down is asked again soon, then every 30 s at most.
 var relistBackoff = wait.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Cap: 30 * time.Second, Steps: math.MaxInt32}
 
-// follow prints changes from a watch until it ends.
-func (w *watcher) follow(ctx context.Context, resourceVersion string, opts []client.ListOption) error {
+// follow prints changes from a watch until it ends, and says how many events it had.
+func (w *watcher) follow(ctx context.Context, resourceVersion string, opts []client.ListOption) (events int, err error) {
 	rw, err := watchtools.NewRetryWatcherWithContext(ctx, resourceVersion, watcherFunc(func(ctx context.Context, lo metav1.ListOptions) (watch.Interface, error) {
 		listOpts := (&client.ListOptions{}).ApplyOptions(opts)
 		listOpts.Raw = &lo
 		return w.client.Watch(ctx, &tripswitchv1alpha1.CircuitBreakerList{}, listOpts)
 	}))
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer rw.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return events, nil
 		case ev, ok := <-rw.ResultChan():
 			if !ok {
-				return errors.New("the watch ended")
+				return events, errors.New("the watch ended")
 			}
 			switch ev.Type {
 			case watch.Error:
-				return fmt.Errorf("%v", ev.Object)
+				return events, apierrors.FromObject(ev.Object)
 			case watch.Bookmark:
 				continue
 			}
+			events++
 			cb, ok := ev.Object.(*tripswitchv1alpha1.CircuitBreaker)
 			if !ok {
 				continue
