@@ -6,6 +6,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -117,6 +118,9 @@ func Execute(ctx context.Context, o Options, args []string) int {
 	}
 	return 0
 }
+
+// errNamedInAllNamespaces refuses NAME beside -A, for the commands that take both.
+var errNamedInAllNamespaces = errors.New("a breaker is named in one namespace: use -n, not -A, with NAME")
 
 // connectFunc makes a session from the command line's flags, once they are parsed.
 type connectFunc func() (*session, error)

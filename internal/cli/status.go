@@ -45,7 +45,7 @@ ejected, the last probe), its query rules, and every condition that needs attent
 				return s.statusList(cmd.Context(), allNamespaces)
 			}
 			if allNamespaces {
-				return fmt.Errorf("a breaker is named in one namespace: use -n, not -A, with NAME")
+				return errNamedInAllNamespaces
 			}
 			return s.statusOne(cmd.Context(), args[0], maxEndpoints)
 		},
@@ -376,8 +376,8 @@ func printQueries(out io.Writer, cb *tripswitchv1alpha1.CircuitBreaker, now time
 			when = "< " + *rule.Below
 		}
 		forCount := rule.For
-		if forCount == 0 { // the API's default
-			forCount = 3
+		if forCount == 0 { // a breaker read before the API server defaulted it
+			forCount = tripswitchv1alpha1.DefaultQueryFor
 		}
 		q := evaluations[rule.Name]
 		evaluated, note := "-", "-"

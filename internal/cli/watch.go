@@ -36,7 +36,7 @@ until interrupted, and resumes by itself when the watch breaks.`,
 		Args:    cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 1 && allNamespaces {
-				return fmt.Errorf("a breaker is named in one namespace: use -n, not -A, with NAME")
+				return errNamedInAllNamespaces
 			}
 			s, err := connect()
 			if err != nil {
