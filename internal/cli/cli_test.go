@@ -20,8 +20,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -81,14 +79,20 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		defer os.RemoveAll(dir)
-		// The plugin reads the API server through a kubeconfig, as it does for a user.
+		// The plugin reads the API server through a kubeconfig, as it does for a user: envtest's
+		// own for an admin it provisions.
+		user, err := env.AddUser(envtest.User{Name: "admin", Groups: []string{"system:masters"}}, nil)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		contents, err := user.KubeConfig()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 		kubeconfig = filepath.Join(dir, "kubeconfig")
-		kc := clientcmdapi.NewConfig()
-		kc.Clusters["envtest"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
-		kc.AuthInfos["envtest"] = &clientcmdapi.AuthInfo{ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData}
-		kc.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "envtest", Namespace: "default"}
-		kc.CurrentContext = "envtest"
-		if err := clientcmd.WriteToFile(*kc, kubeconfig); err != nil {
+		if err := os.WriteFile(kubeconfig, contents, 0o600); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
