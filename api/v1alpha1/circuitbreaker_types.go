@@ -678,6 +678,19 @@ type EndpointSliceGate struct {
 	// +kubebuilder:default=Respond
 	// +optional
 	WhenOpen WhenOpen `json:"whenOpen,omitempty"`
+
+	// cutConnections says whether tripswitch's node agent cuts the established connections
+	// that clients keep to endpoints the front stops publishing: when the breaker opens
+	// (also when it reopens after a failed trial) and when an endpoint is ejected. kube-proxy
+	// steers only new connections, so without the cut a pooled keep-alive, HTTP/2 or gRPC
+	// client goes on reaching a failing endpoint until it happens to reconnect. The cut
+	// clients' next packet on such a connection draws a TCP reset, and they reconnect to what
+	// the front publishes now. Closing the breaker cuts nothing, and nothing is cut where no
+	// agent runs. Set false for a target whose clients hold long streams that must never be
+	// cut, even when it fails.
+	// +kubebuilder:default=true
+	// +optional
+	CutConnections *bool `json:"cutConnections,omitempty"`
 }
 
 // FallbackReference names a Service port whose endpoints serve traffic while Open.

@@ -185,6 +185,9 @@ func resolveGate(spec *CircuitBreakerSpec, name string) {
 	if es.WhenOpen == "" {
 		es.WhenOpen = WhenOpenRespond
 	}
+	if es.CutConnections == nil {
+		es.CutConnections = ptr.To(true)
+	}
 	if f := es.Fallback; f != nil && f.Port == nil {
 		port := spec.Target.Port
 		f.Port = &port

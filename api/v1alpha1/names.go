@@ -14,4 +14,19 @@ const (
 	// been handing the Service back to Kubernetes. The slices stay until Kubernetes publishes
 	// ready endpoints of its own, or until the hand-back timeout has passed since then.
 	HandBackAnnotation = "tripswitch.io/handing-back-since"
+
+	// GateStateAnnotation, on a front Service's EndpointSlices, is the gate state they were
+	// written for: Closed, Open or HalfOpen. The node agent reads it beside the endpoints in
+	// one object, so it never has to join a slice with a status written a moment later: the
+	// target endpoints that an Open slice withholds are withheld by the trip.
+	GateStateAnnotation = "tripswitch.io/gate-state"
+	// HeldBackAnnotation, on a front Service's EndpointSlices, lists (comma-separated) the
+	// addresses in that slice that the endpoint level holds back: ejected, or waiting for slow
+	// start. Absent when there are none. It tells the node agent that an endpoint published
+	// neither ready nor serving is held back by tripswitch, not merely unready in the target.
+	HeldBackAnnotation = "tripswitch.io/held-back"
+	// CutConnectionsAnnotation, on a front Service's EndpointSlices, is "false" when the
+	// breaker's gate.endpointSlice.cutConnections is false, and absent otherwise: the node
+	// agent then cuts no connection to this front.
+	CutConnectionsAnnotation = "tripswitch.io/cut-connections"
 )

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -41,7 +42,7 @@ func (r *CircuitBreakerReconciler) reconcileEndpointSliceGate(ctx context.Contex
 		Namespace: cb.Namespace, Breaker: cb.Name, Front: es.Service, Owner: ownerRef(front), State: st.view.Gate,
 		Target: tgt.slices, GatedPort: tgt.port.Name, HalfOpenEndpoints: int(es.HalfOpenEndpoints),
 		WhenOpen: es.WhenOpen, FrontPorts: front.Spec.Ports, ProbeSpeaksHTTP: probeSpeaksHTTP(st.spec),
-		HeldBack: heldBack(st.view, st.spec.Mode),
+		HeldBack: heldBack(st.view, st.spec.Mode), KeepConnections: !ptr.Deref(es.CutConnections, true),
 	}
 	if f := es.Fallback; f != nil && st.view.Gate == breaker.Open {
 		fallback, err := r.lookupService(ctx, cb.Namespace, f.Service)
@@ -233,7 +234,11 @@ func (r *CircuitBreakerReconciler) applySlices(ctx context.Context, cb *tripswit
 //
 // An update merges labels and annotations into what is there, unless replaceMeta, which
 // makes them exactly desired's (a last copy drops everything that tied the slice to its
-// breaker).
+// breaker). The annotations only tripswitch writes (gate.OwnedAnnotations) go when desired no
+// longer has them. A slice whose endpoints or ports change is stamped with
+// endpoints.kubernetes.io/last-change-trigger-time, as Kubernetes' own controller stamps its
+// slices: kube-proxy measures its network programming latency from it, and the node agent
+// ignores changes that reach it long after they were made (a watch resumed after an outage).
 func (r *CircuitBreakerReconciler) syncSlices(ctx context.Context, existing, desired []discoveryv1.EndpointSlice,
 	replaceMeta bool) error {
 	byName := map[string]*discoveryv1.EndpointSlice{}
@@ -253,12 +258,14 @@ func (r *CircuitBreakerReconciler) syncSlices(ctx context.Context, existing, des
 		}
 		delete(byName, name)
 	}
+	changedAt := r.Clock.Now().UTC().Format(time.RFC3339Nano)
 	for i := range desired {
 		want := &desired[i]
 		have, ok := byName[want.Name]
 		delete(byName, want.Name)
 		switch {
 		case !ok:
+			metav1.SetMetaDataAnnotation(&want.ObjectMeta, corev1.EndpointsLastChangeTriggerTime, changedAt)
 			if err := r.Create(ctx, want); err != nil {
 				return fmt.Errorf("creating EndpointSlice %q: %w", want.Name, err)
 			}
@@ -267,6 +274,7 @@ func (r *CircuitBreakerReconciler) syncSlices(ctx context.Context, existing, des
 			if err := r.Delete(ctx, have); client.IgnoreNotFound(err) != nil {
 				return fmt.Errorf("replacing EndpointSlice %q: %w", want.Name, err)
 			}
+			metav1.SetMetaDataAnnotation(&want.ObjectMeta, corev1.EndpointsLastChangeTriggerTime, changedAt)
 			if err := r.Create(ctx, want); err != nil {
 				return fmt.Errorf("replacing EndpointSlice %q: %w", want.Name, err)
 			}
@@ -274,10 +282,15 @@ func (r *CircuitBreakerReconciler) syncSlices(ctx context.Context, existing, des
 			have.Labels, have.Annotations = want.Labels, want.Annotations
 			fallthrough
 		case !sliceEqual(have, want):
+			if !endpointsEqual(have, want) {
+				metav1.SetMetaDataAnnotation(&want.ObjectMeta, corev1.EndpointsLastChangeTriggerTime, changedAt)
+			}
 			have.Labels = mergeLabels(have.Labels, want.Labels)
 			have.Annotations = mergeLabels(have.Annotations, want.Annotations)
-			if _, handingBack := want.Annotations[tripswitchv1alpha1.HandBackAnnotation]; !handingBack {
-				delete(have.Annotations, tripswitchv1alpha1.HandBackAnnotation)
+			for _, key := range gate.OwnedAnnotations {
+				if _, wanted := want.Annotations[key]; !wanted {
+					delete(have.Annotations, key)
+				}
 			}
 			have.OwnerReferences, have.Ports, have.Endpoints = want.OwnerReferences, want.Ports, want.Endpoints
 			if err := r.Update(ctx, have); err != nil {
@@ -322,11 +335,19 @@ func sliceEqual(have, want *discoveryv1.EndpointSlice) bool {
 			return false
 		}
 	}
-	if have.Annotations[tripswitchv1alpha1.HandBackAnnotation] != want.Annotations[tripswitchv1alpha1.HandBackAnnotation] {
-		return false // a hand-back that was given up: the front is gated again
+	for _, key := range gate.OwnedAnnotations {
+		// One that desired no longer has, such as a hand-back that was given up (the front
+		// is gated again) or an ejection that ended, must go.
+		if _, stale := have.Annotations[key]; stale && want.Annotations[key] == "" {
+			return false
+		}
 	}
-	return equality.Semantic.DeepEqual(have.OwnerReferences, want.OwnerReferences) &&
-		equality.Semantic.DeepEqual(have.Ports, want.Ports) &&
+	return equality.Semantic.DeepEqual(have.OwnerReferences, want.OwnerReferences) && endpointsEqual(have, want)
+}
+
+// endpointsEqual says whether two slices route alike: the same ports and endpoints.
+func endpointsEqual(have, want *discoveryv1.EndpointSlice) bool {
+	return equality.Semantic.DeepEqual(have.Ports, want.Ports) &&
 		equality.Semantic.DeepEqual(normalized(have.Endpoints), normalized(want.Endpoints))
 }
 

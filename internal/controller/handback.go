@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -311,7 +312,7 @@ func (r *CircuitBreakerReconciler) writeLastCopy(ctx context.Context, cb *tripsw
 // client, and nothing but c is used.
 func WriteLastCopy(ctx context.Context, c client.Client, cb *tripswitchv1alpha1.CircuitBreaker, front *corev1.Service,
 	targetSlices, ours []discoveryv1.EndpointSlice) error {
-	r := &CircuitBreakerReconciler{Client: c}
+	r := &CircuitBreakerReconciler{Client: c, Clock: clock.RealClock{}}
 	return r.writeLastCopy(ctx, cb, front, handBackView{slices: targetSlices}, ours)
 }
 

@@ -223,3 +223,54 @@ func TestAnotherBreakersAnnotationIsNoClaim(t *testing.T) {
 	g.Expect(got.Annotations).To(HaveKeyWithValue(tripswitchv1alpha1.BreakerAnnotation, "promo"),
 		"the annotation gate's annotations are left alone")
 }
+
+// frontSlices returns the breaker's slices of its front.
+func (f *fixture) frontSlices(t *testing.T) []discoveryv1.EndpointSlice {
+	t.Helper()
+	var list discoveryv1.EndpointSliceList
+	if err := f.c.List(context.Background(), &list, client.MatchingLabels{discoveryv1.LabelServiceName: "payments",
+		gate.BreakerLabel: "payments"}); err != nil {
+		t.Fatal(err)
+	}
+	return list.Items
+}
+
+// The node agent reads why endpoints are withheld, and when that changed, from the slices
+// alone: the gate state, cutConnections, and last-change-trigger-time, bumped only when what
+// the slices route changes.
+func TestSlicesCarryTheGateStateAndWhenTheirEndpointsChanged(t *testing.T) {
+	g := NewWithT(t)
+	f := newFixture(t, openBreaker())
+	f.reconcile(t)
+	opened := f.frontSlices(t)
+	g.Expect(opened).To(HaveLen(1))
+	g.Expect(opened[0].Annotations).To(HaveKeyWithValue(tripswitchv1alpha1.GateStateAnnotation, "Open"))
+	g.Expect(opened[0].Annotations).NotTo(HaveKey(tripswitchv1alpha1.CutConnectionsAnnotation))
+	g.Expect(opened[0].Annotations).To(HaveKeyWithValue(corev1.EndpointsLastChangeTriggerTime, now.Format(time.RFC3339Nano)))
+
+	f.clk.Step(time.Second)
+	f.edit(t, func(cb *tripswitchv1alpha1.CircuitBreaker) {
+		cb.Spec.Gate = &tripswitchv1alpha1.GateSpec{EndpointSlice: &tripswitchv1alpha1.EndpointSliceGate{CutConnections: ptr.To(false)}}
+	})
+	f.reconcile(t)
+	kept := f.frontSlices(t)[0]
+	g.Expect(kept.Annotations).To(HaveKeyWithValue(tripswitchv1alpha1.CutConnectionsAnnotation, "false"))
+	g.Expect(kept.Annotations).To(HaveKeyWithValue(corev1.EndpointsLastChangeTriggerTime, now.Format(time.RFC3339Nano)),
+		"an annotation alone changed: the endpoints did not")
+
+	f.clk.Step(time.Second)
+	f.edit(t, func(cb *tripswitchv1alpha1.CircuitBreaker) {
+		cb.Spec.Gate = nil
+		cb.Spec.Mode = tripswitchv1alpha1.ModeForceClosed
+	})
+	f.reconcile(t)
+	closed := f.frontSlices(t)[0]
+	g.Expect(closed.Annotations).To(HaveKeyWithValue(tripswitchv1alpha1.GateStateAnnotation, "Closed"))
+	g.Expect(closed.Annotations).NotTo(HaveKey(tripswitchv1alpha1.CutConnectionsAnnotation), "an owned annotation goes with its cause")
+	g.Expect(closed.Annotations).To(HaveKeyWithValue(corev1.EndpointsLastChangeTriggerTime,
+		now.Add(2*time.Second).Format(time.RFC3339Nano)), "the endpoints turned ready")
+
+	f.clk.Step(time.Second)
+	f.reconcile(t)
+	g.Expect(f.frontSlices(t)[0].ResourceVersion).To(Equal(closed.ResourceVersion), "nothing changed, nothing written")
+}

@@ -77,6 +77,9 @@ type Input struct {
 	// waiting for slow start): Closed publishes them neither ready nor serving, and HalfOpen
 	// does not pick them. Never every ready endpoint: if it would be, none is held back.
 	HeldBack map[string]bool
+	// KeepConnections is the breaker's gate.endpointSlice.cutConnections turned off: the
+	// slices say so, and the node agent cuts no connection to this front.
+	KeepConnections bool
 }
 
 // Published counts the ready endpoints that slices publish.
@@ -103,6 +106,9 @@ func (in Input) WantsResponder() bool {
 func Slices(in Input) ([]discoveryv1.EndpointSlice, Published) {
 	var groups []group
 	var counts Published
+	// listedHeldBack are the held-back endpoints that the slices list as not ready: only
+	// Closed lists them (HalfOpen leaves them out, Open withholds every target endpoint).
+	var listedHeldBack map[string]bool
 	if in.WantsResponder() {
 		groups = responderGroups(in.Responder, responderPorts(in.FrontPorts, in.GatedPort, in.ProbeSpeaksHTTP))
 		for _, g := range groups {
@@ -132,6 +138,7 @@ func Slices(in Input) ([]discoveryv1.EndpointSlice, Published) {
 		switch in.State {
 		case breaker.Closed:
 			holdBack(source, heldBack)
+			listedHeldBack = heldBack
 		case breaker.HalfOpen:
 			source = keepReady(source, in.HalfOpenEndpoints, heldBack)
 		case breaker.Open:
@@ -159,7 +166,7 @@ func Slices(in Input) ([]discoveryv1.EndpointSlice, Published) {
 	for _, g := range groups {
 		for start := 0; start < len(g.endpoints); start += MaxEndpointsPerSlice {
 			chunk := g.endpoints[start:min(start+MaxEndpointsPerSlice, len(g.endpoints))]
-			out = append(out, in.slice(len(out), g.addressType, g.ports, chunk))
+			out = append(out, in.slice(len(out), g.addressType, g.ports, chunk, listedHeldBack))
 		}
 	}
 	if len(out) == 0 {
@@ -169,13 +176,37 @@ func Slices(in Input) ([]discoveryv1.EndpointSlice, Published) {
 		if len(groups) > 0 {
 			at, ports = groups[0].addressType, groups[0].ports
 		}
-		out = append(out, in.slice(0, at, ports, nil))
+		out = append(out, in.slice(0, at, ports, nil, nil))
 	}
 	return out, counts
 }
 
+// OwnedAnnotations are the annotation keys that tripswitch alone writes on its slices: an
+// update removes the ones the desired slice no longer has, where other annotations are merged.
+var OwnedAnnotations = []string{
+	tripswitchv1alpha1.HeldBackAnnotation,
+	tripswitchv1alpha1.CutConnectionsAnnotation,
+	tripswitchv1alpha1.HandBackAnnotation,
+}
+
+// slice makes one front slice of eps. Its annotations tell the node agent why endpoints it
+// lists are not published (the gate state, the held-back addresses among eps) and whether it
+// may cut connections at all: a slice is read alone, and must say all of that by itself.
 func (in Input) slice(i int, at discoveryv1.AddressType, ports []discoveryv1.EndpointPort,
-	eps []discoveryv1.Endpoint) discoveryv1.EndpointSlice {
+	eps []discoveryv1.Endpoint, heldBack map[string]bool) discoveryv1.EndpointSlice {
+	annotations := map[string]string{tripswitchv1alpha1.GateStateAnnotation: in.State.String()}
+	if in.KeepConnections {
+		annotations[tripswitchv1alpha1.CutConnectionsAnnotation] = "false"
+	}
+	var held []string
+	for _, ep := range eps {
+		if isHeld(heldBack, ep.Addresses[0]) {
+			held = append(held, ep.Addresses[0])
+		}
+	}
+	if len(held) > 0 {
+		annotations[tripswitchv1alpha1.HeldBackAnnotation] = strings.Join(held, ",")
+	}
 	return discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      fmt.Sprintf("%s-tripswitch-%d", in.Front, i),
@@ -185,6 +216,7 @@ func (in Input) slice(i int, at discoveryv1.AddressType, ports []discoveryv1.End
 				discoveryv1.LabelManagedBy:   tripswitchv1alpha1.ManagedBy,
 				BreakerLabel:                 BreakerLabelValue(in.Breaker),
 			},
+			Annotations:     annotations,
 			OwnerReferences: []metav1.OwnerReference{in.Owner},
 		},
 		AddressType: at,

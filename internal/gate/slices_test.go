@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/utils/ptr"
 
+	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/breaker"
 )
 
@@ -220,5 +221,55 @@ func TestHalfOpenPicksEndpointsInNumericAddressOrder(t *testing.T) {
 	// closes, rather than swapping it for another.
 	if diff := cmp.Diff([]string{"payments-tripswitch-0 IPv4 http/8080/TCP 10.0.0.9(true,true)"}, summary(out)); diff != "" {
 		t.Errorf("slices (-want +got):\n%s", diff)
+	}
+}
+
+// The node agent reads one slice at a time: each must say the gate state it was written for,
+// which of its own endpoints the endpoint level holds back, and whether connections may be cut.
+func TestSlicesTellTheNodeAgentWhyEndpointsAreWithheld(t *testing.T) {
+	annotations := func(in Input) []map[string]string {
+		out, _ := Slices(in)
+		var got []map[string]string
+		for _, sl := range out {
+			got = append(got, sl.Annotations)
+		}
+		return got
+	}
+	gateState := func(state string) map[string]string {
+		return map[string]string{tripswitchv1alpha1.GateStateAnnotation: state}
+	}
+	closedHeld := input(breaker.Closed)
+	closedHeld.HeldBack = map[string]bool{"10.0.0.3": true, "10.0.0.1": true}
+	halfOpenHeld := input(breaker.HalfOpen)
+	halfOpenHeld.HeldBack = closedHeld.HeldBack
+	openHeld := input(breaker.Open)
+	openHeld.HeldBack = closedHeld.HeldBack
+	kept := input(breaker.Open)
+	kept.KeepConnections = true
+	for _, tt := range []struct {
+		name string
+		in   Input
+		want []map[string]string
+	}{
+		{"closed", input(breaker.Closed), []map[string]string{gateState("Closed"), gateState("Closed")}},
+		{"open", input(breaker.Open), []map[string]string{gateState("Open"), gateState("Open")}},
+		{"half-open", input(breaker.HalfOpen), []map[string]string{gateState("HalfOpen")}},
+		{"closed lists the held-back endpoints of each slice, in the slice's order", closedHeld, []map[string]string{
+			{tripswitchv1alpha1.GateStateAnnotation: "Closed", tripswitchv1alpha1.HeldBackAnnotation: "10.0.0.1,10.0.0.3"},
+			gateState("Closed"),
+		}},
+		{"half-open leaves held-back endpoints out, so lists none", halfOpenHeld, []map[string]string{gateState("HalfOpen")}},
+		{"open withholds every target endpoint and lists no held-back one", openHeld,
+			[]map[string]string{gateState("Open"), gateState("Open")}},
+		{"cutConnections false", kept, []map[string]string{
+			{tripswitchv1alpha1.GateStateAnnotation: "Open", tripswitchv1alpha1.CutConnectionsAnnotation: "false"},
+			{tripswitchv1alpha1.GateStateAnnotation: "Open", tripswitchv1alpha1.CutConnectionsAnnotation: "false"},
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if diff := cmp.Diff(tt.want, annotations(tt.in)); diff != "" {
+				t.Errorf("annotations (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
