@@ -28,7 +28,8 @@ func TestResolve(t *testing.T) {
 				OpenDuration: dur(60 * time.Second),
 				HalfOpen:     HalfOpenSpec{TrialProbes: ptr.To[int32](1), SuccessThreshold: ptr.To[int32](1)},
 			},
-			Gate: &GateSpec{EndpointSlice: &EndpointSliceGate{Service: "payments", HalfOpenEndpoints: 1, WhenOpen: WhenOpenRespond}},
+			Gate: &GateSpec{EndpointSlice: &EndpointSliceGate{Service: "payments", HalfOpenEndpoints: 1, WhenOpen: WhenOpenRespond,
+				CutConnections: ptr.To(true)}},
 		}
 		if edit != nil {
 			edit(&s)
@@ -144,7 +145,7 @@ func TestResolve(t *testing.T) {
 			Service: "front", Fallback: &FallbackReference{Service: "degraded"}}}},
 		want: resolved(func(s *CircuitBreakerSpec) {
 			port := intstr.FromString("http")
-			s.Gate.EndpointSlice = &EndpointSliceGate{Service: "front", HalfOpenEndpoints: 1, WhenOpen: WhenOpenRespond,
+			s.Gate.EndpointSlice = &EndpointSliceGate{Service: "front", HalfOpenEndpoints: 1, WhenOpen: WhenOpenRespond, CutConnections: ptr.To(true),
 				Fallback: &FallbackReference{Service: "degraded", Port: &port}}
 		}),
 	}, {
