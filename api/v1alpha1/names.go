@@ -20,6 +20,11 @@ const (
 	// one object, so it never has to join a slice with a status written a moment later: the
 	// target endpoints that an Open slice withholds are withheld by the trip.
 	GateStateAnnotation = "tripswitch.io/gate-state"
+	// EndpointsOfAnnotation, on a front Service's EndpointSlices, says whose endpoints the
+	// slice lists: the target's (EndpointsOfTarget), the responder's or the fallback's. A
+	// slice never mixes them. The node agent cuts connections to target endpoints only: the
+	// responder and a fallback are what clients are sent to instead.
+	EndpointsOfAnnotation = "tripswitch.io/endpoints-of"
 	// HeldBackAnnotation, on a front Service's EndpointSlices, lists (comma-separated) the
 	// addresses in that slice that the endpoint level holds back: ejected, or waiting for slow
 	// start. Absent when there are none. It tells the node agent that an endpoint published
@@ -29,4 +34,11 @@ const (
 	// breaker's gate.endpointSlice.cutConnections is false, and absent otherwise: the node
 	// agent then cuts no connection to this front.
 	CutConnectionsAnnotation = "tripswitch.io/cut-connections"
+)
+
+// The values of EndpointsOfAnnotation.
+const (
+	EndpointsOfTarget    = "target"
+	EndpointsOfResponder = "responder"
+	EndpointsOfFallback  = "fallback"
 )

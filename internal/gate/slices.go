@@ -110,7 +110,8 @@ func Slices(in Input) ([]discoveryv1.EndpointSlice, Published) {
 	// Closed lists them (HalfOpen leaves them out, Open withholds every target endpoint).
 	var listedHeldBack map[string]bool
 	if in.WantsResponder() {
-		groups = responderGroups(in.Responder, responderPorts(in.FrontPorts, in.GatedPort, in.ProbeSpeaksHTTP))
+		groups = tagged(responderGroups(in.Responder, responderPorts(in.FrontPorts, in.GatedPort, in.ProbeSpeaksHTTP)),
+			tripswitchv1alpha1.EndpointsOfResponder)
 		for _, g := range groups {
 			counts.Responders += len(g.endpoints)
 		}
@@ -127,10 +128,11 @@ func Slices(in Input) ([]discoveryv1.EndpointSlice, Published) {
 			}
 			return nil, false
 		})
+		source = tagged(source, tripswitchv1alpha1.EndpointsOfFallback)
 	default:
-		source = groupsOf(in.Target, func(ports []discoveryv1.EndpointPort) ([]discoveryv1.EndpointPort, bool) {
+		source = tagged(groupsOf(in.Target, func(ports []discoveryv1.EndpointPort) ([]discoveryv1.EndpointPort, bool) {
 			return ports, true
-		})
+		}), tripswitchv1alpha1.EndpointsOfTarget)
 		heldBack := in.HeldBack
 		if !keepsOneReady(source, heldBack) {
 			heldBack = nil
@@ -166,17 +168,17 @@ func Slices(in Input) ([]discoveryv1.EndpointSlice, Published) {
 	for _, g := range groups {
 		for start := 0; start < len(g.endpoints); start += MaxEndpointsPerSlice {
 			chunk := g.endpoints[start:min(start+MaxEndpointsPerSlice, len(g.endpoints))]
-			out = append(out, in.slice(len(out), g.addressType, g.ports, chunk, listedHeldBack))
+			out = append(out, in.slice(len(out), g, chunk, listedHeldBack))
 		}
 	}
 	if len(out) == 0 {
 		// Always one slice, even an empty one, so that the front Service visibly has no
 		// endpoints rather than nobody managing them.
-		at, ports := discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort(nil)
+		empty := group{addressType: discoveryv1.AddressTypeIPv4, source: tripswitchv1alpha1.EndpointsOfTarget}
 		if len(groups) > 0 {
-			at, ports = groups[0].addressType, groups[0].ports
+			empty = groups[0]
 		}
-		out = append(out, in.slice(0, at, ports, nil, nil))
+		out = append(out, in.slice(0, empty, nil, nil))
 	}
 	return out, counts
 }
@@ -192,9 +194,11 @@ var OwnedAnnotations = []string{
 // slice makes one front slice of eps. Its annotations tell the node agent why endpoints it
 // lists are not published (the gate state, the held-back addresses among eps) and whether it
 // may cut connections at all: a slice is read alone, and must say all of that by itself.
-func (in Input) slice(i int, at discoveryv1.AddressType, ports []discoveryv1.EndpointPort,
-	eps []discoveryv1.Endpoint, heldBack map[string]bool) discoveryv1.EndpointSlice {
-	annotations := map[string]string{tripswitchv1alpha1.GateStateAnnotation: in.State.String()}
+func (in Input) slice(i int, g group, eps []discoveryv1.Endpoint, heldBack map[string]bool) discoveryv1.EndpointSlice {
+	annotations := map[string]string{
+		tripswitchv1alpha1.GateStateAnnotation:   in.State.String(),
+		tripswitchv1alpha1.EndpointsOfAnnotation: g.source,
+	}
 	if in.KeepConnections {
 		annotations[tripswitchv1alpha1.CutConnectionsAnnotation] = "false"
 	}
@@ -219,19 +223,28 @@ func (in Input) slice(i int, at discoveryv1.AddressType, ports []discoveryv1.End
 			Annotations:     annotations,
 			OwnerReferences: []metav1.OwnerReference{in.Owner},
 		},
-		AddressType: at,
-		Ports:       ports,
+		AddressType: g.addressType,
+		Ports:       g.ports,
 		Endpoints:   slices.Clone(eps),
 	}
 }
 
 // group is the endpoints that share an address family and a port list, so they can share
-// slices.
+// slices, and whose they are (a slice never mixes the target's endpoints with others).
 type group struct {
 	addressType discoveryv1.AddressType
 	ports       []discoveryv1.EndpointPort
 	key         string
 	endpoints   []discoveryv1.Endpoint
+	source      string
+}
+
+// tagged marks groups as holding source's endpoints.
+func tagged(groups []group, source string) []group {
+	for i := range groups {
+		groups[i].source = source
+	}
+	return groups
 }
 
 // groupsOf merges source slices by address family and (mapped) ports, drops duplicates by

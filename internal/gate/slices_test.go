@@ -224,8 +224,9 @@ func TestHalfOpenPicksEndpointsInNumericAddressOrder(t *testing.T) {
 	}
 }
 
-// The node agent reads one slice at a time: each must say the gate state it was written for,
-// which of its own endpoints the endpoint level holds back, and whether connections may be cut.
+// The node agent reads one slice at a time: each must say whose endpoints it lists, the gate
+// state it was written for, which of its own endpoints the endpoint level holds back, and
+// whether connections may be cut.
 func TestSlicesTellTheNodeAgentWhyEndpointsAreWithheld(t *testing.T) {
 	annotations := func(in Input) []map[string]string {
 		out, _ := Slices(in)
@@ -235,9 +236,15 @@ func TestSlicesTellTheNodeAgentWhyEndpointsAreWithheld(t *testing.T) {
 		}
 		return got
 	}
-	gateState := func(state string) map[string]string {
-		return map[string]string{tripswitchv1alpha1.GateStateAnnotation: state}
+	// of is a slice's annotations: whose endpoints, the gate state, then key/value pairs.
+	of := func(source, state string, more ...string) map[string]string {
+		m := map[string]string{tripswitchv1alpha1.EndpointsOfAnnotation: source, tripswitchv1alpha1.GateStateAnnotation: state}
+		for i := 0; i < len(more); i += 2 {
+			m[more[i]] = more[i+1]
+		}
+		return m
 	}
+	const tgt, resp, fb = tripswitchv1alpha1.EndpointsOfTarget, tripswitchv1alpha1.EndpointsOfResponder, tripswitchv1alpha1.EndpointsOfFallback
 	closedHeld := input(breaker.Closed)
 	closedHeld.HeldBack = map[string]bool{"10.0.0.3": true, "10.0.0.1": true}
 	halfOpenHeld := input(breaker.HalfOpen)
@@ -246,24 +253,33 @@ func TestSlicesTellTheNodeAgentWhyEndpointsAreWithheld(t *testing.T) {
 	openHeld.HeldBack = closedHeld.HeldBack
 	kept := input(breaker.Open)
 	kept.KeepConnections = true
+	responding := withResponder(breaker.Open, tripswitchv1alpha1.WhenOpenRespond)
+	halfResponding := withResponder(breaker.HalfOpen, tripswitchv1alpha1.WhenOpenRespond)
+	falling := input(breaker.Open)
+	falling.HasFallback, falling.FallbackPort = true, "web"
+	falling.Fallback = []discoveryv1.EndpointSlice{src(discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{port("web", 9090)}, ep("10.9.0.1", true))}
 	for _, tt := range []struct {
 		name string
 		in   Input
 		want []map[string]string
 	}{
-		{"closed", input(breaker.Closed), []map[string]string{gateState("Closed"), gateState("Closed")}},
-		{"open", input(breaker.Open), []map[string]string{gateState("Open"), gateState("Open")}},
-		{"half-open", input(breaker.HalfOpen), []map[string]string{gateState("HalfOpen")}},
+		{"closed", input(breaker.Closed), []map[string]string{of(tgt, "Closed"), of(tgt, "Closed")}},
+		{"open", input(breaker.Open), []map[string]string{of(tgt, "Open"), of(tgt, "Open")}},
+		{"half-open", input(breaker.HalfOpen), []map[string]string{of(tgt, "HalfOpen")}},
+		{"open with the responder: its slice comes first, and says it is the responder's", responding,
+			[]map[string]string{of(resp, "Open"), of(tgt, "Open")}},
+		{"half-open with the responder beside the trial endpoint", halfResponding,
+			[]map[string]string{of(resp, "HalfOpen"), of(tgt, "HalfOpen")}},
+		{"open with a fallback lists the fallback's endpoints only", falling, []map[string]string{of(fb, "Open")}},
 		{"closed lists the held-back endpoints of each slice, in the slice's order", closedHeld, []map[string]string{
-			{tripswitchv1alpha1.GateStateAnnotation: "Closed", tripswitchv1alpha1.HeldBackAnnotation: "10.0.0.1,10.0.0.3"},
-			gateState("Closed"),
+			of(tgt, "Closed", tripswitchv1alpha1.HeldBackAnnotation, "10.0.0.1,10.0.0.3"), of(tgt, "Closed"),
 		}},
-		{"half-open leaves held-back endpoints out, so lists none", halfOpenHeld, []map[string]string{gateState("HalfOpen")}},
+		{"half-open leaves held-back endpoints out, so lists none", halfOpenHeld, []map[string]string{of(tgt, "HalfOpen")}},
 		{"open withholds every target endpoint and lists no held-back one", openHeld,
-			[]map[string]string{gateState("Open"), gateState("Open")}},
+			[]map[string]string{of(tgt, "Open"), of(tgt, "Open")}},
 		{"cutConnections false", kept, []map[string]string{
-			{tripswitchv1alpha1.GateStateAnnotation: "Open", tripswitchv1alpha1.CutConnectionsAnnotation: "false"},
-			{tripswitchv1alpha1.GateStateAnnotation: "Open", tripswitchv1alpha1.CutConnectionsAnnotation: "false"},
+			of(tgt, "Open", tripswitchv1alpha1.CutConnectionsAnnotation, "false"),
+			of(tgt, "Open", tripswitchv1alpha1.CutConnectionsAnnotation, "false"),
 		}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
