@@ -1,6 +1,8 @@
 // Command manager runs the tripswitch operator: the CircuitBreaker controller, its probes and
 // its gates, behind leader election. `manager responder` runs the open responder instead,
-// which answers the clients of Open fronts (responder.go).
+// which answers the clients of Open fronts (responder.go); `manager agent` runs the node
+// agent, which cuts the connections that outlive a trip on its node (agent.go); `manager
+// release` is helm uninstall's pre-delete hook (release.go).
 package main
 
 import (
@@ -165,6 +167,9 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "responder" {
 		os.Exit(responderMain(os.Args[2:])) // the open responder: see responder.go
+	}
+	if len(os.Args) > 1 && os.Args[1] == "agent" {
+		os.Exit(agentMain(os.Args[2:])) // the node agent, on every node: see agent.go
 	}
 	if len(os.Args) > 1 && os.Args[1] == "release" {
 		os.Exit(releaseMain(os.Args[2:])) // helm uninstall's pre-delete hook: see release.go
