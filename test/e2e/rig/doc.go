@@ -82,10 +82,11 @@
 //	pod.ProbeReadiness("http://" + pod.IP() + ":8081/readyz")              // Ready follows a GET every 200ms (3 failures: not Ready)
 //	pod.SetReady(true)                                                      // or set it by hand
 //
-
-// NewBackend is a Ready Pod (container ports "http" and "grpc") that serves HTTP on
-// BackendHTTPPort and a gRPC health service on BackendGRPCPort, so Kubernetes' EndpointSlice
-// controller publishes it for Services that select it; its answers are switchable:
+// NewBackend is a Ready Pod (container ports "http", "grpc" and "stream") that serves
+// HTTP/1.1 and h2c (HTTP/2 with prior knowledge) on BackendHTTPPort, the gRPC health service
+// and EchoService on BackendGRPCPort, and a line protocol on BackendStreamPort, so Kubernetes'
+// EndpointSlice controller publishes it for Services that select it; its answers are
+// switchable:
 //
 //	b := cluster.NewBackend(ns, "payments-0", map[string]string{"app": "payments"})
 //	b.SetBehavior(rig.Unavailable)  // rig.OK (200) | rig.Unavailable (503) | rig.Hang | rig.Refuse
@@ -94,8 +95,15 @@
 //	b.Requests()                    // rig.Requests{Probes: ..., Clients: ...}
 //	b.ResetRequests()
 //	b.IP(), b.Addr()                // the pod's address; ip:8080
+//	b.GRPCAddr(), b.StreamAddr()    // ip:9090; ip:7070
 //
 // Every HTTP answer names the backend in the BackendHeader (X-Backend) response header.
+// EchoService ("tripswitch.e2e.Echo", written without generated code: call EchoCallMethod
+// with grpc.ClientConn.Invoke and wrapperspb.StringValue) sends it as the header metadata
+// x-backend, and answers OK with a reply and Unavailable with status UNAVAILABLE. The stream
+// server answers each line "ping <n>" with "pong <n> <backend>" (OK) or "error <n> <backend>"
+// (Unavailable), and not at all when it hangs. Every behaviour applies to all three ports;
+// Refuse closes every listener and connection.
 //
 // # Clients and load
 //
@@ -113,13 +121,43 @@
 //	load.Snapshot()                                     // what has ended so far
 //	results = load.Stop()                               // stop and wait
 //
-// Each connection makes one attempt; each Attempt records its Start, Latency, Connect time,
+// In these modes each connection makes one attempt; each Attempt records its Start, Latency, Connect time,
 // Outcome (rig.Responded with Status and the Headers asked for, rig.Connected,
 // rig.Refused, rig.Reset, rig.ConnectTimeout, rig.ResponseTimeout, rig.Unreachable,
 // rig.OtherError with Err) and the backend that answered (Attempt.Backend). Clients close
 // with a reset, so a thousand connections a second leave no TIME_WAIT sockets. Results have
 // helpers: Count, Share, Outcomes, Statuses, Backends, Percentile, Between (a time window),
 // With (outcomes), Where, First, and String for a one-line summary.
+//
+// kube-proxy steers only new connections, and real callers pool theirs. The pooled modes
+// give every client one pool, opened through its pod, that carries Rate calls a second
+// (each in a goroutine of its own, so a hanging backend makes the pool open more
+// connections, as it would in production), and the same Results:
+//
+//	load := clients.Start(rig.LoadSpec{Target: clusterIP + ":9090", Host: "payments." + ns, Mode: rig.GRPC})
+//	// rig.HTTPKeepAlive: http.DefaultTransport's clone (HTTP/1.1 keep-alive, Go's retries)
+//	// rig.H2C:           one multiplexed HTTP/2 connection with prior knowledge
+//	// rig.GRPC:          a grpc.ClientConn with default settings calling EchoService
+//	// rig.TCPStream:     one stream connection ("ping <n>"), one call at a time, like a database's
+//	results := load.Stop()           // waits for calls in flight, then closes every pool
+//	conns := load.Conns()            // rig.ConnRecords: one per connection the pools opened
+//	conns.To("payments-0").Ends()    // map[rig.ConnEnd]int: how they ended
+//	pool := clients[0].NewPool(spec) // or one client's pool, for calls made by hand:
+//	a = pool.Call(ctx)               // one call; pool.Conns(), pool.Close() (else in cleanup)
+//
+// A pooled Attempt also records which of its client's connections carried it (Conn, 1, 2, ...;
+// 0 for none) and whether that one had carried an earlier call (Reused). GRPC maps status OK
+// to Responded 200, an UNAVAILABLE that a server sent to Responded 503 (its metadata
+// x-backend and x-tripswitch-breaker recorded as the X-Backend and X-Tripswitch-Breaker
+// headers), DEADLINE_EXCEEDED to a timeout, and an UNAVAILABLE of gRPC's own (the connection
+// failed) to what failed: Refused, Reset and so on. TCPStream maps "pong" to 200 and "error"
+// to 503. A ConnRecord tells the client, the connection's number, who answered on it first
+// (Backend: a backend's name, rig.ResponderBackend if the answer carried
+// X-Tripswitch-Breaker, "" if nothing answered), how many calls it carried, when it opened,
+// and when and how it ended, as its client saw it: rig.ConnReset (ECONNRESET or EPIPE),
+// rig.ConnClosedByPeer (EOF), rig.ConnClosed (the client closed it: Connection: close,
+// GOAWAY, a surplus idle connection), rig.ConnTimeout (a call gave up on it), rig.ConnFailed
+// (another error, in Err), or rig.ConnOpen (open when the load stopped).
 //
 // # Processes
 //

@@ -40,10 +40,12 @@ func NewClients(n int) Clients {
 	return cs
 }
 
-// LoadMode is what each attempt does once connected.
+// LoadMode is how each attempt reaches Target: on a new connection of its own (HTTPGet,
+// TCPConnect), or as a call on the client's pool of connections (HTTPKeepAlive, H2C, GRPC,
+// TCPStream; see Pooled).
 type LoadMode string
 
-// The load modes.
+// The fresh-connection load modes (the pooled ones are HTTPKeepAlive, H2C, GRPC and TCPStream).
 const (
 	// HTTPGet sends one GET per connection and reads the response (the default).
 	HTTPGet LoadMode = "http"
@@ -56,7 +58,8 @@ type Outcome string
 
 // The outcomes of an attempt.
 const (
-	// Responded: an HTTP response came (see Attempt.Status).
+	// Responded: an HTTP response came (see Attempt.Status). For GRPC, a gRPC status that
+	// the server sent: OK is 200, UNAVAILABLE 503; for TCPStream, "pong" is 200, "error" 503.
 	Responded Outcome = "responded"
 	// Connected: the handshake succeeded (TCPConnect mode).
 	Connected Outcome = "connected"
@@ -76,26 +79,32 @@ const (
 	OtherError Outcome = "error"
 )
 
-// LoadSpec describes a load: every client opens Rate new connections a second to Target.
+// LoadSpec describes a load: every client makes Rate attempts a second to Target, each on a
+// new connection or, in the pooled modes, on the client's pool.
 type LoadSpec struct {
 	// Target is ip:port, such as a Service's ClusterIP and port (Rig.ServiceAddress).
 	Target string
-	// Rate is new connections a second, per client. Default 10.
+	// Rate is attempts a second, per client: new connections in the fresh modes, calls on
+	// the client's pool in the pooled ones. Default 10.
 	Rate int
 	// Duration is how long the load runs; 0 runs until Stop.
 	Duration time.Duration
-	// Timeout bounds each attempt, connect and response together. Default 2s.
+	// Timeout bounds each attempt, connect and response together (in the pooled modes,
+	// waiting for a connection too), and each dial of a pool. Default 2s.
 	Timeout time.Duration
-	// Mode is HTTPGet (default) or TCPConnect.
+	// Mode is HTTPGet (default), TCPConnect, or a pooled mode: HTTPKeepAlive, H2C, GRPC or
+	// TCPStream.
 	Mode LoadMode
 	// Path is the GET's path. Default "/".
 	Path string
-	// Host is the GET's Host header, such as the Service's DNS name that a real client would
-	// call (the rig has no DNS: Target is where it connects). Default Target.
+	// Host is the GET's Host header (GRPC: the :authority), such as the Service's DNS name that
+	// a real client would call (the rig has no DNS: Target is where it connects). Default
+	// Target.
 	Host string
 	// UserAgent is the GET's User-Agent. Default "tripswitch-e2e-client".
 	UserAgent string
-	// Headers are the response headers each attempt records. Default BackendHeader.
+	// Headers are the response headers (GRPC: header or trailer metadata) each attempt
+	// records. Default BackendHeader, and BreakerHeader too in the pooled modes.
 	Headers []string
 }
 
@@ -120,19 +129,31 @@ func (s LoadSpec) withDefaults() LoadSpec {
 	}
 	if s.Headers == nil {
 		s.Headers = []string{BackendHeader}
+		if s.Mode.Pooled() {
+			s.Headers = append(s.Headers, BreakerHeader)
+		}
 	}
 	return s
 }
 
-// Attempt is one connection of a load.
+// Attempt is one attempt of a load: a connection of its own in the fresh modes, a call on a
+// pooled connection in the pooled ones.
 type Attempt struct {
 	Client int
 	// Start is when the attempt began (before the socket was made).
 	Start time.Time
 	// Latency is from Start to the outcome.
 	Latency time.Duration
-	// Connect is from Start to the end of the handshake; 0 if there was none.
+	// Connect is from Start to the end of the handshake; 0 if there was none. In the pooled
+	// modes, from Start to when the attempt had its connection, new or reused (GRPC: when its
+	// headers went out on it).
 	Connect time.Duration
+	// Conn is, in the pooled modes, the number of the client's connection that carried the
+	// attempt (1, 2, ... in the order the client's pool opened them; see Load.Conns); 0 when
+	// no connection carried it, and in the fresh modes.
+	Conn int
+	// Reused says that the connection had carried an earlier attempt (pooled modes).
+	Reused  bool
 	Outcome Outcome
 	// Status is the HTTP status, for Responded.
 	Status int
@@ -151,6 +172,12 @@ func (a Attempt) String() string {
 	if a.Outcome == Responded {
 		s += fmt.Sprintf(" (%d from %q)", a.Status, a.Backend())
 	}
+	if a.Conn != 0 {
+		s += fmt.Sprintf(" on conn %d", a.Conn)
+		if a.Reused {
+			s += " (reused)"
+		}
+	}
 	if a.Err != nil {
 		s += ": " + a.Err.Error()
 	}
@@ -162,9 +189,18 @@ func (c *Client) Get(target string) Attempt {
 	return c.Attempt(context.Background(), LoadSpec{Target: target})
 }
 
-// Attempt makes one attempt as spec describes (Rate and Duration do not matter).
+// Attempt makes one attempt as spec describes (Rate and Duration do not matter); in a pooled
+// mode, through a pool of its own that it closes after (NewPool keeps one).
 func (c *Client) Attempt(ctx context.Context, spec LoadSpec) Attempt {
 	spec = spec.withDefaults()
+	if spec.Mode.Pooled() {
+		p, err := c.newPool(spec)
+		if err != nil {
+			return Attempt{Client: c.Index, Start: time.Now(), Outcome: OtherError, Err: err}
+		}
+		defer p.Close()
+		return p.Call(ctx)
+	}
 	a := Attempt{Client: c.Index, Start: time.Now()}
 	deadline := a.Start.Add(spec.Timeout)
 	ctx, cancel := context.WithDeadline(ctx, deadline)
@@ -205,13 +241,18 @@ func get(conn net.Conn, spec LoadSpec) (int, map[string]string, error) {
 	if _, err := io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)); err != nil {
 		return 0, nil, err
 	}
+	return resp.StatusCode, recordHeaders(resp.Header, spec.Headers), nil
+}
+
+// recordHeaders returns the headers named in names that h has, under their canonical names.
+func recordHeaders(h http.Header, names []string) map[string]string {
 	headers := map[string]string{}
-	for _, h := range spec.Headers {
-		if v := resp.Header.Get(h); v != "" {
-			headers[http.CanonicalHeaderKey(h)] = v
+	for _, name := range names {
+		if v := h.Get(name); v != "" {
+			headers[http.CanonicalHeaderKey(name)] = v
 		}
 	}
-	return resp.StatusCode, headers, nil
+	return headers
 }
 
 // closeWithReset closes with a reset instead of a FIN, so that a thousand connections a second
@@ -247,6 +288,7 @@ func classify(err error, connected bool) Outcome {
 type Load struct {
 	spec    LoadSpec
 	clients Clients
+	pools   []*Pool // the clients' pools, in clients' order; nil in the fresh modes
 	stop    chan struct{}
 	once    sync.Once
 	issuing sync.WaitGroup // the clients' schedulers
@@ -256,19 +298,31 @@ type Load struct {
 }
 
 // Start starts a load from every client, spread evenly over each second, and stops it when
-// the current Ginkgo node's cleanup runs (if Stop or Wait has not).
+// the current Ginkgo node's cleanup runs (if Stop or Wait has not). In a pooled mode every
+// client gets a pool of its own, which Stop closes.
 func (cs Clients) Start(spec LoadSpec) *Load {
 	GinkgoHelper()
 	spec = spec.withDefaults()
 	Expect(cs).NotTo(BeEmpty())
 	Expect(spec.Target).NotTo(BeEmpty(), "a load needs a Target")
 	l := &Load{spec: spec, clients: cs, stop: make(chan struct{})}
+	if spec.Mode.Pooled() {
+		for _, c := range cs {
+			p, err := c.newPool(spec)
+			Expect(err).NotTo(HaveOccurred())
+			l.pools = append(l.pools, p)
+		}
+	}
 	start := time.Now()
 	period := time.Second / time.Duration(spec.Rate)
-	for _, c := range cs {
+	for i, c := range cs {
 		first := start.Add(period * time.Duration(c.Index) / time.Duration(len(cs)))
+		attempt := func() Attempt { return c.Attempt(context.Background(), l.spec) }
+		if l.pools != nil {
+			attempt = func() Attempt { return l.pools[i].Call(context.Background()) }
+		}
 		l.issuing.Add(1)
-		go l.run(c, first, period)
+		go l.run(attempt, first, period)
 	}
 	if spec.Duration > 0 {
 		time.AfterFunc(spec.Duration, l.halt)
@@ -284,7 +338,9 @@ func (cs Clients) Run(spec LoadSpec) Results {
 	return cs.Start(spec).Wait()
 }
 
-func (l *Load) run(c *Client, next time.Time, period time.Duration) {
+// run makes attempts every period from next on, each in a goroutine of its own, so that a
+// hanging attempt delays none: a pool then opens more connections, as a real client's does.
+func (l *Load) run(attempt func() Attempt, next time.Time, period time.Duration) {
 	defer l.issuing.Done()
 	timer := time.NewTimer(time.Until(next))
 	defer timer.Stop()
@@ -297,7 +353,7 @@ func (l *Load) run(c *Client, next time.Time, period time.Duration) {
 		l.flying.Add(1)
 		go func() {
 			defer l.flying.Done()
-			a := c.Attempt(context.Background(), l.spec)
+			a := attempt()
 			l.mu.Lock()
 			l.results = append(l.results, a)
 			l.mu.Unlock()
@@ -309,19 +365,23 @@ func (l *Load) run(c *Client, next time.Time, period time.Duration) {
 
 func (l *Load) halt() { l.once.Do(func() { close(l.stop) }) }
 
-// Stop stops starting attempts, waits for those in flight (at most the timeout) and returns
-// every attempt, in the order of their start.
+// Stop stops starting attempts, waits for those in flight (at most the timeout), closes the
+// pools of a pooled load and returns every attempt, in the order of their start.
 func (l *Load) Stop() Results {
 	l.halt()
 	return l.Wait()
 }
 
 // Wait waits until the load has stopped (after its Duration, or Stop) and its attempts have
-// ended, and returns them in the order of their start.
+// ended, closes the pools of a pooled load, and returns the attempts in the order of their
+// start.
 func (l *Load) Wait() Results {
 	<-l.stop
 	l.issuing.Wait()
 	l.flying.Wait()
+	for _, p := range l.pools {
+		p.Close()
+	}
 	return l.Snapshot()
 }
 
