@@ -126,7 +126,7 @@ func runAgent(ctx context.Context, args []string) error {
 	if o.resetGuard {
 		g, err := flows.NewGuard(o.resetGuardTTL)
 		if err != nil {
-			log.Error(err, "The kernel refused the reset guard; cut flows now rely on nf_conntrack_tcp_loose=1 to reset")
+			log.Error(err, "No reset guard (it needs CAP_NET_RAW, nf_tables and reject in prerouting); cut flows now rely on nf_conntrack_tcp_loose=1 to reset")
 		} else {
 			guard = g
 		}

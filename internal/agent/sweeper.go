@@ -19,9 +19,11 @@ type Table interface {
 	Cut(targets []flows.Target) ([]flows.Flow, error)
 }
 
-// Guard makes a cut flow's next packet draw a reset (*flows.Guard).
+// Guard makes a cut flow's next packet draw a reset, and makes its client send one now
+// (*flows.Guard).
 type Guard interface {
 	Arm(cut []flows.Flow) error
+	Probe(cut []flows.Flow) error
 }
 
 // ProxySync tells whether kube-proxy has applied what the agent saw by since (*KubeProxySync).
@@ -230,6 +232,12 @@ func (s *Sweeper) sweep(log logr.Logger, fresh []Cut, due []*active, waited time
 			log.Error(err, "Arming the reset guard failed: cut clients on nodes with nf_conntrack_tcp_loose=0 wait for their own timeouts")
 		} else {
 			armed = len(cut)
+			// Clients waiting for an answer (a call in flight to a backend that hangs) would
+			// send nothing until their own timeout: probed, they answer, and are reset now.
+			if err := s.Guard.Probe(cut); err != nil {
+				s.Metrics.failed(OpGuard)
+				log.Error(err, "Probing cut clients failed: those waiting for an answer are reset only at their next packet")
+			}
 		}
 	}
 	end := s.Clock.Now()

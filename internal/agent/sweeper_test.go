@@ -48,14 +48,23 @@ func (f *fakeTable) sweeps() []time.Time {
 }
 
 type fakeGuard struct {
-	mu    sync.Mutex
-	armed int
+	mu            sync.Mutex
+	armed, probed int
+	probedUnarmed bool
 }
 
 func (g *fakeGuard) Arm(cut []flows.Flow) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.armed += len(cut)
+	return nil
+}
+
+func (g *fakeGuard) Probe(cut []flows.Flow) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.probed += len(cut)
+	g.probedUnarmed = g.probedUnarmed || g.probed > g.armed
 	return nil
 }
 
@@ -156,8 +165,8 @@ func TestSweeperWaitsForKubeProxyThenSweepsAgainAndStops(t *testing.T) {
 	if len(table.sweeps()) != 1+len(Resweeps) {
 		t.Errorf("%d sweeps, want %d: resweeps must end", len(table.sweeps()), 1+len(Resweeps))
 	}
-	if guard.armed != 4*(1+len(Resweeps)) {
-		t.Errorf("armed %d flows, want every flow each sweep cut", guard.armed)
+	if guard.armed != 4*(1+len(Resweeps)) || guard.probed != guard.armed || guard.probedUnarmed {
+		t.Errorf("armed %d and probed %d flows, want every flow each sweep cut, armed before it is probed", guard.armed, guard.probed)
 	}
 	if got := testutil.ToFloat64(m.flowsCut.WithLabelValues("shop", "payments", "trip")); got != float64(4*(1+len(Resweeps))) {
 		t.Errorf("flows cut metric %v", got)

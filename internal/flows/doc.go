@@ -25,6 +25,15 @@
 // The agent deletes first and arms second; a packet in between is at worst retransmitted after
 // the guard is armed, and is reset then. Arming first works as well.
 //
+// A client that waits for an answer sends nothing by itself: a call in flight to a backend
+// that hangs, a database client waiting for its query, an idle pooled connection. Guard.Probe
+// makes it send now: a bare ACK from the front to the client, with a random sequence number,
+// which the client's kernel answers with an ACK of its own (a packet outside its window asks
+// for one); that answer meets the reset rule, and the client's call fails at once instead of
+// at its timeout. The probes leave the node untracked (the table's probes chain, at priority
+// raw in output, matches exactly a cut tuple reversed), so they create no conntrack entry
+// that the client's answer could follow back.
+//
 // The agent leaves the table behind when it exits: the elements expire by their own timeouts
 // (the Guard's ttl), after which the rules match nothing, and NewGuard adopts the table when
 // the agent starts again. To remove it by hand on a node:
@@ -32,7 +41,7 @@
 //	nft delete table inet tripswitch-agent
 //
 // Both Table and Guard work in the network namespace of the thread that opened them (the agent
-// runs in the host's); both need CAP_NET_ADMIN. The Guard needs a kernel that allows reject in
+// runs in the host's); both need CAP_NET_ADMIN, and the Guard's probes CAP_NET_RAW. The Guard needs a kernel that allows reject in
 // prerouting; on an older kernel NewGuard fails, and the agent runs without it (loose=1 nodes
 // still reset, loose=0 nodes let the cut clients time out).
 package flows

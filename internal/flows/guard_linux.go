@@ -29,6 +29,7 @@ const (
 	guardSetIPv6         = "cut-ipv6"
 	guardChainPrerouting = "prerouting"
 	guardChainOutput     = "output"
+	guardChainProbes     = "probes"
 	// armBatch bounds the tuples of one transaction. The tuples travel in one netlink
 	// attribute, whose length has 16 bits, and the nftables library does not check it: from
 	// 64 KiB on (1,024 IPv6 tuples of 64 bytes) the length wraps and the kernel silently arms
@@ -37,6 +38,7 @@ const (
 	// tcpSYN and tcpRST are TCP header flag bits (byte 13).
 	tcpSYN = 0x02
 	tcpRST = 0x04
+	tcpACK = 0x10
 )
 
 // guardFamily is what differs between the IPv4 and the IPv6 half of the guard.
@@ -59,14 +61,21 @@ var guardFamilies = []guardFamily{
 	},
 }
 
+// guardChain is one of the guard's base chains and the rule it holds for each family.
+type guardChain struct {
+	name     string
+	hook     *nftables.ChainHook
+	priority *nftables.ChainPriority
+	rule     func(guardFamily, *nftables.Set) []expr.Any
+}
+
 // guardChains are the guard's base chains: where a cut client's packet first shows up,
-// arriving (prerouting) or sent from the node's own namespace (output).
-var guardChains = []struct {
-	name string
-	hook *nftables.ChainHook
-}{
-	{guardChainPrerouting, nftables.ChainHookPrerouting},
-	{guardChainOutput, nftables.ChainHookOutput},
+// arriving (prerouting) or sent from the node's own namespace (output), and, before conntrack,
+// the probes Probe sends (probes).
+var guardChains = []guardChain{
+	{guardChainPrerouting, nftables.ChainHookPrerouting, nftables.ChainPriorityMangle, guardFamily.resetRule},
+	{guardChainOutput, nftables.ChainHookOutput, nftables.ChainPriorityMangle, guardFamily.resetRule},
+	{guardChainProbes, nftables.ChainHookOutput, nftables.ChainPriorityRaw, guardFamily.untrackProbeRule},
 }
 
 // Guard is the reset guard: it makes the next packet of a cut flow draw a TCP reset, whatever
@@ -77,6 +86,9 @@ type Guard struct {
 	// socket there, whatever thread it runs on.
 	netns netns.NsHandle
 	ttl   time.Duration
+	// probes are raw sockets (IPv4, IPv6) in that namespace, for Probe; -1 when the family
+	// has none (IPv6 disabled).
+	probes [2]int
 }
 
 // NewGuard installs the guard's table in the network namespace of the calling thread, or
@@ -93,9 +105,13 @@ func NewGuard(ttl time.Duration) (*Guard, error) {
 	if err != nil {
 		return nil, fmt.Errorf("flows: open the thread's network namespace: %w", err)
 	}
-	g := &Guard{netns: ns, ttl: ttl}
+	g := &Guard{netns: ns, ttl: ttl, probes: [2]int{-1, -1}}
 	if err := g.install(); err != nil {
 		_ = ns.Close()
+		return nil, err
+	}
+	if err := g.openProbes(); err != nil {
+		_ = g.Close()
 		return nil, err
 	}
 	return g, nil
@@ -143,13 +159,13 @@ func (g *Guard) install() error {
 	}
 	for _, c := range guardChains {
 		chain := conn.AddChain(&nftables.Chain{
-			Name: c.name, Table: table, Type: nftables.ChainTypeFilter, Hooknum: c.hook, Priority: nftables.ChainPriorityMangle,
+			Name: c.name, Table: table, Type: nftables.ChainTypeFilter, Hooknum: c.hook, Priority: c.priority,
 		})
 		if adopt {
 			conn.FlushChain(chain)
 		}
 		for i, family := range guardFamilies {
-			conn.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: family.resetRule(sets[i])})
+			conn.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: c.rule(family, sets[i])})
 		}
 	}
 	if err := conn.Flush(); err != nil {
@@ -202,7 +218,7 @@ func inspect(conn *nftables.Conn, table *nftables.Table) (exists, same bool, err
 		for _, c := range guardChains {
 			if chain.Name == c.name && chain.Type == nftables.ChainTypeFilter &&
 				chain.Hooknum != nil && *chain.Hooknum == *c.hook &&
-				chain.Priority != nil && *chain.Priority == *nftables.ChainPriorityMangle {
+				chain.Priority != nil && *chain.Priority == *c.priority {
 				matching++
 			}
 		}
@@ -242,6 +258,35 @@ func (f guardFamily) resetRule(set *nftables.Set) []expr.Any {
 		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
 		&expr.Counter{},
 		&expr.Reject{Type: unix.NFT_REJECT_TCP_RST},
+	}
+}
+
+// untrackProbeRule is, for the IPv4 family (IPv6 alike):
+//
+//	tcp flags == ack ip daddr . tcp dport . ip saddr . tcp sport @cut-ipv4 counter notrack
+//
+// It matches only the probes Probe sends: a bare ACK that the node itself sends from a cut
+// flow's front to its client (the set's tuple, reversed). Untracked, a probe creates no
+// conntrack entry, so the client's answer finds none either and meets the reset rule.
+func (f guardFamily) untrackProbeRule(set *nftables.Set) []expr.Any {
+	addrRegs := f.addrLen / 4
+	dport := uint32(unix.NFT_REG32_00) + addrRegs
+	saddr := dport + 1
+	sport := saddr + addrRegs
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.nfproto}},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{tcpACK}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddr, Len: f.addrLen},
+		&expr.Payload{DestRegister: dport, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Payload{DestRegister: saddr, Base: expr.PayloadBaseNetworkHeader, Offset: f.saddr, Len: f.addrLen},
+		&expr.Payload{DestRegister: sport, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
+		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
+		&expr.Counter{},
+		&expr.Notrack{},
 	}
 }
 
@@ -348,8 +393,15 @@ func (g *Guard) Remove() error {
 	return nil
 }
 
-// Close releases the Guard's handle on its network namespace; the table stays.
+// Close releases the Guard's handle on its network namespace and its probe sockets; the
+// table stays.
 func (g *Guard) Close() error {
+	for i, fd := range g.probes {
+		if fd >= 0 {
+			_ = unix.Close(fd)
+			g.probes[i] = -1
+		}
+	}
 	if err := g.netns.Close(); err != nil {
 		return fmt.Errorf("flows: close the reset guard's network namespace handle: %w", err)
 	}

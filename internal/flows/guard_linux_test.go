@@ -261,7 +261,7 @@ func TestNewGuardAdoptsItsTable(t *testing.T) {
 	}
 	second := newGuard(t, ns, time.Minute)
 	layout := guardLayout(t, ns)
-	want := "prerouting: 2 rules; output: 2 rules; cut-ipv4: 1 tuples; cut-ipv6: 1 tuples"
+	want := "prerouting: 2 rules; output: 2 rules; probes: 2 rules; cut-ipv4: 1 tuples; cut-ipv6: 1 tuples"
 	if layout != want {
 		t.Fatalf("after a second NewGuard: %s; want %s", layout, want)
 	}
@@ -273,7 +273,7 @@ table inet tripswitch-agent {
 }
 `)
 	newGuard(t, ns, time.Minute)
-	if layout, want := guardLayout(t, ns), "prerouting: 2 rules; output: 2 rules; cut-ipv4: 0 tuples; cut-ipv6: 0 tuples"; layout != want {
+	if layout, want := guardLayout(t, ns), "prerouting: 2 rules; output: 2 rules; probes: 2 rules; cut-ipv4: 0 tuples; cut-ipv6: 0 tuples"; layout != want {
 		t.Fatalf("after NewGuard over an older layout: %s; want %s", layout, want)
 	}
 
