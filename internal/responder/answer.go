@@ -24,6 +24,10 @@ type Answer struct {
 	// Message says why: the grpc-message (before percent-encoding) and the start of the HTTP
 	// body.
 	Message string
+	// Holding says the breaker is Open or HalfOpen, so a connection that carries its answers
+	// may carry more for a while; a breaker that has closed, or one the responder does not
+	// know, sends its clients away at once.
+	Holding bool
 }
 
 // Decide computes the answer for a request that reached breaker b (known is false when it
@@ -44,9 +48,9 @@ func Decide(b Breaker, known bool, now time.Time) Answer {
 	}
 	switch b.State {
 	case tripswitchv1alpha1.StateOpen:
-		a.Message = "circuit breaker " + a.Breaker + " is open"
+		a.Message, a.Holding = "circuit breaker "+a.Breaker+" is open", true
 	case tripswitchv1alpha1.StateHalfOpen:
-		a.Message = "circuit breaker " + a.Breaker + " is half-open"
+		a.Message, a.Holding = "circuit breaker "+a.Breaker+" is half-open", true
 	case tripswitchv1alpha1.StateClosed:
 		a.Message = "circuit breaker " + a.Breaker + " has just closed"
 	default: // a breaker the manager has not reconciled yet

@@ -1,6 +1,7 @@
 package responder
 
 import (
+	"context"
 	"net"
 	"net/http"
 	"strconv"
@@ -23,13 +24,23 @@ const (
 	readTimeout = 3 * time.Second
 	// writeTimeout bounds writing the answer to a client that does not read it.
 	writeTimeout = 3 * time.Second
-	// idleTimeout closes an HTTP/2 connection that has sent its preface and no request.
-	// HTTP/1.1 connections never idle: every answer closes them.
+	// idleTimeout closes an HTTP/2 connection that carries no request, after its preface or
+	// between requests. HTTP/1.1 connections never idle: every answer closes them.
 	idleTimeout = time.Second
-	// maxConcurrentStreams bounds an HTTP/2 connection's streams: each is answered at once and
-	// the connection goes away after the first answer, so a few are plenty.
-	maxConcurrentStreams = 16
+	// maxConnectionAge is how long an HTTP/2 connection (gRPC's too) may carry answers for a
+	// breaker that is Open or HalfOpen: the first answer after it says GOAWAY. A client kept
+	// here longer would miss the breaker's half-open share and its closing (kube-proxy steers
+	// only new connections); GOAWAY after every answer instead made multiplexing clients
+	// refuse their concurrent streams over and over, which Go's HTTP/2 transport retries after
+	// 1 s, then 2 s (see TestMultiplexingClientsAreAnsweredAtOnceUnderConcurrency).
+	maxConnectionAge = time.Second
+	// maxConcurrentStreams bounds an HTTP/2 connection's streams: each is answered at once,
+	// so a client needs few in flight.
+	maxConcurrentStreams = 100
 )
+
+// connStartKey is the context key of when an HTTP connection was accepted.
+type connStartKey struct{}
 
 // handler answers every request from its Host or :authority header. It never reads the
 // body: the answer does not depend on it, and a client that sends a large one slowly must not
@@ -63,9 +74,13 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hdr := w.Header()
 	// kube-proxy steers only new connections: one kept alive here would go on reaching the
 	// responder after the breaker closes. On HTTP/1.1 net/http closes the connection after
-	// this answer; on HTTP/2 it sends GOAWAY and closes it once the stream is done (net/http
-	// turns a handler's "Connection: close" into a graceful shutdown of the connection).
-	hdr["Connection"] = []string{"close"}
+	// this answer; on HTTP/2 it sends GOAWAY and closes it once its streams are done (net/http
+	// turns a handler's "Connection: close" into a graceful shutdown of the connection). An
+	// HTTP/2 connection carries a client's concurrent calls: it stays while the breaker is
+	// Open or HalfOpen, up to maxConnectionAge.
+	if r.ProtoMajor < 2 || !a.Holding || h.now().Sub(connStart(r.Context())) >= maxConnectionAge {
+		hdr["Connection"] = []string{"close"}
+	}
 	if a.Breaker != "" {
 		hdr["X-Tripswitch-Breaker"] = []string{a.Breaker}
 	}
@@ -117,9 +132,12 @@ func grpcContentType(ct string) (string, bool) {
 
 // newHTTPServer is the HTTP listener's server: HTTP/1.1 and HTTP/2 with prior knowledge on
 // one port, bounded as the constants above say.
-func newHTTPServer(h http.Handler, errorLog *sometimes) *http.Server {
+func newHTTPServer(h *handler, errorLog *sometimes) *http.Server {
 	srv := &http.Server{
 		Handler:           h,
+		ConnContext: func(ctx context.Context, _ net.Conn) context.Context {
+			return context.WithValue(ctx, connStartKey{}, h.now())
+		},
 		MaxHeaderBytes:    maxHeaderBytes,
 		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       readTimeout,
@@ -139,6 +157,13 @@ func newHTTPServer(h http.Handler, errorLog *sometimes) *http.Server {
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(true)
 	return srv
+}
+
+// connStart is when the connection that carried a request was accepted; the zero time, so
+// that the connection counts as old, where it is unknown.
+func connStart(ctx context.Context) time.Time {
+	t, _ := ctx.Value(connStartKey{}).(time.Time)
+	return t
 }
 
 // serveNetHTTP answers the connections to l through srv alone until stop is closed, and
