@@ -134,7 +134,7 @@ func grpcContentType(ct string) (string, bool) {
 // one port, bounded as the constants above say.
 func newHTTPServer(h *handler, errorLog *sometimes) *http.Server {
 	srv := &http.Server{
-		Handler:           h,
+		Handler: h,
 		ConnContext: func(ctx context.Context, _ net.Conn) context.Context {
 			return context.WithValue(ctx, connStartKey{}, h.now())
 		},
