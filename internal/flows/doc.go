@@ -5,8 +5,9 @@
 //
 // Table.Cut deletes the conntrack entries whose original destination is the front (one of its
 // addresses and service ports, or one of its node ports on any address) and whose reply source
-// is an endpoint the front no longer publishes. Only TCP is cut: UDP has no connection to
-// reset, and kube-proxy itself clears UDP entries of endpoints that go away.
+// is an endpoint the front no longer publishes. Only TCP is cut, and only flows conntrack has
+// not seen end (TIME_WAIT and CLOSE are left to expire): UDP has no connection to reset, and
+// kube-proxy itself clears UDP entries of endpoints that go away.
 //
 // Deleting the entry alone is not enough. The client's next packet on the connection is then
 // not part of any tracked flow: with net.netfilter.nf_conntrack_tcp_loose=1 conntrack picks it

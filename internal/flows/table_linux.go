@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/util/retry"
@@ -120,7 +121,7 @@ type recorder struct {
 // MatchConntrackFlow says whether a Target claims entry.
 func (r *recorder) MatchConntrackFlow(entry *netlink.ConntrackFlow) bool {
 	r.settle()
-	if entry.Forward.Protocol != unix.IPPROTO_TCP {
+	if entry.Forward.Protocol != unix.IPPROTO_TCP || finished(entry) {
 		return false
 	}
 	client, ok1 := addrPort(entry.Forward.SrcIP, entry.Forward.SrcPort)
@@ -156,6 +157,14 @@ func (f deleteFailed) MatchConntrackFlow(entry *netlink.ConntrackFlow) bool {
 		f.recorder.pending = nil
 	}
 	return false
+}
+
+// finished says conntrack has seen the flow end (TIME_WAIT, CLOSE): nothing uses it any more,
+// and cutting it would cost a deletion, a guard tuple and a probe for nothing. A client that
+// opens a connection per call leaves thousands of these behind.
+func finished(entry *netlink.ConntrackFlow) bool {
+	tcp, ok := entry.ProtoInfo.(*netlink.ProtoInfoTCP)
+	return ok && (tcp.State == nl.TCP_CONNTRACK_TIME_WAIT || tcp.State == nl.TCP_CONNTRACK_CLOSE)
 }
 
 func addrPort(ip net.IP, port uint16) (netip.AddrPort, bool) {

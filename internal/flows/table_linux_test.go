@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	. "github.com/onsi/gomega"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
@@ -122,5 +125,43 @@ func TestPing(t *testing.T) {
 	table := openTable(t, newNetNS(t, "ping"))
 	if err := table.Ping(); err != nil {
 		t.Fatalf("Ping: %v", err)
+	}
+}
+
+// TestCutLeavesFinishedFlows: a connection both sides closed lingers in conntrack (TIME_WAIT);
+// nothing uses it, and a client that opens a connection per call leaves thousands of them, so
+// Cut leaves them to expire instead of deleting, arming and probing each.
+func TestCutLeavesFinishedFlows(t *testing.T) {
+	c := newCluster(t, 2)
+	table := openTable(t, c.node)
+	c.proxy(t, route{front4, c.backends[0].endpoint(front4)})
+	client := c.client.httpClient(t, 0)
+	closed := mustGet(t, client, front4, "a", false)
+	client.CloseIdleConnections()
+	finishedState := func() (uint8, bool) {
+		list, err := c.conntrack.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+		if err != nil {
+			t.Fatalf("list conntrack entries: %v", err)
+		}
+		for _, e := range list {
+			if client, ok := addrPort(e.Forward.SrcIP, e.Forward.SrcPort); ok && client == closed.local {
+				return e.ProtoInfo.(*netlink.ProtoInfoTCP).State, true
+			}
+		}
+		return 0, false
+	}
+	NewWithT(t).Eventually(func() uint8 { state, _ := finishedState(); return state }).
+		WithTimeout(5*time.Second).WithPolling(10*time.Millisecond).
+		Should(Equal(uint8(nl.TCP_CONNTRACK_TIME_WAIT)), "the closed connection's entry lingers in TIME_WAIT")
+	open := mustGet(t, c.client.httpClient(t, 0), front4, "a", false)
+	flows, err := table.Cut([]Target{{Key: "k", Destinations: []netip.AddrPort{front4}, Backends: []netip.AddrPort{c.backends[0].endpoint(front4)}}})
+	if err != nil {
+		t.Fatalf("Cut: %v", err)
+	}
+	if len(flows) != 1 || flows[0].Client != open.local {
+		t.Fatalf("Cut returned %v, want only the open connection from %v", flows, open.local)
+	}
+	if _, ok := finishedState(); !ok {
+		t.Errorf("the finished flow's entry was deleted")
 	}
 }
