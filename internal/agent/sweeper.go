@@ -14,9 +14,10 @@ import (
 	"github.com/tripswitch/tripswitch/internal/flows"
 )
 
-// Table is the node's connection-tracking table as the sweeper uses it (*flows.Table).
+// Table is the node's connection-tracking table as the sweeper uses it (*flows.Table): it
+// cuts the targets' flows, handing them to each in batches as it goes.
 type Table interface {
-	Cut(targets []flows.Target) ([]flows.Flow, error)
+	CutEach(targets []flows.Target, each func([]flows.Flow)) ([]flows.Flow, error)
 }
 
 // Guard makes a cut flow's next packet draw a reset, and makes its client send one now
@@ -220,25 +221,38 @@ func (s *Sweeper) sweep(log logr.Logger, fresh []Cut, due []*active, waited time
 		cuts = append(cuts, a.cut)
 	}
 	start := s.Clock.Now()
-	cut, err := s.Table.Cut(s.Fronts.Targets(cuts))
+	armed := 0
+	var guardErr, probeErr error
+	// Each batch of deleted flows is armed and probed at once, while the table is still being
+	// swept: on a busy node deleting hundreds of entries takes a while, and the first clients
+	// need not wait for the last deletion.
+	guard := func(batch []flows.Flow) {
+		if s.Guard == nil {
+			return
+		}
+		if err := s.Guard.Arm(batch); err != nil {
+			guardErr = err
+			return
+		}
+		armed += len(batch)
+		// Clients waiting for an answer (a call in flight to a backend that hangs) would send
+		// nothing until their own timeout: probed, they answer, and are reset now.
+		if err := s.Guard.Probe(batch); err != nil {
+			probeErr = err
+		}
+	}
+	cut, err := s.Table.CutEach(s.Fronts.Targets(cuts), guard)
 	if err != nil {
 		s.Metrics.failed(OpConntrack)
 		log.Error(err, "Cutting flows failed; the next sweep tries again")
 	}
-	armed := 0
-	if s.Guard != nil && len(cut) > 0 {
-		if err := s.Guard.Arm(cut); err != nil {
-			s.Metrics.failed(OpGuard)
-			log.Error(err, "Arming the reset guard failed: cut clients on nodes with nf_conntrack_tcp_loose=0 wait for their own timeouts")
-		} else {
-			armed = len(cut)
-			// Clients waiting for an answer (a call in flight to a backend that hangs) would
-			// send nothing until their own timeout: probed, they answer, and are reset now.
-			if err := s.Guard.Probe(cut); err != nil {
-				s.Metrics.failed(OpGuard)
-				log.Error(err, "Probing cut clients failed: those waiting for an answer are reset only at their next packet")
-			}
-		}
+	if guardErr != nil {
+		s.Metrics.failed(OpGuard)
+		log.Error(guardErr, "Arming the reset guard failed: cut clients on nodes with nf_conntrack_tcp_loose=0 wait for their own timeouts")
+	}
+	if probeErr != nil {
+		s.Metrics.failed(OpGuard)
+		log.Error(probeErr, "Probing cut clients failed: those waiting for an answer are reset only at their next packet")
 	}
 	end := s.Clock.Now()
 	s.Metrics.observeSweep(end.Sub(start))

@@ -26,7 +26,15 @@ type fakeTable struct {
 	err   error
 }
 
-func (f *fakeTable) Cut(targets []flows.Target) ([]flows.Flow, error) {
+func (f *fakeTable) CutEach(targets []flows.Target, each func([]flows.Flow)) ([]flows.Flow, error) {
+	cut, err := f.cut(targets)
+	for _, flow := range cut {
+		each([]flows.Flow{flow})
+	}
+	return cut, err
+}
+
+func (f *fakeTable) cut(targets []flows.Target) ([]flows.Flow, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, f.clk.Now())

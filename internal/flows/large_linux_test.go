@@ -158,3 +158,31 @@ func BenchmarkCut(b *testing.B) {
 		})
 	}
 }
+
+// TestCutEachHandsOnEveryCutFlowOnceAsItGoes: the flows come in batches while the dump is
+// worked through, every one of them once, as Cut returns them.
+func TestCutEachHandsOnEveryCutFlowOnceAsItGoes(t *testing.T) {
+	table, h := syntheticNode(t)
+	fillTable(t, h, 0, 1000)
+	target := Target{Key: "k", Destinations: []netip.AddrPort{netip.MustParseAddrPort("10.96.2.1:80")},
+		Backends: []netip.AddrPort{netip.MustParseAddrPort("10.244.7.1:8080")}}
+	const hits = 3*eachBatch + 5
+	for i := range hits {
+		createEntry(t, h, netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 201, 0, byte(i)}), 40000), target.Destinations[0], target.Backends[0])
+	}
+	var batches [][]Flow
+	flows, err := table.CutEach([]Target{target}, func(batch []Flow) { batches = append(batches, batch) })
+	if err != nil {
+		t.Fatalf("CutEach: %v", err)
+	}
+	var handed []Flow
+	for _, b := range batches {
+		if len(b) > eachBatch {
+			t.Errorf("a batch of %d flows, more than %d", len(b), eachBatch)
+		}
+		handed = append(handed, b...)
+	}
+	if len(flows) != hits || fmt.Sprint(handed) != fmt.Sprint(flows) || len(batches) != 4 {
+		t.Fatalf("CutEach cut %d flows and handed on %d in %d batches, want %d in 4", len(flows), len(handed), len(batches), hits)
+	}
+}

@@ -56,6 +56,19 @@ func OpenTable() (*Table, error) {
 // netlink.ErrDumpInterrupted. A failed deletion is not a cut; netlink reports an entry that
 // vanished between the dump and its deletion as deleted, so Cut returns it too.
 func (t *Table) Cut(targets []Target) ([]Flow, error) {
+	return t.CutEach(targets, nil)
+}
+
+// eachBatch is how many deleted flows CutEach gathers before it hands them on: the first
+// clients are reset after a few deletions rather than after the whole table, and each batch
+// costs the guard one transaction.
+const eachBatch = 16
+
+// CutEach is Cut, handing the flows it has deleted to each (when not nil) as it goes, in
+// batches of up to eachBatch, on the calling goroutine between deletions. What must follow a
+// deletion (arming the guard, probing the client) then starts while the dump is still being
+// worked through: on a busy node, deleting hundreds of entries one by one takes a while.
+func (t *Table) CutEach(targets []Target, each func([]Flow)) ([]Flow, error) {
 	ix := newIndex(targets)
 	families := []struct {
 		name   string
@@ -71,10 +84,11 @@ func (t *Table) Cut(targets []Target) ([]Flow, error) {
 		if !f.needed {
 			continue
 		}
-		rec := &recorder{index: ix, targets: targets}
+		rec := &recorder{index: ix, targets: targets, each: each}
 		err := retry.OnError(dumpAttempts, interrupted, func() error {
 			_, err := t.handle.ConntrackDeleteFilters(netlink.ConntrackTable, f.family, rec, deleteFailed{rec})
 			rec.settle()
+			rec.handOn(1)
 			return err
 		})
 		cut = append(cut, rec.cut...)
@@ -116,6 +130,17 @@ type recorder struct {
 	pending     *netlink.ConntrackFlow
 	pendingFlow Flow
 	cut         []Flow
+	// each gets the cut flows from handedOn on, once there are enough of them.
+	each     func([]Flow)
+	handedOn int
+}
+
+// handOn gives each the flows cut since the last time, when there are at least least.
+func (r *recorder) handOn(least int) {
+	if r.each != nil && len(r.cut)-r.handedOn >= least {
+		r.each(r.cut[r.handedOn:len(r.cut):len(r.cut)])
+		r.handedOn = len(r.cut)
+	}
 }
 
 // MatchConntrackFlow says whether a Target claims entry.
@@ -144,6 +169,7 @@ func (r *recorder) settle() {
 	if r.pending != nil {
 		r.cut = append(r.cut, r.pendingFlow)
 		r.pending = nil
+		r.handOn(eachBatch)
 	}
 }
 
