@@ -146,7 +146,7 @@ endif
 .PHONY: test-chart
 test-chart: helm kustomize $(ENVTEST_DEP) ## Test the Helm chart: helm lint and template, and the Helm SDK suite (test/helm): same objects as config/default, a dry run, install, upgrade, uninstall and reinstall on envtest.
 	$(HELM) lint --strict charts/tripswitch
-	$(HELM) lint --strict charts/tripswitch --set responder.enabled=false,serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true,uninstall.releaseFronts=false
+	$(HELM) lint --strict charts/tripswitch --set responder.enabled=false,agent.enabled=false,serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true,uninstall.releaseFronts=false
 	$(HELM) template tripswitch charts/tripswitch -n tripswitch-system >/dev/null
 	cd test/helm && KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" KUSTOMIZE="$(KUSTOMIZE)" go test $(GO_TEST_FLAGS) -count=1 ./...
 
@@ -212,7 +212,7 @@ docker-build: ## Build the manager image (needs a container engine).
 	$(CONTAINER_TOOL) build -t $(IMG) .
 
 .PHONY: build-installer
-build-installer: manifests generate kustomize ## Write dist/install.yaml: CRDs, RBAC and the manager Deployment for IMG.
+build-installer: manifests generate kustomize ## Write dist/install.yaml: CRDs, RBAC, the manager, the responder and the node agent for IMG.
 	mkdir -p dist
 	$(call kustomize-build-with-image) > dist/install.yaml
 

@@ -48,17 +48,25 @@ func TestParseArgs(t *testing.T) {
 }
 
 func TestRewrite(t *testing.T) {
-	names := map[string]bool{"tripswitch-responder": true, "tripswitch-controller-manager": true}
+	names := map[string]bool{"tripswitch-responder": true, "tripswitch-controller-manager": true, "tripswitch-agent": true}
+	namespaces := map[string]string{installNamespace: nsToken, "tripswitch-agent": namespaceToken("agent")}
 	in := object{
 		"a":      "tripswitch-system/tripswitch-responder",
 		"b":      []any{"tripswitch-controller-manager", "tripswitch-responder-role", "tripswitch.tripswitch.io", "tripswitch"},
 		"labels": object{"app.kubernetes.io/managed-by": "kustomize"},
+		// tripswitch-agent is a namespace in a namespace field, and a name elsewhere.
+		"metadata": object{"name": "tripswitch-agent", "namespace": "tripswitch-agent"},
+		"subjects": []any{object{"name": "tripswitch-agent", "namespace": "tripswitch-agent"},
+			object{"name": "tripswitch-responder", "namespace": "tripswitch-system"}},
 	}
-	got := rewrite(in, names)
+	got := rewrite(in, names, namespaces)
 	want := object{
-		"a":      nsToken + "/" + fullnameToken + "-responder",
-		"b":      []any{fullnameToken + "-controller-manager", "tripswitch-responder-role", "tripswitch.tripswitch.io", "tripswitch"},
-		"labels": object{"app.kubernetes.io/managed-by": serviceToken},
+		"a":        nsToken + "/" + fullnameToken + "-responder",
+		"b":        []any{fullnameToken + "-controller-manager", "tripswitch-responder-role", "tripswitch.tripswitch.io", "tripswitch"},
+		"labels":   object{"app.kubernetes.io/managed-by": serviceToken},
+		"metadata": object{"name": fullnameToken + "-agent", "namespace": namespaceToken("agent")},
+		"subjects": []any{object{"name": fullnameToken + "-agent", "namespace": namespaceToken("agent")},
+			object{"name": fullnameToken + "-responder", "namespace": nsToken}},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %v, want %v", got, want)

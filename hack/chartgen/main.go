@@ -1,10 +1,10 @@
 // Command chartgen writes the generated part of the Helm chart charts/tripswitch from config/,
 // so that the chart never drifts from the kustomize install: it takes `kustomize build
 // config/default` (and config/prometheus, with the same namespace and name prefix), turns
-// the namespace, the name prefix and the settings an operator tunes into template values,
-// and lists every flag of the manager and the responder, read from their -help, as values.
-// `make chart` runs it; `make verify` runs it again and fails when the committed chart
-// differs. The chart's other files (Chart.yaml, _helpers.tpl, NOTES.txt, the uninstall hook,
+// the namespaces, the name prefix and the settings an operator tunes into template values,
+// and lists every flag of the manager, the responder and the node agent, read from their
+// -help, as values. `make chart` runs it; `make verify` runs it again and fails when the
+// committed chart differs. The chart's other files (Chart.yaml, _helpers.tpl, NOTES.txt, the uninstall hook,
 // the dashboard ConfigMap) are written by hand.
 package main
 
@@ -49,7 +49,12 @@ func run(kustomize, manager, chart string) error {
 	if err != nil {
 		return err
 	}
-	files, err := generate(install, monitoring, map[string][]flagDoc{"manager": managerHelp, "responder": responderHelp})
+	agentHelp, err := help(manager, "agent")
+	if err != nil {
+		return err
+	}
+	files, err := generate(install, monitoring, map[string][]flagDoc{"manager": managerHelp, "responder": responderHelp,
+		"agent": agentHelp})
 	if err != nil {
 		return err
 	}

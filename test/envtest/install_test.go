@@ -35,7 +35,7 @@ var _ = Describe("The installer, dist/install.yaml", func() {
 				continue
 			}
 			kinds[obj.GetKind()]++
-			if obj.GetKind() == "Deployment" {
+			if obj.GetKind() == "Deployment" || obj.GetKind() == "DaemonSet" {
 				containers, _, err := unstructured.NestedSlice(obj.Object, "spec", "template", "spec", "containers")
 				Expect(err).NotTo(HaveOccurred())
 				for _, c := range containers {
@@ -53,15 +53,19 @@ var _ = Describe("The installer, dist/install.yaml", func() {
 			Expect(err).NotTo(HaveOccurred(), "%s %s", obj.GetKind(), obj.GetName())
 			Expect(apierrors.IsInvalid(err)).To(BeFalse())
 		}
-		Expect(kinds).To(Equal(map[string]int{"Namespace": 1, "CustomResourceDefinition": 1, "ServiceAccount": 2, "Role": 1,
-			"RoleBinding": 1, "ClusterRole": 6, "ClusterRoleBinding": 3, "Service": 2, "Deployment": 2, "PodDisruptionBudget": 1}))
-		// The manager and the responder run the one image that make set (IMG), not kustomize's
-		// placeholder.
-		Expect(images).To(HaveLen(2))
-		Expect(images[1]).To(Equal(images[0]))
+		Expect(kinds).To(Equal(map[string]int{"Namespace": 2, "CustomResourceDefinition": 1, "ServiceAccount": 3, "Role": 1,
+			"RoleBinding": 1, "ClusterRole": 7, "ClusterRoleBinding": 4, "Service": 2, "Deployment": 2, "DaemonSet": 1,
+			"PodDisruptionBudget": 1}))
+		// The manager, the responder and the node agent run the one image that make set (IMG),
+		// not kustomize's placeholder.
+		Expect(images).To(HaveLen(3))
+		Expect(images).To(HaveEach(images[0]))
 		Expect(images[0]).NotTo(HavePrefix("controller:"))
 		// The manager's --responder-service default names the installed responder.
 		Expect(names).To(ContainElements("Service/tripswitch-system/tripswitch-responder",
 			"Deployment/tripswitch-system/tripswitch-responder", "PodDisruptionBudget/tripswitch-system/tripswitch-responder"))
+		// The node agent in a namespace of its own, which admits privileged pods.
+		Expect(names).To(ContainElements("Namespace//tripswitch-agent", "DaemonSet/tripswitch-agent/tripswitch-agent",
+			"ServiceAccount/tripswitch-agent/tripswitch-agent"))
 	})
 })

@@ -34,6 +34,7 @@ const (
 	releaseNamespace = "tripswitch-system"
 	hookJob          = "tripswitch-release-fronts"
 	managerName      = "tripswitch-controller-manager"
+	agentName        = "tripswitch-agent"
 )
 
 func loadChart() *chart.Chart {
@@ -60,10 +61,10 @@ var _ = Describe("The chart on a real API server", func() {
 					client.ForceOwnership, client.DryRunAll)).To(Succeed(), "%s %s", obj.GetKind(), obj.GetName())
 			}
 		}
-		// config/default's objects (but the Namespace), the dashboard, and the hook's
-		// ServiceAccount, roles, bindings and Job.
-		Expect(kinds).To(Equal(map[string]int{"CustomResourceDefinition": 1, "ServiceAccount": 3, "Role": 2,
-			"RoleBinding": 2, "ClusterRole": 7, "ClusterRoleBinding": 4, "Service": 2, "Deployment": 2,
+		// config/default's objects (but the Namespaces), the node agent's included, the
+		// dashboard, and the hook's ServiceAccount, roles, bindings and Job.
+		Expect(kinds).To(Equal(map[string]int{"CustomResourceDefinition": 1, "ServiceAccount": 4, "Role": 2,
+			"RoleBinding": 2, "ClusterRole": 8, "ClusterRoleBinding": 5, "Service": 2, "Deployment": 2, "DaemonSet": 1,
 			"PodDisruptionBudget": 1, "ConfigMap": 1, "Job": 1}))
 	})
 })
@@ -89,11 +90,12 @@ var _ = Describe("helm install, upgrade, uninstall and install again", Ordered, 
 		}
 	})
 
-	It("installs the CRD, RBAC and the Deployments; the manager gates both fronts", func(ctx SpecContext) {
+	It("installs the CRD, RBAC, the Deployments and the agent's DaemonSet; the manager gates both fronts", func(ctx SpecContext) {
 		helmInstall(ctx, releaseName, releaseNamespace, nil)
 		crd := &apiextensionsv1.CustomResourceDefinition{}
 		Expect(k8sClient.Get(ctx, client.ObjectKey{Name: "circuitbreakers.tripswitch.io"}, crd)).To(Succeed())
 		Expect(deployment(ctx, managerName)(Default)).NotTo(BeNil())
+		Expect(daemonSet(ctx, agentName)(Default).Spec.Template.Spec.HostNetwork).To(BeTrue())
 		Eventually(func(g Gomega) {
 			g.Expect(k8sClient.Get(ctx, client.ObjectKey{Name: crd.Name}, crd)).To(Succeed())
 			established := false
@@ -117,12 +119,14 @@ var _ = Describe("helm install, upgrade, uninstall and install again", Ordered, 
 		Eventually(front(ctx, ns, "dead")).Should(Equal(frontView{Ready: 0, Managers: []string{tripswitchv1alpha1.ManagedBy}}))
 	})
 
-	It("upgrades the Deployment from changed values, without touching the breakers or running the hook", func(ctx SpecContext) {
-		helmUpgrade(ctx, releaseName, releaseNamespace, map[string]any{"manager": map[string]any{
-			"replicas": 3, "flags": map[string]any{"status-sync-period": "5s"}}})
+	It("upgrades the Deployment and the DaemonSet from changed values, without touching the breakers or running the hook", func(ctx SpecContext) {
+		helmUpgrade(ctx, releaseName, releaseNamespace, map[string]any{
+			"manager": map[string]any{"replicas": 3, "flags": map[string]any{"status-sync-period": "5s"}},
+			"agent":   map[string]any{"flags": map[string]any{"reset-guard-ttl": "30m"}}})
 		d := deployment(ctx, managerName)(Default)
 		Expect(d.Spec.Replicas).To(Equal(ptr.To[int32](3)))
 		Expect(d.Spec.Template.Spec.Containers[0].Args).To(ContainElement("--status-sync-period=5s"))
+		Expect(daemonSet(ctx, agentName)(Default).Spec.Template.Spec.Containers[0].Args).To(ContainElement("--reset-guard-ttl=30m"))
 		Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: releaseNamespace, Name: hookJob}, &batchv1.Job{})).
 			To(Satisfy(apierrors.IsNotFound))
 		Consistently(breakerState(ctx, ns, "dead"), time.Second).Should(Equal("Open trips=1"))
@@ -130,6 +134,18 @@ var _ = Describe("helm install, upgrade, uninstall and install again", Ordered, 
 	})
 
 	It("uninstalls: the hook stops the manager and every front keeps ready endpoints; every breaker stays", func(ctx SpecContext) {
+		// An agent's pod that never stops (no kubelet): the agent holds no state, so neither
+		// the hook nor Helm waits for it.
+		ds := daemonSet(ctx, agentName)(Default)
+		agentPod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: releaseNamespace, Name: agentName + "-node1", Labels: ds.Spec.Template.Labels},
+			Spec:       *ds.Spec.Template.Spec.DeepCopy(),
+		}
+		agentPod.Spec.NodeName = "node1"
+		Expect(k8sClient.Create(ctx, agentPod)).To(Succeed())
+		DeferCleanup(func(ctx SpecContext) {
+			Expect(client.IgnoreNotFound(k8sClient.Delete(ctx, agentPod, client.GracePeriodSeconds(0)))).To(Succeed())
+		})
 		bg, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		// What the cluster would do: the Deployment controller and the kubelet stop the
@@ -142,6 +158,8 @@ var _ = Describe("helm install, upgrade, uninstall and install again", Ordered, 
 
 		Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: releaseNamespace, Name: managerName}, &appsv1.Deployment{})).
 			To(Satisfy(apierrors.IsNotFound), "Helm removed the manager")
+		Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: releaseNamespace, Name: agentName}, &appsv1.DaemonSet{})).
+			To(Satisfy(apierrors.IsNotFound), "Helm removed the agent")
 		Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: releaseNamespace, Name: hookJob}, &batchv1.Job{})).
 			To(Satisfy(apierrors.IsNotFound), "the hook is deleted once it succeeded")
 		Expect(k8sClient.Get(ctx, client.ObjectKey{Name: "circuitbreakers.tripswitch.io"}, &apiextensionsv1.CustomResourceDefinition{})).To(Succeed())
@@ -195,6 +213,14 @@ var _ = Describe("helm install, upgrade, uninstall and install again", Ordered, 
 		Expect(deployment(ctx, managerName)(Default).Spec.Replicas).To(Equal(ptr.To[int32](3)))
 	})
 })
+
+func daemonSet(ctx context.Context, name string) func(Gomega) *appsv1.DaemonSet {
+	return func(g Gomega) *appsv1.DaemonSet {
+		d := &appsv1.DaemonSet{}
+		g.Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: releaseNamespace, Name: name}, d)).To(Succeed())
+		return d
+	}
+}
 
 func deployment(ctx context.Context, name string) func(Gomega) *appsv1.Deployment {
 	return func(g Gomega) *appsv1.Deployment {

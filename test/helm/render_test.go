@@ -134,27 +134,109 @@ func normalize(o object) object {
 	return o
 }
 
-// TestChartRendersConfigDefault is the drift check's other half: the chart with default
-// values, for a release called tripswitch in tripswitch-system, renders the very objects of
-// kustomize build config/default (but the Namespace, which helm install --create-namespace
-// makes), field by field. make chart generates the chart; this shows the generator right.
-func TestChartRendersConfigDefault(t *testing.T) {
-	want := map[string]object{}
-	for _, o := range kustomizeBuild(t) {
-		if o["kind"] != "Namespace" {
-			want[key(o)] = normalize(o)
+// config/default's namespaces: the manager's and the responder's, and the node agent's own,
+// which the chart replaces by the release's namespace, or by the one agent.namespace names.
+const (
+	installNamespace = "tripswitch-system"
+	agentNamespace   = "tripswitch-agent"
+)
+
+// moveNamespace puts a namespaced object of namespace from, and a binding's subjects there,
+// in namespace to.
+func moveNamespace(o object, from, to string) object {
+	if meta := o["metadata"].(object); meta["namespace"] == from {
+		meta["namespace"] = to
+	}
+	subjects, _ := o["subjects"].([]any)
+	for _, s := range subjects {
+		if subject := s.(object); subject["namespace"] == from {
+			subject["namespace"] = to
 		}
 	}
-	rel := render(t, "tripswitch", "tripswitch-system", nil)
-	got := map[string]object{}
-	for _, o := range decode(t, rel.Manifest) {
-		got[key(o)] = normalize(o)
+	return o
+}
+
+// TestChartRendersConfigDefault is the drift check's other half: the chart, for a release
+// called tripswitch in tripswitch-system, renders the very objects of kustomize build
+// config/default (but the Namespaces: helm install --create-namespace makes the release's,
+// and the chart makes none), field by field. With default values the node agent goes into the
+// release's namespace, where config/default gives it tripswitch-agent: its objects are
+// compared as if config had put them in tripswitch-system. With agent.namespace set to
+// tripswitch-agent, they are compared as they are. make chart generates the chart; this shows
+// the generator right.
+func TestChartRendersConfigDefault(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		values map[string]any
+		// agentIn is where the chart puts the agent's objects.
+		agentIn string
+	}{
+		{"default values", nil, installNamespace},
+		{"agent.namespace", map[string]any{"agent": map[string]any{"namespace": agentNamespace}}, agentNamespace},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			want := map[string]object{}
+			agentObjects := 0
+			for _, o := range kustomizeBuild(t) {
+				if o["kind"] == "Namespace" {
+					continue
+				}
+				if labels, _ := o["metadata"].(object)["labels"].(object); labels["app.kubernetes.io/component"] == "agent" {
+					agentObjects++
+				}
+				o = moveNamespace(o, agentNamespace, tc.agentIn)
+				want[key(o)] = normalize(o)
+			}
+			rel := render(t, "tripswitch", installNamespace, tc.values)
+			got := map[string]object{}
+			for _, o := range decode(t, rel.Manifest) {
+				got[key(o)] = normalize(o)
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Fatalf("the chart renders something else than config/default (-kustomize +helm):\n%s", diff)
+			}
+			if len(got) < 19 {
+				t.Fatalf("only %d objects compared", len(got))
+			}
+			// The ServiceAccount, the ClusterRole and its binding, and the DaemonSet.
+			if agentObjects != 4 || got["DaemonSet "+tc.agentIn+"/tripswitch-agent"] == nil {
+				t.Fatalf("the agent's objects were not compared: %d of config/default's, and the chart's DaemonSet in %s is %v",
+					agentObjects, tc.agentIn, got["DaemonSet "+tc.agentIn+"/tripswitch-agent"] != nil)
+			}
+		})
 	}
-	if diff := cmp.Diff(want, got); diff != "" {
-		t.Fatalf("the chart renders something else than config/default (-kustomize +helm):\n%s", diff)
+}
+
+// TestConfigDefaultNamespaces: config/default puts the manager and the responder in
+// tripswitch-system, which enforces the restricted Pod Security level, and nothing else; the
+// node agent, whose pods need the privileged level, in tripswitch-agent, and nothing else.
+func TestConfigDefaultNamespaces(t *testing.T) {
+	levels := map[string]any{}
+	inNamespace := map[string][]string{}
+	for _, o := range kustomizeBuild(t) {
+		meta := o["metadata"].(object)
+		if o["kind"] == "Namespace" {
+			labels, _ := meta["labels"].(object)
+			levels[meta["name"].(string)] = labels["pod-security.kubernetes.io/enforce"]
+			continue
+		}
+		if ns, ok := meta["namespace"].(string); ok {
+			labels, _ := meta["labels"].(object)
+			component, _ := labels["app.kubernetes.io/component"].(string)
+			if !slices.Contains(inNamespace[ns], component) {
+				inNamespace[ns] = append(inNamespace[ns], component)
+			}
+		}
 	}
-	if len(got) < 15 {
-		t.Fatalf("only %d objects compared", len(got))
+	if want := map[string]any{installNamespace: "restricted", agentNamespace: "privileged"}; !cmp.Equal(levels, want) {
+		t.Errorf("config/default's namespaces and their enforced Pod Security levels are %v, want %v", levels, want)
+	}
+	for ns := range inNamespace {
+		slices.Sort(inNamespace[ns])
+	}
+	// The manager's ServiceAccount and leader election role carry no component label.
+	if want := map[string][]string{installNamespace: {"", "manager", "responder"}, agentNamespace: {"agent"}}; !cmp.Equal(inNamespace, want) {
+		t.Errorf("config/default's components by namespace are %v, want %v", inNamespace, want)
 	}
 }
 
@@ -179,7 +261,17 @@ func TestChartValues(t *testing.T) {
 			"podSecurityContext": map[string]any{"runAsUser": 1000},
 			"podAnnotations":     map[string]any{"example.com/a": "b"},
 		},
-		"responder":        map[string]any{"enabled": false},
+		"responder": map[string]any{"enabled": false},
+		"agent": map[string]any{
+			"namespace": "node-agents",
+			"flags": map[string]any{"metrics-bind-address": ":8492", "kube-proxy-metrics-url": "", "reset-guard": false,
+				"reset-guard-ttl": "30m"},
+			"extraArgs":      []any{"--zap-log-level=debug"},
+			"resources":      map[string]any{"limits": map[string]any{"memory": "512Mi"}},
+			"nodeSelector":   map[string]any{"kubernetes.io/os": "linux"},
+			"tolerations":    []any{map[string]any{"key": "dedicated", "operator": "Exists"}},
+			"podAnnotations": map[string]any{"example.com/c": "d"},
+		},
 		"serviceMonitor":   map[string]any{"enabled": true, "labels": map[string]any{"release": "prometheus"}},
 		"prometheusRule":   map[string]any{"enabled": true},
 		"grafanaDashboard": map[string]any{"enabled": true, "namespace": "grafana"},
@@ -231,6 +323,35 @@ func TestChartValues(t *testing.T) {
 	if pr := objs["PrometheusRule ops/ts-tripswitch-alerts"]; pr != nil {
 		checks["alert templates kept"] = strings.Contains(fmt.Sprint(pr["spec"]), "{{ $labels.namespace }}")
 	}
+	ds := objs["DaemonSet node-agents/ts-agent"]
+	if ds == nil {
+		t.Fatalf("no agent DaemonSet called ts-agent in node-agents in %v", slices.Sorted(maps.Keys(objs)))
+	}
+	agentTemplate := ds["spec"].(object)["template"].(object)
+	agentPod := agentTemplate["spec"].(object)
+	agent := agentPod["containers"].([]any)[0].(object)
+	agentArgs := fmt.Sprint(agent["args"])
+	checks["agent image"] = agent["image"] == "registry.example/tripswitch:v9" && agent["imagePullPolicy"] == "Always"
+	checks["agent imagePullSecrets"] = fmt.Sprint(agentPod["imagePullSecrets"]) == "[map[name:pull]]"
+	// The subcommand first, then config's listen address for the probes, then the flags by
+	// name (an empty URL included: it turns the wait for kube-proxy off), then extraArgs.
+	checks["agent args"] = agentArgs == "[agent --health-probe-bind-address=:8491 --kube-proxy-metrics-url= --metrics-bind-address=:8492 "+
+		"--reset-guard=false --reset-guard-ttl=30m --zap-log-level=debug]"
+	checks["agent resources"] = fmt.Sprint(agent["resources"]) == "map[limits:map[memory:512Mi] requests:map[cpu:10m memory:32Mi]]"
+	checks["agent nodeSelector"] = fmt.Sprint(agentPod["nodeSelector"]) == "map[kubernetes.io/os:linux]"
+	// A list replaces the default (operator: Exists) rather than adding to it.
+	checks["agent tolerations"] = fmt.Sprint(agentPod["tolerations"]) == "[map[key:dedicated operator:Exists]]"
+	checks["agent podAnnotations"] = agentTemplate["metadata"].(object)["annotations"].(object)["example.com/c"] == "d"
+	checks["agent hostNetwork"] = agentPod["hostNetwork"] == true && agentPod["dnsPolicy"] == "ClusterFirstWithHostNet"
+	checks["agent securityContext"] = fmt.Sprint(agent["securityContext"]) == "map[allowPrivilegeEscalation:false "+
+		"capabilities:map[add:[NET_ADMIN NET_RAW] drop:[ALL]] readOnlyRootFilesystem:true runAsNonRoot:false runAsUser:0]"
+	checks["agent serviceAccount"] = agentPod["serviceAccountName"] == "ts-agent" && objs["ServiceAccount node-agents/ts-agent"] != nil
+	if crb := objs["ClusterRoleBinding <nil>/ts-agent-rolebinding"]; crb != nil {
+		checks["agent binding subject"] = fmt.Sprint(crb["subjects"]) == "[map[kind:ServiceAccount name:ts-agent namespace:node-agents]]" &&
+			fmt.Sprint(crb["roleRef"]) == "map[apiGroup:rbac.authorization.k8s.io kind:ClusterRole name:ts-agent-role]"
+	} else {
+		checks["agent binding"] = false
+	}
 	for name, ok := range checks {
 		if !ok {
 			t.Errorf("%s: not rendered as set", name)
@@ -238,6 +359,39 @@ func TestChartValues(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("manager container: %v", ctr)
+		t.Logf("agent container: %v", agent)
+	}
+}
+
+// TestChartLeavesTheAgentOut: agent.enabled false renders no object of the agent's, its
+// RBAC included, and nothing else changes.
+func TestChartLeavesTheAgentOut(t *testing.T) {
+	with := map[string]object{}
+	for _, o := range decode(t, render(t, "tripswitch", installNamespace, nil).Manifest) {
+		with[key(o)] = o
+	}
+	without := map[string]object{}
+	for _, o := range decode(t, render(t, "tripswitch", installNamespace, map[string]any{"agent": map[string]any{"enabled": false}}).Manifest) {
+		without[key(o)] = o
+	}
+	var left []string
+	for k, o := range with {
+		labels, _ := o["metadata"].(object)["labels"].(object)
+		isAgent := labels["app.kubernetes.io/component"] == "agent"
+		if isAgent {
+			left = append(left, k)
+		}
+		if _, kept := without[k]; kept == isAgent {
+			t.Errorf("%s: agent.enabled=false should leave out exactly the agent's objects", k)
+		}
+	}
+	slices.Sort(left)
+	if want := []string{"ClusterRole <nil>/tripswitch-agent-role", "ClusterRoleBinding <nil>/tripswitch-agent-rolebinding",
+		"DaemonSet tripswitch-system/tripswitch-agent", "ServiceAccount tripswitch-system/tripswitch-agent"}; !slices.Equal(left, want) {
+		t.Errorf("the agent's objects are %v, want %v", left, want)
+	}
+	if len(without) != len(with)-len(left) {
+		t.Errorf("agent.enabled=false renders %d objects, want %d", len(without), len(with)-len(left))
 	}
 }
 
@@ -252,9 +406,11 @@ func TestChartRefusesUnknownFlags(t *testing.T) {
 	install.DryRunStrategy = action.DryRunClient
 	install.ReleaseName, install.Namespace = "tripswitch", "tripswitch-system"
 	install.WaitStrategy = kube.HookOnlyStrategy
-	_, err = install.Run(chart, map[string]any{"manager": map[string]any{"flags": map[string]any{"status-sync-perod": "5s"}}})
-	if err == nil || !strings.Contains(err.Error(), "status-sync-perod") {
-		t.Fatalf("a misspelt flag was not refused by name: %v", err)
+	for component, flag := range map[string]string{"manager": "status-sync-perod", "agent": "reset-gaurd"} {
+		_, err = install.Run(chart, map[string]any{component: map[string]any{"flags": map[string]any{flag: "5s"}}})
+		if err == nil || !strings.Contains(err.Error(), flag) {
+			t.Fatalf("a misspelt flag of the %s was not refused by name: %v", component, err)
+		}
 	}
 }
 
@@ -263,10 +419,10 @@ func TestChartRefusesUnknownFlags(t *testing.T) {
 // (a values.yaml the schema refuses, for one).
 func TestChartLints(t *testing.T) {
 	for _, values := range []map[string]any{nil, {
-		"responder": map[string]any{"enabled": false}, "serviceMonitor": map[string]any{"enabled": true},
-		"prometheusRule": map[string]any{"enabled": true}, "grafanaDashboard": map[string]any{"enabled": true},
-		"uninstall": map[string]any{"releaseFronts": false},
-	}} {
+		"responder": map[string]any{"enabled": false}, "agent": map[string]any{"enabled": false},
+		"serviceMonitor": map[string]any{"enabled": true}, "prometheusRule": map[string]any{"enabled": true},
+		"grafanaDashboard": map[string]any{"enabled": true}, "uninstall": map[string]any{"releaseFronts": false},
+	}, {"agent": map[string]any{"namespace": agentNamespace}}} {
 		lint := action.NewLint()
 		lint.Strict = true
 		result := lint.Run([]string{chartDir}, values)

@@ -24,7 +24,7 @@ names of the kustomize install (config/default), tripswitch-controller-manager a
 {{- end }}
 
 {{/*
-tripswitch.image is the manager's and the responder's image.
+tripswitch.image is the image of the manager, the responder, the node agent and the uninstall hook.
 */}}
 {{- define "tripswitch.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
