@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -9,6 +10,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -179,4 +182,115 @@ func servedBy(a rig.Attempt) string {
 	default:
 		return strings.ToLower(string(a.Outcome))
 	}
+}
+
+// nodeAgent is `manager agent` on the rig's node: in the node namespace, as the DaemonSet runs
+// it in the host network namespace, reading the running kube-proxy's metrics.
+type nodeAgent struct {
+	*rig.Process
+	health, metrics string
+}
+
+// startAgent runs the node agent and waits until it is ready (informers synced, conntrack
+// answering). It stops in the current node's cleanup. SetProxyMode flushes the node's
+// nftables ruleset, the agent's reset guard with it: start agents after it.
+func startAgent(name string, extra ...string) *nodeAgent {
+	GinkgoHelper()
+	a := &nodeAgent{health: localAddress(), metrics: localAddress()}
+	a.Process = cluster.StartProcess(name, cluster.GoBuild("./cmd/manager"), append([]string{"agent",
+		"--health-probe-bind-address=" + a.health, "--metrics-bind-address=" + a.metrics,
+		"--kube-proxy-metrics-url=" + cluster.KubeProxyMetricsURL()}, extra...)...)
+	Eventually(func(g Gomega) {
+		g.Expect(a.Exited()).To(BeFalse(), "the agent exited:\n%s", a.Tail(20))
+		resp, err := http.Get("http://" + a.health + "/readyz")
+		g.Expect(err).NotTo(HaveOccurred())
+		_ = resp.Body.Close()
+		g.Expect(resp.StatusCode).To(Equal(http.StatusOK))
+	}).Should(Succeed(), "the agent gets ready")
+	return a
+}
+
+// localAddress is a free address on the node's loopback for a child process to listen on.
+func localAddress() string {
+	GinkgoHelper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	Expect(err).NotTo(HaveOccurred())
+	defer func() { _ = l.Close() }()
+	return l.Addr().String()
+}
+
+// cutLog is one of the agent's "Cut flows" log lines.
+type cutLog struct {
+	Breakers           []string `json:"breakers"`
+	Endpoints          int      `json:"endpoints"`
+	Flows              int      `json:"flows"`
+	Armed              int      `json:"armed"`
+	Sweep              string   `json:"sweep"`
+	Resweep            bool     `json:"resweep"`
+	SinceChange        string   `json:"sinceChange"`
+	WaitedForKubeProxy string   `json:"waitedForKubeProxy"`
+}
+
+// cutLogs are the agent's cut lines that name the breaker ns/name.
+func (a *nodeAgent) cutLogs(ns, name string) []cutLog {
+	var out []cutLog
+	for _, line := range strings.Split(a.Log(), "\n") {
+		var entry struct {
+			Msg string `json:"msg"`
+			cutLog
+		}
+		if json.Unmarshal([]byte(line), &entry) != nil || entry.Msg != "Cut flows" {
+			continue
+		}
+		if slices.ContainsFunc(entry.Breakers, func(b string) bool { return strings.HasPrefix(b, ns+"/"+name+" (") }) {
+			out = append(out, entry.cutLog)
+		}
+	}
+	return out
+}
+
+// cutsOf describes the agent's cuts for a breaker: the first sweep's timing and what every
+// sweep cut.
+func (a *nodeAgent) cutsOf(ns, name string) string {
+	logs := a.cutLogs(ns, name)
+	if len(logs) == 0 {
+		return "no cut"
+	}
+	var parts []string
+	for _, l := range logs {
+		if !l.Resweep {
+			parts = append(parts, fmt.Sprintf("cut %d flows of %d endpoint ports %s after the slice change (waited %s for kube-proxy, swept in %s)",
+				l.Flows, l.Endpoints, l.SinceChange, l.WaitedForKubeProxy, l.Sweep))
+		} else {
+			parts = append(parts, fmt.Sprintf("a resweep cut %d more", l.Flows))
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+// metric returns the sum of a metric's samples on the agent's metrics endpoint whose lines
+// contain all of match (a histogram's _count or _sum, a counter's series).
+func (a *nodeAgent) metric(g Gomega, name string, match ...string) float64 {
+	resp, err := http.Get("http://" + a.metrics + "/metrics")
+	g.Expect(err).NotTo(HaveOccurred())
+	defer func() { _ = resp.Body.Close() }()
+	body, err := io.ReadAll(resp.Body)
+	g.Expect(err).NotTo(HaveOccurred())
+	sum := 0.0
+lines:
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, name+" ") && !strings.HasPrefix(line, name+"{") {
+			continue
+		}
+		for _, m := range match {
+			if !strings.Contains(line, m) {
+				continue lines
+			}
+		}
+		fields := strings.Fields(line)
+		v, err := strconv.ParseFloat(fields[len(fields)-1], 64)
+		g.Expect(err).NotTo(HaveOccurred())
+		sum += v
+	}
+	return sum
 }

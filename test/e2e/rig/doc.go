@@ -56,6 +56,8 @@
 //
 //	cluster := rig.Start(rig.Options{CRDDirectoryPaths: []string{"../../config/crd/bases"}})
 //	cluster.SetProxyMode(rig.NFTables) // restart kube-proxy in another mode; rules cleaned in between
+//	cluster.SetProxyMode(rig.IPTables, "--conntrack-tcp-be-liberal") // or with other extra flags
+//	cluster.KubeProxyMetricsURL()      // its metrics, as a node agent reads them
 //	cluster.ProxyMode()                // the mode kube-proxy runs in
 //	cluster.ProxySyncedAt()            // when kube-proxy last synced its rules (its metrics)
 //	cluster.KubeProxy(), cluster.ControllerManager() // their *Process (logs, Kill)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -73,7 +74,8 @@ type Rig struct {
 	kcm          *Process
 	proxy        *Process
 	proxyMode    ProxyMode
-	proxyMetrics string // kube-proxy's metrics address
+	proxyArgs    []string // SetProxyMode's extra arguments of the running kube-proxy
+	proxyMetrics string   // kube-proxy's metrics address
 	built        map[string]string
 }
 
@@ -204,15 +206,18 @@ func (r *Rig) stopOwned() {
 	}
 }
 
-// SetProxyMode runs kube-proxy in mode: it stops the running kube-proxy, if it runs in another
-// mode, removes its rules (kube-proxy --cleanup) and checks that none are left, then starts
-// kube-proxy and waits for its first full sync.
-func (r *Rig) SetProxyMode(mode ProxyMode) {
+// SetProxyMode runs kube-proxy in mode, with extra arguments beside the rig's (such as
+// --conntrack-tcp-be-liberal): it stops the running kube-proxy, if it runs in another mode or
+// with other extra arguments, removes its rules (kube-proxy --cleanup) and checks that none are
+// left, then starts kube-proxy and waits for its first full sync. Removing the rules flushes
+// the node namespace's whole nftables ruleset, the tables of anything else (a node agent's)
+// included.
+func (r *Rig) SetProxyMode(mode ProxyMode, extra ...string) {
 	GinkgoHelper()
 	r.mu.Lock()
-	running, current := r.proxy, r.proxyMode
+	running, current, currentArgs := r.proxy, r.proxyMode, r.proxyArgs
 	r.mu.Unlock()
-	if running != nil && !running.Exited() && current == mode {
+	if running != nil && !running.Exited() && current == mode && slices.Equal(currentArgs, extra) {
 		return
 	}
 	path, err := binary("kube-proxy")
@@ -237,9 +242,10 @@ func (r *Rig) SetProxyMode(mode ProxyMode) {
 		"--healthz-bind-address=" + healthz,
 		"--v=2",
 	}, r.opts.KubeProxyArgs...)
+	args = append(args, extra...)
 	p := r.startOwned("kube-proxy-"+string(mode), path, args...)
 	r.mu.Lock()
-	r.proxy, r.proxyMode, r.proxyMetrics = p, mode, metrics
+	r.proxy, r.proxyMode, r.proxyArgs, r.proxyMetrics = p, mode, slices.Clone(extra), metrics
 	r.mu.Unlock()
 	Eventually(func(g Gomega) {
 		g.Expect(p.Exited()).To(BeFalse(), "kube-proxy exited:\n%s", p.Tail(30))
@@ -323,6 +329,14 @@ func freePort() string {
 	Expect(err).NotTo(HaveOccurred())
 	defer func() { _ = ln.Close() }()
 	return ln.Addr().String()
+}
+
+// KubeProxyMetricsURL returns the running kube-proxy's metrics URL, on the node's loopback as
+// a real node has it (127.0.0.1:10249 there); SetProxyMode moves it.
+func (r *Rig) KubeProxyMetricsURL() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return "http://" + r.proxyMetrics + "/metrics"
 }
 
 // ProxyMode returns the mode kube-proxy runs in.
