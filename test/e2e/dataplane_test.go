@@ -592,8 +592,8 @@ func tripUnderLoad(ctx context.Context, ns, name string, failure rig.Behavior, g
 			delays:   switchDelays(stopped[i], failedAt, c.pods()),
 			released: releasedAt(stopped[i], failedAt, c.pods()),
 			since:    stopped[i].Between(failedAt, time.Now()),
-			open:   stopped[i].Between(openAt.Add(250*time.Millisecond), time.Now()),
-			conns:  loads[i].Conns()}
+			open:     stopped[i].Between(openAt.Add(250*time.Millisecond), time.Now()),
+			conns:    loads[i].Conns()}
 	}
 	return out
 }
