@@ -252,7 +252,7 @@ var _ = Describe("tripswitch on the real data plane", Ordered, func() {
 				Expect(closed.Where(servedByTarget)).To(HaveLen(len(closed)), "%s", closed)
 			})
 
-			It("ejects the one failing pod of three, so that pods stop seeing its errors while the breaker stays Closed", func(ctx SpecContext) {
+			It("ejects the one failing pod of three, so that pods stop seeing its errors while the breaker stays Closed, pooled clients too", func(ctx SpecContext) {
 				name := "eject"
 				bs := target(ctx, ns, name+"-backend", 3)
 				// A service rule that cannot hold while two of three pods answer: only the
@@ -260,37 +260,70 @@ var _ = Describe("tripswitch on the real data plane", Ordered, func() {
 				breaker(ctx, ns, name, `{target: {service: `+name+`-backend, port: http}, probe: {interval: 100ms, timeout: 100ms},
 					trip: {failureRate: {percent: 100, window: 100, minimumProbes: 100}},
 					ejection: {consecutiveFailures: 3, baseEjectionTime: 5m}}`)
-				front := frontAddress(ctx, ns, name)
-				load := rig.NewClients(loadClients).Start(rig.LoadSpec{Target: front, Host: name + "." + ns,
-					Rate: loadRate, Headers: loadHeaders})
-				Eventually(func() map[string]int { return backendsOf(load.Snapshot()) }).Should(HaveLen(3), "every pod serves")
+				callers := append([]caller{freshCaller}, pooledCallers...)
+				loads := startCallers(frontIP(ctx, ns, name), name+"."+ns, callers)
+				Eventually(func() map[string]int { return backendsOf(loads[0].Snapshot()) }).Should(HaveLen(3), "every pod serves")
+				for i, load := range loads[1:] {
+					Eventually(func() int { return len(load.Snapshot().Where(servedByTarget)) }).Should(
+						BeNumerically(">=", pooledClients), "every %s client is served", callers[i+1].mode)
+				}
 				failedAt := time.Now()
 				bs[1].SetBehavior(rig.Unavailable)
 				Eventually(breakerStatus(ctx, ns, name)).Should(HaveField("Ejection.Ejected", BeEquivalentTo(1)))
 				ejected := time.Now()
-				Eventually(func() int { return len(load.Snapshot().Between(ejected.Add(time.Second), time.Now())) }).
+				Eventually(func() int { return len(loads[0].Snapshot().Between(ejected.Add(time.Second), time.Now())) }).
 					Should(BeNumerically(">=", 1000), "a while after the ejection")
-				results := load.Stop()
+				stopped := stopCallers(loads)
+				stoppedAt := time.Now()
+				AddReportEntry(fmt.Sprintf("%s, ejection: the agent's cut", mode), agent.cutsOf(ns, name))
 
-				since := results.Between(failedAt, time.Now())
-				failed := since.Where(func(a rig.Attempt) bool { return a.Outcome != rig.Responded || a.Status != http.StatusOK })
-				var lastFailure time.Time
-				for _, a := range failed {
-					if a.Start.After(lastFailure) {
-						lastFailure = a.Start
+				const floor = 300 * time.Millisecond // 3 failures at 100 ms
+				toEjected := 0
+				for i, results := range stopped {
+					c := callers[i]
+					since := results.Between(failedAt, stoppedAt)
+					failed := since.Where(func(a rig.Attempt) bool { return a.Outcome != rig.Responded || a.Status != http.StatusOK })
+					lastFailure := failedAt
+					for _, a := range failed {
+						if a.Start.After(lastFailure) {
+							lastFailure = a.Start
+						}
 					}
+					// The ejected pod's calls: answered by it, or cut on their way (a reset on a
+					// connection it had answered).
+					lastToEjected := failedAt
+					for _, a := range since.Where(func(a rig.Attempt) bool { return a.Backend() == bs[1].Name }) {
+						if a.Start.After(lastToEjected) {
+							lastToEjected = a.Start
+						}
+					}
+					conns := loads[i].Conns()
+					healthy := conns.Where(func(cr rig.ConnRecord) bool { return cr.Backend == bs[0].Name || cr.Backend == bs[2].Name })
+					disrupted := healthy.Where(func(cr rig.ConnRecord) bool { return cr.End != rig.ConnOpen && cr.End != rig.ConnClosed })
+					toEjected += len(conns.To(bs[1].Name))
+					AddReportEntry(fmt.Sprintf("%s, ejection, %s: %d pods x %d calls/s, 1 of 3 pods failing", mode, c.mode, c.pods(), loadRate),
+						fmt.Sprintf("%d of %d calls failed after the pod started failing (%v, %v), the last %v after; the ejected pod's last call %v after; then none of %d; connections to the healthy pods: %d, ended %v; to the ejected pod: %d, ended %v",
+							len(failed), len(since), failed.Outcomes(), failed.Statuses(), lastFailure.Sub(failedAt).Round(time.Millisecond),
+							lastToEjected.Sub(failedAt).Round(time.Millisecond), len(results.Between(lastFailure.Add(time.Nanosecond), stoppedAt)),
+							len(healthy), healthy.Ends(), len(conns.To(bs[1].Name)), conns.To(bs[1].Name).Ends()))
+
+					Expect(failed.Where(func(a rig.Attempt) bool { return a.Backend() != bs[1].Name && a.Backend() != "" })).To(BeEmpty(),
+						"only the failing pod's calls fail (%s): %s", c.mode, failed)
+					after := results.Between(ejected.Add(500*time.Millisecond), stoppedAt)
+					Expect(after.Where(servedByTarget)).To(HaveLen(len(after)), "%s: %s", c.mode, after)
+					Expect(backendsOf(after)).NotTo(HaveKey(bs[1].Name), "%s: the other two pods take the calls", c.mode)
+					if !c.mode.Pooled() {
+						// Floor 300 ms + the status write + kube-proxy's sync.
+						Expect(lastFailure.Sub(failedAt)).To(BeNumerically("<=", time.Second), "%s", failed)
+						continue
+					}
+					// The issue's goals: the ejected pod's pooled calls stop within floor +
+					// 250 ms, and the other pods' connections are left alone.
+					Expect(lastToEjected.Sub(failedAt)).To(BeNumerically("<=", floor+250*time.Millisecond),
+						"%s: calls still reached the ejected pod", c.mode)
+					Expect(disrupted).To(BeEmpty(), "%s: no connection to a healthy pod is cut", c.mode)
 				}
-				AddReportEntry(fmt.Sprintf("%s, ejection: %d pods x %d connections/s, 1 of 3 pods failing", mode, loadClients, loadRate),
-					fmt.Sprintf("%d of %d calls failed after the pod started failing (%v), the last %v after; then none of %d",
-						len(failed), len(since), failed.Statuses(), lastFailure.Sub(failedAt).Round(time.Millisecond),
-						len(results.Between(lastFailure.Add(time.Nanosecond), time.Now()))))
-				Expect(failed.Where(func(a rig.Attempt) bool { return a.Backend() != bs[1].Name })).To(BeEmpty(),
-					"only the failing pod's calls fail: %s", failed)
-				// Floor 300 ms (3 failures at 100 ms) + the status write + kube-proxy's sync.
-				Expect(lastFailure.Sub(failedAt)).To(BeNumerically("<=", time.Second), "%s", failed)
-				after := results.Between(ejected.Add(500*time.Millisecond), time.Now())
-				Expect(after.Where(servedByTarget)).To(HaveLen(len(after)), "%s", after)
-				Expect(backendsOf(after)).To(And(HaveLen(2), Not(HaveKey(bs[1].Name))), "the other two pods take the calls")
+				Expect(toEjected).To(BeNumerically(">", 0), "some pooled connection went to the pod that failed, so the story shows its cut")
 				Expect(breakerStatus(ctx, ns, name)(Default).State).To(Equal(tripswitchv1alpha1.StateClosed))
 			})
 
@@ -475,6 +508,42 @@ var (
 		{rig.TCPStream, rig.BackendStreamPort}}
 )
 
+// startCallers starts, for each caller, its pods calling the front at frontIP on the
+// caller's port with host as the Host (and gRPC authority), loadRate calls a second each.
+func startCallers(frontIP, host string, callers []caller) []*rig.Load {
+	GinkgoHelper()
+	loads := make([]*rig.Load, len(callers))
+	for i, c := range callers {
+		loads[i] = rig.NewClients(c.pods()).Start(rig.LoadSpec{Target: net.JoinHostPort(frontIP, strconv.Itoa(int(c.port))),
+			Host: host, Rate: loadRate, Headers: loadHeaders, Timeout: 2 * time.Second, Mode: c.mode})
+	}
+	return loads
+}
+
+// stopCallers stops the loads together (each waits for its calls in flight) and returns their
+// attempts.
+func stopCallers(loads []*rig.Load) []rig.Results {
+	stopped := make([]rig.Results, len(loads))
+	var wg sync.WaitGroup
+	for i, load := range loads {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			stopped[i] = load.Stop()
+		}()
+	}
+	wg.Wait()
+	return stopped
+}
+
+// frontIP waits for the front Service and returns its ClusterIP.
+func frontIP(ctx context.Context, ns, name string) string {
+	GinkgoHelper()
+	ip, _, err := net.SplitHostPort(frontAddress(ctx, ns, name))
+	Expect(err).NotTo(HaveOccurred())
+	return ip
+}
+
 // tripped is what one group of callers saw across a trip.
 type tripped struct {
 	name, failure string
@@ -546,19 +615,11 @@ func tripUnderLoad(ctx context.Context, ns, name string, failure rig.Behavior, g
 	bs := target(ctx, ns, name+"-backend", 3)
 	breaker(ctx, ns, name, `{target: {service: `+name+`-backend, port: http},
 		probe: {interval: 100ms, timeout: 100ms}, trip: {consecutiveFailures: 3}, recovery: {openDuration: 1m}`+gate+`}`)
-	front, _, err := net.SplitHostPort(frontAddress(ctx, ns, name))
-	Expect(err).NotTo(HaveOccurred())
-	loads := make([]*rig.Load, len(callers))
-	for i, c := range callers {
-		clients := rig.NewClients(c.pods())
-		address := net.JoinHostPort(front, strconv.Itoa(int(c.port)))
-		if i == 0 {
-			Eventually(func() string { return servedBy(clients[0].Get(net.JoinHostPort(front, "80"))) }).Should(
-				HavePrefix(name+"-backend-"), "Closed: the front reaches the target")
-		}
-		loads[i] = clients.Start(rig.LoadSpec{Target: address, Host: name + "." + ns + ".svc.cluster.local",
-			Rate: loadRate, Headers: loadHeaders, Timeout: 2 * time.Second, Mode: c.mode})
-	}
+	front := frontIP(ctx, ns, name)
+	probe := rig.NewClients(1)[0]
+	Eventually(func() string { return servedBy(probe.Get(net.JoinHostPort(front, "80"))) }).Should(
+		HavePrefix(name+"-backend-"), "Closed: the front reaches the target")
+	loads := startCallers(front, name+"."+ns+".svc.cluster.local", callers)
 	for i, load := range loads {
 		Eventually(func() int {
 			return len(load.Snapshot().Where(func(a rig.Attempt) bool { return a.Status == http.StatusOK }))
@@ -570,16 +631,7 @@ func tripUnderLoad(ctx context.Context, ns, name string, failure rig.Behavior, g
 	openAt := time.Now()
 	Consistently(breakerStatus(ctx, ns, name), 3*time.Second).Should(HaveField("GateState", tripswitchv1alpha1.StateOpen),
 		"three seconds Open under load")
-	stopped := make([]rig.Results, len(loads))
-	var wg sync.WaitGroup
-	for i, load := range loads {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			stopped[i] = load.Stop()
-		}()
-	}
-	wg.Wait()
+	stopped := stopCallers(loads)
 	// Open for clients once kube-proxy has applied the slice that status follows: its rule
 	// syncs take tens of milliseconds.
 	floor := 100 * time.Millisecond
