@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -204,6 +207,28 @@ var _ = Describe("tripswitch on the real data plane", Ordered, func() {
 				})
 			}
 
+			It("leaves pooled clients on the failing pods when the breaker says cutConnections: false, as they were before the agent", func(ctx SpecContext) {
+				name := "kept"
+				trips := tripUnderLoad(ctx, ns, name, rig.Unavailable, "{cutConnections: false}", pooledCallers...)
+				for _, st := range trips {
+					AddReportEntry(st.title(mode)+", cutConnections: false", fmt.Sprintf("%s; connections: %s", st, st.conns))
+				}
+				Eventually(func(g Gomega) float64 {
+					return agent.metric(g, "tripswitch_agent_changes_skipped_total", `name="`+name+`"`, `reason="disabled"`)
+				}).Should(BeNumerically(">=", 1), "the agent saw the trip and left it alone, and says so")
+				Expect(agent.cutLogs(ns, name)).To(BeEmpty(), "the agent cut nothing")
+				for _, st := range trips {
+					reached := st.open.Where(servedByTarget)
+					if st.mode == rig.HTTPKeepAlive {
+						// A call that finds both pooled connections busy opens a new one, which
+						// kube-proxy sends to the responder; the pool keeps the others.
+						Expect(len(reached)).To(BeNumerically(">", len(st.open)/2), "%s: most calls while Open reach the failing pods: %s", st.mode, st.open)
+						continue
+					}
+					Expect(reached).To(HaveLen(len(st.open)), "%s: every call while Open reaches the failing pods: %s", st.mode, st.open)
+				}
+			})
+
 			It("shares HalfOpen between the trial endpoint and the responders, and spreads again once Closed", func(ctx SpecContext) {
 				name := "recover"
 				bs := target(ctx, ns, name+"-backend", 3)
@@ -372,6 +397,51 @@ var _ = Describe("tripswitch on the real data plane", Ordered, func() {
 			})
 		})
 	}
+
+	Context("when conntrack is set up otherwise", Ordered, func() {
+		var ns string
+		BeforeAll(func() { ns = cluster.NewNamespace("conntrack") })
+
+		// cutsWithTheGuard trips a breaker under the pooled callers with the agent as the node
+		// is set up now, and checks the goals and that the reset guard answered.
+		cutsWithTheGuard := func(ctx context.Context, name, setup string) {
+			GinkgoHelper()
+			agent := startAgent("agent-" + name)
+			before := guardResets()
+			trips := tripUnderLoad(ctx, ns, name, rig.Unavailable, "", pooledCallers...)
+			resets := guardResets() - before
+			AddReportEntry(fmt.Sprintf("%s, %s: the agent's cut", cluster.ProxyMode(), setup),
+				fmt.Sprintf("%s; the reset guard answered %d packets", agent.cutsOf(ns, name), resets))
+			for _, st := range trips {
+				AddReportEntry(st.title(cluster.ProxyMode())+", "+setup, fmt.Sprintf("%s; connections: %s", st, st.conns))
+			}
+			for _, st := range trips {
+				Expect(st.switchP99()).To(BeNumerically("<=", st.floor+200*time.Millisecond), "%s: %s", st.mode, st)
+				Expect(st.since.Count(rig.ConnectTimeout, rig.ResponseTimeout)).To(BeZero(), "%s: %s", st.mode, st.since)
+				Expect(st.open.Where(failedFast)).To(HaveLen(len(st.open)), "%s: %s", st.mode, st.open)
+			}
+			Expect(resets).To(BeNumerically(">", 0), "the guard reset the cut clients")
+		}
+
+		It("cuts pooled clients where nf_conntrack_tcp_loose=0 would leave them hanging: the reset guard answers instead", func(ctx SpecContext) {
+			cluster.SetProxyMode(rig.IPTables)
+			// A cut flow's next packet is INVALID then, and kube-proxy drops it: without the
+			// guard, the client retransmits until its own timeout (internal/flows shows it).
+			setSysctl("net/netfilter/nf_conntrack_tcp_loose", "0")
+			cutsWithTheGuard(ctx, "loose0", "nf_conntrack_tcp_loose=0")
+		})
+
+		It("cuts pooled clients with kube-proxy's --conntrack-tcp-be-liberal", func(ctx SpecContext) {
+			cluster.SetProxyMode(rig.NFTables, "--conntrack-tcp-be-liberal")
+			// kube-proxy sets the sysctl and leaves it; the stories after this one run without.
+			DeferCleanup(func() {
+				cluster.SetProxyMode(rig.NFTables)
+				Expect(os.WriteFile("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal", []byte("0"), 0o644)).To(Succeed())
+			})
+			Expect(os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal")).To(Equal([]byte("1\n")))
+			cutsWithTheGuard(ctx, "liberal", "--conntrack-tcp-be-liberal")
+		})
+	})
 
 	Context("when the leader dies", Ordered, func() {
 		var ns string
@@ -796,4 +866,30 @@ func probeRates(bs []*rig.Backend, d time.Duration) map[string]float64 {
 		out[b.Name] = float64(b.Requests().Probes-before[b.Name]) / time.Since(start).Seconds()
 	}
 	return out
+}
+
+// setSysctl sets a sysctl of the node namespace (the suite's own) until the current node's
+// cleanup puts the old value back.
+func setSysctl(key, value string) {
+	GinkgoHelper()
+	path := "/proc/sys/" + key
+	old, err := os.ReadFile(path)
+	Expect(err).NotTo(HaveOccurred())
+	Expect(os.WriteFile(path, []byte(value), 0o644)).To(Succeed())
+	DeferCleanup(func() { Expect(os.WriteFile(path, old, 0o644)).To(Succeed()) })
+}
+
+// guardResets sums what the agent's reset guard has answered with a reset on the node so far
+// (its prerouting rules' counters); 0 when there is no guard table.
+func guardResets() int {
+	out, err := exec.Command("nft", "list", "chain", "inet", "tripswitch-agent", "prerouting").CombinedOutput()
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, m := range regexp.MustCompile(`counter packets (\d+)`).FindAllStringSubmatch(string(out), -1) {
+		v, _ := strconv.Atoi(m[1])
+		n += v
+	}
+	return n
 }
