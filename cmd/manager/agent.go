@@ -56,7 +56,8 @@ func parseAgentFlags(fs *flag.FlagSet, args []string) (*agentOptions, error) {
 			"the agent acts on transitions as they happen, never on old ones that a resumed watch delivers after an API outage.")
 	fs.BoolVar(&o.resetGuard, "reset-guard", true,
 		"Put an nftables table (inet tripswitch-agent) in place that answers the next packet of a cut flow with a TCP reset, "+
-			"which makes the cut work whatever net.netfilter.nf_conntrack_tcp_loose says and whatever the front publishes.")
+			"and probe each cut client so that one waiting for an answer sends that packet now: the cut then works whatever "+
+			"net.netfilter.nf_conntrack_tcp_loose says and whatever the front publishes. Needs CAP_NET_RAW besides CAP_NET_ADMIN.")
 	fs.DurationVar(&o.resetGuardTTL, "reset-guard-ttl", 10*time.Minute,
 		"How long the reset guard keeps a cut flow's tuple: a pooled connection idle for longer is not reset by the guard.")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Path to a kubeconfig; empty uses $KUBECONFIG or the in-cluster configuration.")
