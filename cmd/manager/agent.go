@@ -2,13 +2,11 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
@@ -93,18 +91,7 @@ func parseAgentFlags(fs *flag.FlagSet, args []string) (*agentOptions, error) {
 // agentMain is `manager agent [flags]`: the node agent, until SIGTERM; it returns the
 // process's exit code.
 func agentMain(args []string) int {
-	err := runAgent(ctrl.SetupSignalHandler(), args)
-	var usage usageError
-	switch {
-	case err == nil:
-		return 0
-	case errors.As(err, &usage):
-		fmt.Fprintln(os.Stderr, err)
-		return 2
-	default:
-		ctrl.Log.WithName("setup").Error(err, "Agent exited with an error")
-		return 1
-	}
+	return exitCode(runAgent(ctrl.SetupSignalHandler(), args), "Agent")
 }
 
 // runAgent runs the node agent, as its flags in args say, until ctx is done. It runs on every

@@ -90,7 +90,12 @@ type usageError struct{ error }
 // responderMain is `manager responder [flags]`: it runs the open responder until SIGTERM and
 // returns the process's exit code.
 func responderMain(args []string) int {
-	err := runResponder(ctrl.SetupSignalHandler(), args)
+	return exitCode(runResponder(ctrl.SetupSignalHandler(), args), "Responder")
+}
+
+// exitCode is the exit code of a subcommand that ended with err: 0, 2 for a command line that
+// does not parse (said on stderr, as flag does), 1 for anything else (logged).
+func exitCode(err error, what string) int {
 	var usage usageError
 	switch {
 	case err == nil:
@@ -99,7 +104,7 @@ func responderMain(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	default:
-		ctrl.Log.WithName("setup").Error(err, "Responder exited with an error")
+		ctrl.Log.WithName("setup").Error(err, what+" exited with an error")
 		return 1
 	}
 }

@@ -231,17 +231,8 @@ func inspect(conn *nftables.Conn, table *nftables.Table) (exists, same bool, err
 //	tcp flags & (syn | rst) == 0 ct state & (new | invalid) != 0
 //	ip saddr . tcp sport . ip daddr . tcp dport @cut-ipv4 counter reject with tcp reset
 func (f guardFamily) resetRule(set *nftables.Set) []expr.Any {
-	// The concatenated key is loaded into consecutive 32-bit registers, each field padded to
-	// 4 bytes, as nft does.
-	addrRegs := f.addrLen / 4
-	sport := uint32(unix.NFT_REG32_00) + addrRegs
-	daddr := sport + 1
-	dport := daddr + addrRegs
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.nfproto}},
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+	rule := f.tcp()
+	rule = append(rule,
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{tcpSYN | tcpRST}, Xor: []byte{0}},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0}},
@@ -251,14 +242,9 @@ func (f guardFamily) resetRule(set *nftables.Set) []expr.Any {
 			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitNEW | expr.CtStateBitINVALID), Xor: make([]byte, 4),
 		},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: f.saddr, Len: f.addrLen},
-		&expr.Payload{DestRegister: sport, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
-		&expr.Payload{DestRegister: daddr, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddr, Len: f.addrLen},
-		&expr.Payload{DestRegister: dport, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
-		&expr.Counter{},
-		&expr.Reject{Type: unix.NFT_REJECT_TCP_RST},
-	}
+	)
+	rule = append(rule, f.lookup(set, f.saddr, tcpSourcePort, f.daddr, tcpDestinationPort)...)
+	return append(rule, &expr.Counter{}, &expr.Reject{Type: unix.NFT_REJECT_TCP_RST})
 }
 
 // untrackProbeRule is, for the IPv4 family (IPv6 alike):
@@ -269,24 +255,42 @@ func (f guardFamily) resetRule(set *nftables.Set) []expr.Any {
 // flow's front to its client (the set's tuple, reversed). Untracked, a probe creates no
 // conntrack entry, so the client's answer finds none either and meets the reset rule.
 func (f guardFamily) untrackProbeRule(set *nftables.Set) []expr.Any {
-	addrRegs := f.addrLen / 4
-	dport := uint32(unix.NFT_REG32_00) + addrRegs
-	saddr := dport + 1
-	sport := saddr + addrRegs
+	rule := f.tcp()
+	rule = append(rule,
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{tcpACK}},
+	)
+	rule = append(rule, f.lookup(set, f.daddr, tcpDestinationPort, f.saddr, tcpSourcePort)...)
+	return append(rule, &expr.Counter{}, &expr.Notrack{})
+}
+
+// The offsets of the ports in the TCP header.
+const tcpSourcePort, tcpDestinationPort = 0, 2
+
+// tcp matches the family's TCP packets.
+func (f guardFamily) tcp() []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.nfproto}},
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{tcpACK}},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddr, Len: f.addrLen},
-		&expr.Payload{DestRegister: dport, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Payload{DestRegister: saddr, Base: expr.PayloadBaseNetworkHeader, Offset: f.saddr, Len: f.addrLen},
-		&expr.Payload{DestRegister: sport, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
+	}
+}
+
+// lookup matches a packet whose address at firstAddr (in the network header) . port at
+// firstPort (in the TCP header) . address . port is in set. The concatenated key is loaded
+// into consecutive 32-bit registers, each field padded to 4 bytes, as nft does.
+func (f guardFamily) lookup(set *nftables.Set, firstAddr, firstPort, secondAddr, secondPort uint32) []expr.Any {
+	addrRegs := f.addrLen / 4
+	port1 := uint32(unix.NFT_REG32_00) + addrRegs
+	addr2 := port1 + 1
+	port2 := addr2 + addrRegs
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: firstAddr, Len: f.addrLen},
+		&expr.Payload{DestRegister: port1, Base: expr.PayloadBaseTransportHeader, Offset: firstPort, Len: 2},
+		&expr.Payload{DestRegister: addr2, Base: expr.PayloadBaseNetworkHeader, Offset: secondAddr, Len: f.addrLen},
+		&expr.Payload{DestRegister: port2, Base: expr.PayloadBaseTransportHeader, Offset: secondPort, Len: 2},
 		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
-		&expr.Counter{},
-		&expr.Notrack{},
 	}
 }
 
