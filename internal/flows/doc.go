@@ -7,7 +7,11 @@
 // addresses and service ports, or one of its node ports on any address) and whose reply source
 // is an endpoint the front no longer publishes. Only TCP is cut, and only flows conntrack has
 // not seen end (TIME_WAIT and CLOSE are left to expire): UDP has no connection to reset, and
-// kube-proxy itself clears UDP entries of endpoints that go away.
+// kube-proxy itself clears UDP entries of endpoints that go away. The kernel filters the dump
+// (Linux 5.8's CTA_FILTER) by each IPv4 front address and by each port of an IPv6 front or a
+// node port, so a cut of a few fronts reads a few entries, not a busy node's whole table; for
+// more than a handful of fronts at once, or a kernel that ignores the filter, one whole dump
+// serves them all.
 //
 // Deleting the entry alone is not enough. The client's next packet on the connection is then
 // not part of any tracked flow: with net.netfilter.nf_conntrack_tcp_loose=1 conntrack picks it

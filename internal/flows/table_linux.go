@@ -11,6 +11,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/util/retry"
@@ -29,6 +30,12 @@ var dumpAttempts = wait.Backoff{Steps: 5}
 // concurrent use (netlink serialises the requests on its socket) until Close.
 type Table struct {
 	handle *netlink.Handle
+	// sockets holds a netlink socket of the table's namespace for the requests netlink's
+	// Handle cannot make: filtered dumps and deletions of one entry.
+	sockets map[int]*nl.SocketHandle
+	// filter says whether the kernel filters dumps (filterWorks), ignores the filter
+	// (filterNone), or has not been asked yet.
+	filter int
 }
 
 // OpenTable opens conntrack in the network namespace of the calling thread, as it is at the
@@ -42,7 +49,18 @@ func OpenTable() (*Table, error) {
 		handle.Close()
 		return nil, fmt.Errorf("flows: set the conntrack netlink socket's timeout: %w", err)
 	}
-	return &Table{handle: handle}, nil
+	sock, err := nl.GetNetlinkSocketAt(netns.None(), netns.None(), unix.NETLINK_NETFILTER)
+	if err != nil {
+		handle.Close()
+		return nil, fmt.Errorf("flows: open a conntrack netlink socket: %w", err)
+	}
+	tv := unix.NsecToTimeval(netlinkTimeout.Nanoseconds())
+	if err := errors.Join(sock.SetSendTimeout(&tv), sock.SetReceiveTimeout(&tv)); err != nil {
+		sock.Close()
+		handle.Close()
+		return nil, fmt.Errorf("flows: set the conntrack netlink socket's timeout: %w", err)
+	}
+	return &Table{handle: handle, sockets: map[int]*nl.SocketHandle{unix.NETLINK_NETFILTER: {Socket: sock}}}, nil
 }
 
 // Cut deletes the TCP conntrack entries that some Target claims: original destination in its
@@ -70,6 +88,11 @@ const eachBatch = 16
 // worked through: on a busy node, deleting hundreds of entries one by one takes a while.
 func (t *Table) CutEach(targets []Target, each func([]Flow)) ([]Flow, error) {
 	ix := newIndex(targets)
+	if sels := ix.selectors(); t.filter != filterNone && len(sels) > 0 && len(sels) <= maxFilteredDumps {
+		if cut, filtered, err := t.cutFiltered(ix, targets, sels, each); filtered {
+			return cut, err
+		}
+	}
 	families := []struct {
 		name   string
 		family netlink.InetFamily
@@ -113,8 +136,11 @@ func (t *Table) Ping() error {
 	return nil
 }
 
-// Close closes the netlink socket.
+// Close closes the netlink sockets.
 func (t *Table) Close() {
+	for _, sh := range t.sockets {
+		sh.Socket.Close()
+	}
 	t.handle.Close()
 }
 
