@@ -102,9 +102,7 @@ type entry struct {
 }
 
 // finished says conntrack has seen the flow end (see finished in table_linux.go).
-func (e entry) finished() bool {
-	return e.hasState && (e.tcpState == nl.TCP_CONNTRACK_TIME_WAIT || e.tcpState == nl.TCP_CONNTRACK_CLOSE)
-}
+func (e entry) finished() bool { return e.hasState && finishedState(e.tcpState) }
 
 // cutFiltered cuts the flows ix claims with a filtered dump per selector, and reports false
 // (having deleted nothing) when the kernel turns out to ignore the filter.

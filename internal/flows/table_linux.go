@@ -216,7 +216,11 @@ func (f deleteFailed) MatchConntrackFlow(entry *netlink.ConntrackFlow) bool {
 // opens a connection per call leaves thousands of these behind.
 func finished(entry *netlink.ConntrackFlow) bool {
 	tcp, ok := entry.ProtoInfo.(*netlink.ProtoInfoTCP)
-	return ok && (tcp.State == nl.TCP_CONNTRACK_TIME_WAIT || tcp.State == nl.TCP_CONNTRACK_CLOSE)
+	return ok && finishedState(tcp.State)
+}
+
+func finishedState(state uint8) bool {
+	return state == nl.TCP_CONNTRACK_TIME_WAIT || state == nl.TCP_CONNTRACK_CLOSE
 }
 
 func addrPort(ip net.IP, port uint16) (netip.AddrPort, bool) {
