@@ -176,7 +176,7 @@ var _ = Describe("The rig's pooled clients", Label("rig"), func() {
 			}
 
 			By(fmt.Sprintf("%s: the next backend's 503s, on the same connections", mode))
-			unavailables := r.Between(failing, hung)
+			unavailables := r.Between(failing, hung.Add(-100*time.Millisecond))
 			Expect(unavailables.Statuses()).To(Equal(map[int]int{503: len(unavailables)}), "%s", unavailables)
 			Expect(unavailables.Backends()).To(Equal(map[string]int{next.Name: len(unavailables)}), "%s", unavailables)
 			if mode != rig.HTTPKeepAlive {
