@@ -58,13 +58,8 @@ func parseAgentFlags(fs *flag.FlagSet, args []string) (*agentOptions, error) {
 			"net.netfilter.nf_conntrack_tcp_loose says and whatever the front publishes. Needs CAP_NET_RAW besides CAP_NET_ADMIN.")
 	fs.DurationVar(&o.resetGuardTTL, "reset-guard-ttl", 10*time.Minute,
 		"How long the reset guard keeps a cut flow's tuple: a pooled connection idle for longer is not reset by the guard.")
-	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Path to a kubeconfig; empty uses $KUBECONFIG or the in-cluster configuration.")
-	o.zap.BindFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseSubcommand(fs, args, &o.kubeconfig, &o.zap); err != nil {
 		return nil, err
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("manager agent takes no arguments, got %q", fs.Args())
 	}
 	if _, _, err := net.SplitHostPort(o.probeAddr); err != nil {
 		return nil, fmt.Errorf("--health-probe-bind-address must be host:port, got %q", o.probeAddr)

@@ -52,13 +52,8 @@ func parseResponderFlags(fs *flag.FlagSet, args []string) (*responderOptions, er
 	fs.BoolVar(&o.fastPath, "http-fast-path", true,
 		"Answer complete, bodiless HTTP/1.x requests straight from the accept loop (Linux), at about half the CPU of net/http; "+
 			"false answers every request through net/http.")
-	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Path to a kubeconfig; empty uses $KUBECONFIG or the in-cluster configuration.")
-	o.zap.BindFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseSubcommand(fs, args, &o.kubeconfig, &o.zap); err != nil {
 		return nil, err
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("manager responder takes no arguments, got %q", fs.Args())
 	}
 	for _, a := range []struct{ flag, addr string }{
 		{"--http-bind-address", o.httpAddr}, {"--reset-bind-address", o.resetAddr}, {"--health-probe-bind-address", o.probeAddr},
@@ -82,6 +77,20 @@ func parseResponderFlags(fs *flag.FlagSet, args []string) (*responderOptions, er
 		return nil, fmt.Errorf("--shutdown-delay must not be negative, got %s", o.shutdownDelay)
 	}
 	return o, nil
+}
+
+// parseSubcommand adds the flags every subcommand that talks to the cluster has (--kubeconfig
+// and zap's) to fs, parses args, and refuses arguments that are not flags.
+func parseSubcommand(fs *flag.FlagSet, args []string, kubeconfig *string, z *zap.Options) error {
+	fs.StringVar(kubeconfig, "kubeconfig", "", "Path to a kubeconfig; empty uses $KUBECONFIG or the in-cluster configuration.")
+	z.BindFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%s takes no arguments, got %q", fs.Name(), fs.Args())
+	}
+	return nil
 }
 
 // usageError is a command line that does not parse; the process exits 2 for it, as flag does.

@@ -196,7 +196,7 @@ type nodeAgent struct {
 // nftables ruleset, the agent's reset guard with it: start agents after it.
 func startAgent(name string, extra ...string) *nodeAgent {
 	GinkgoHelper()
-	a := &nodeAgent{health: localAddress(), metrics: localAddress()}
+	a := &nodeAgent{health: rig.FreePort(), metrics: rig.FreePort()}
 	a.Process = cluster.StartProcess(name, cluster.GoBuild("./cmd/manager"), append([]string{"agent",
 		"--health-probe-bind-address=" + a.health, "--metrics-bind-address=" + a.metrics,
 		"--kube-proxy-metrics-url=" + cluster.KubeProxyMetricsURL()}, extra...)...)
@@ -208,15 +208,6 @@ func startAgent(name string, extra ...string) *nodeAgent {
 		g.Expect(resp.StatusCode).To(Equal(http.StatusOK))
 	}).Should(Succeed(), "the agent gets ready")
 	return a
-}
-
-// localAddress is a free address on the node's loopback for a child process to listen on.
-func localAddress() string {
-	GinkgoHelper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	Expect(err).NotTo(HaveOccurred())
-	defer func() { _ = l.Close() }()
-	return l.Addr().String()
 }
 
 // cutLog is one of the agent's "Cut flows" log lines.

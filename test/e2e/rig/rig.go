@@ -226,7 +226,7 @@ func (r *Rig) SetProxyMode(mode ProxyMode, extra ...string) {
 		running.Stop()
 		removeProxyRules(path)
 	}
-	metrics, healthz := freePort(), freePort()
+	metrics, healthz := FreePort(), FreePort()
 	args := append([]string{
 		"--kubeconfig=" + r.kubeconfig,
 		"--proxy-mode=" + string(mode),
@@ -322,8 +322,8 @@ func (r *Rig) ProxySyncedAt() (time.Time, error) {
 	return time.Time{}, scanner.Err()
 }
 
-// freePort returns a free 127.0.0.1 address for a child process to listen on.
-func freePort() string {
+// FreePort returns a free 127.0.0.1 address for a child process to listen on.
+func FreePort() string {
 	GinkgoHelper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	Expect(err).NotTo(HaveOccurred())
