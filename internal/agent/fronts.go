@@ -109,19 +109,17 @@ func NewFronts(clk clock.PassiveClock, maxAge time.Duration) *Fronts {
 
 type front struct {
 	slices map[string]*sliceView
-	// published holds the target endpoints the slices list, and whether they are routable.
+	// published holds the target endpoints the slices publish (list as routable).
 	published map[Endpoint]bool
 	service   *frontService
 }
 
 // sliceView is what the agent keeps of one of a front's slices.
 type sliceView struct {
-	breakerLabel string
-	gateState    string
-	source       string
-	heldBack     map[netip.Addr]bool
-	keep         bool
-	changedAt    time.Time
+	gateState string
+	heldBack  map[netip.Addr]bool
+	keep      bool
+	changedAt time.Time
 	// endpoints are the listed target endpoints (target slices only), routable or not.
 	endpoints map[Endpoint]bool
 }
@@ -291,10 +289,7 @@ func (f *front) judge(key types.NamespacedName, breaker string, now time.Time, m
 
 	byReason := map[Reason][]Endpoint{}
 	kept := map[Reason]bool{}
-	for ep, wasRoutable := range f.published {
-		if !wasRoutable {
-			continue
-		}
+	for ep := range f.published {
 		w, listed := current[ep]
 		switch {
 		case listed && w.routable:
@@ -308,7 +303,9 @@ func (f *front) judge(key types.NamespacedName, breaker string, now time.Time, m
 	}
 	f.published = make(map[Endpoint]bool, len(current))
 	for ep, w := range current {
-		f.published[ep] = w.routable
+		if w.routable {
+			f.published[ep] = true
+		}
 	}
 
 	var res Result
@@ -356,10 +353,8 @@ func frontOf(s *discoveryv1.EndpointSlice) (types.NamespacedName, bool) {
 func viewOf(s *discoveryv1.EndpointSlice) *sliceView {
 	a := s.Annotations
 	sv := &sliceView{
-		breakerLabel: s.Labels[gate.BreakerLabel],
-		gateState:    a[tripswitchv1alpha1.GateStateAnnotation],
-		source:       a[tripswitchv1alpha1.EndpointsOfAnnotation],
-		keep:         a[tripswitchv1alpha1.CutConnectionsAnnotation] == "false",
+		gateState: a[tripswitchv1alpha1.GateStateAnnotation],
+		keep:      a[tripswitchv1alpha1.CutConnectionsAnnotation] == "false",
 	}
 	if t, err := time.Parse(time.RFC3339Nano, a[corev1.EndpointsLastChangeTriggerTime]); err == nil {
 		sv.changedAt = t
@@ -372,7 +367,7 @@ func viewOf(s *discoveryv1.EndpointSlice) *sliceView {
 			sv.heldBack[ip.Unmap()] = true
 		}
 	}
-	if sv.source != tripswitchv1alpha1.EndpointsOfTarget {
+	if a[tripswitchv1alpha1.EndpointsOfAnnotation] != tripswitchv1alpha1.EndpointsOfTarget {
 		return sv
 	}
 	sv.endpoints = map[Endpoint]bool{}
