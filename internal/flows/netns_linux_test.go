@@ -256,8 +256,10 @@ func (c *cluster) addPod(t testing.TB, name string, n int) *pod {
 		fmt.Sprintf("addr add %s/32 dev eth0", p.ip4),
 		fmt.Sprintf("addr add %s/128 dev eth0 nodad", p.ip6),
 		"link set eth0 up",
-		fmt.Sprintf("route add default via %s dev eth0 onlink", nodeIP4),
-		"route add default via fe80::1 dev eth0",
+		// quickack: a delayed ACK would cross the node up to 40 ms after a call returned,
+		// and conntrack would pick it up as a new flow after a test's cut.
+		fmt.Sprintf("route add default via %s dev eth0 onlink quickack 1", nodeIP4),
+		"route add default via fe80::1 dev eth0 quickack 1",
 	)
 	return p
 }
