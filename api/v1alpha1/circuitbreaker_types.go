@@ -111,9 +111,11 @@ const (
 // +kubebuilder:validation:XValidation:rule="!has(self.modeUntil) || (has(self.mode) && self.mode != 'Auto')",message="modeUntil needs a mode other than Auto: it says when that mode ends",fieldPath=".modeUntil"
 // +kubebuilder:validation:XValidation:rule="!has(self.trip) || !has(self.trip.slowRate) || (has(self.probe) && has(self.probe.slowThreshold))",message="trip.slowRate needs probe.slowThreshold, which says what slow is"
 // +kubebuilder:validation:XValidation:rule="!has(self.recovery) || has(self.recovery.openDuration) || !has(self.recovery.backoff) || !has(self.recovery.backoff.maxOpenDuration) || duration(self.recovery.backoff.maxOpenDuration) >= duration(has(self.profile) ? {'aggressive': '30s', 'balanced': '60s', 'conservative': '120s'}[self.profile] : '60s')",messageExpression="'recovery.backoff.maxOpenDuration must not be shorter than recovery.openDuration (' + (has(self.profile) ? {'aggressive': '30s', 'balanced': '60s', 'conservative': '120s'}[self.profile] + ' from the ' + self.profile + ' profile' : '60s by default') + ' when unset)'",fieldPath=".recovery.backoff.maxOpenDuration"
+// +kubebuilder:validation:XValidation:rule="!has(self.target.external) || (has(self.probe) && (has(self.probe.http) || has(self.probe.tcp) || has(self.probe.grpc)))",message="an external target needs probe.http, probe.tcp or probe.grpc: a provider's root path often answers 401 or 404, which must not trip the breaker",fieldPath=".probe"
 type CircuitBreakerSpec struct {
 	// target is the Service whose ready endpoints are probed and, while the breaker is
-	// Closed, published behind the front Service.
+	// Closed, published behind the front Service; or an external host, whose resolved
+	// addresses are.
 	// +required
 	Target TargetReference `json:"target"`
 
@@ -225,20 +227,58 @@ type EjectionSpec struct {
 	PanicThresholdPercent *int32 `json:"panicThresholdPercent,omitempty"`
 }
 
-// TargetReference names a Service port in the breaker's namespace.
+// TargetReference names what the breaker protects: a Service port in the breaker's
+// namespace, or a host outside the cluster.
+// +kubebuilder:validation:XValidation:rule="has(self.service) != has(self.external)",message="target needs exactly one of service and external"
+// +kubebuilder:validation:XValidation:rule="has(self.service) == has(self.port)",message="target.port goes with target.service (a Service port); an external target has its own port in target.external.port"
 type TargetReference struct {
 	// service is the name of a Service in the breaker's namespace.
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=63
 	// +kubebuilder:validation:Pattern=`^[a-z]([-a-z0-9]*[a-z0-9])?$`
-	// +required
-	Service string `json:"service"`
+	// +optional
+	Service string `json:"service,omitempty"`
 
-	// port is the Service port, by name or by number.
+	// port is the Service port, by name or by number; it goes with service.
 	// +kubebuilder:validation:XIntOrString
 	// +kubebuilder:validation:XValidation:rule="type(self) == int ? (self >= 1 && self <= 65535) : (size(self) <= 15 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))",message="port must be a number in 1-65535 or a Service port name"
+	// +optional
+	Port *intstr.IntOrString `json:"port,omitempty"`
+
+	// external is a host outside the cluster, such as a third-party API. The manager
+	// resolves it through its own upstream DNS server and publishes the addresses behind the
+	// front Service; callers keep calling the host's name, which the cluster's DNS answers
+	// with the front Service (see status.external.dnsRewrite). The host must be allowed by the
+	// manager's --allowed-external-hosts.
+	// +optional
+	External *ExternalTarget `json:"external,omitempty"`
+}
+
+// ExternalTarget is a host outside the cluster and the port its clients call.
+type ExternalTarget struct {
+	// host is a fully qualified DNS name with at least two labels, lower case, without a
+	// trailing dot, such as api.stripe.com. IP addresses are not accepted: a fixed address
+	// needs no breaker of its own, a selectorless Service with hand-written EndpointSlices
+	// serves it.
+	// +kubebuilder:validation:MinLength=3
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z]([-a-z0-9]{0,61}[a-z0-9])?$`
 	// +required
-	Port intstr.IntOrString `json:"port"`
+	Host string `json:"host"`
+
+	// port is the TCP port the host's clients call, such as 443; the front Service gets it.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	// +required
+	Port int32 `json:"port"`
+
+	// maxAddresses bounds how many of the host's addresses are probed and published. Answers
+	// that rotate through a CDN's addresses add up to it; those seen least recently go first.
+	// +kubebuilder:default=16
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=64
+	// +optional
+	MaxAddresses *int32 `json:"maxAddresses,omitempty"`
 }
 
 // ProbeSpec says how endpoints are probed. At most one of http, tcp and grpc may be set;
@@ -703,7 +743,7 @@ type FallbackReference struct {
 	// +required
 	Service string `json:"service"`
 
-	// port is the fallback Service's port, by name or number. Defaults to target.port.
+	// port is the fallback Service's port, by name or number. Defaults to target.port (target.external.port for an external target).
 	// +kubebuilder:validation:XIntOrString
 	// +optional
 	Port *intstr.IntOrString `json:"port,omitempty"`
@@ -818,6 +858,17 @@ type CircuitBreakerStatus struct {
 	// +optional
 	FrontService string `json:"frontService,omitempty"`
 
+	// target names what the breaker protects, for kubectl get: the target Service's name, or
+	// an external target's host:port.
+	// +kubebuilder:validation:MaxLength=260
+	// +optional
+	Target string `json:"target,omitempty"`
+
+	// external is what the manager knows of an external target's host: the addresses it
+	// resolved, the last resolution, and the DNS stanza that sends callers to the front.
+	// +optional
+	External *ExternalStatus `json:"external,omitempty"`
+
 	// lastProbe is the most recent probe result.
 	// +optional
 	LastProbe *ProbeResult `json:"lastProbe,omitempty"`
@@ -839,6 +890,78 @@ type CircuitBreakerStatus struct {
 	// +listMapKey=type
 	// +optional
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// ExternalStatus describes an external target's resolution.
+type ExternalStatus struct {
+	// host is the host these addresses belong to.
+	// +kubebuilder:validation:MaxLength=253
+	Host string `json:"host"`
+
+	// addresses are the host's addresses that are probed and published: every address an
+	// answer named within the last few minutes (answers that rotate through a CDN's
+	// addresses must not flap the front), at most target.external.maxAddresses. They survive
+	// failed resolutions: DNS trouble never empties the front.
+	// +kubebuilder:validation:MaxItems=64
+	// +listType=atomic
+	// +optional
+	Addresses []ExternalAddress `json:"addresses,omitempty"`
+
+	// refused are addresses that answers named but that are never published: addresses of
+	// the cluster's own Services (a cluster DNS that already answers the host with the front),
+	// loopback, link-local, multicast, or outside the manager's --probe-allowed-cidrs.
+	// +kubebuilder:validation:MaxItems=16
+	// +listType=atomic
+	// +optional
+	Refused []string `json:"refused,omitempty"`
+
+	// server is the DNS server that gave the last answer.
+	// +kubebuilder:validation:MaxLength=64
+	// +optional
+	Server string `json:"server,omitempty"`
+
+	// lastResolution is when the host was last resolved, successfully or not.
+	// +optional
+	LastResolution *metav1.Time `json:"lastResolution,omitempty"`
+
+	// lastSuccess is when the host was last resolved successfully.
+	// +optional
+	LastSuccess *metav1.Time `json:"lastSuccess,omitempty"`
+
+	// nextResolution is when the host is resolved again: at the answer's TTL, clamped to
+	// 5s-5m, or sooner after a failure.
+	// +optional
+	NextResolution *metav1.Time `json:"nextResolution,omitempty"`
+
+	// error says why the last resolution failed; empty when it succeeded.
+	// +kubebuilder:validation:MaxLength=512
+	// +optional
+	Error string `json:"error,omitempty"`
+
+	// clusterName is the front Service's name in the cluster's DNS, such as
+	// payments.shop.svc.cluster.local, which the host's name must be rewritten to.
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	ClusterName string `json:"clusterName,omitempty"`
+
+	// dnsRewrite is the CoreDNS stanza that answers the host's name with the front Service,
+	// for the cluster admin to add to the Corefile's server block (or to a coredns-custom
+	// ConfigMap as an .override), anywhere in the block (CoreDNS orders its plugins itself).
+	// +kubebuilder:validation:MaxLength=1024
+	// +optional
+	DNSRewrite string `json:"dnsRewrite,omitempty"`
+}
+
+// ExternalAddress is one resolved address of an external target.
+type ExternalAddress struct {
+	// address is the IPv4 or IPv6 address.
+	// +kubebuilder:validation:MaxLength=45
+	Address string `json:"address"`
+	// lastSeen is when an answer last named it.
+	LastSeen metav1.Time `json:"lastSeen"`
+	// ttlSeconds is the TTL of the answer that last named it.
+	// +optional
+	TTLSeconds int32 `json:"ttlSeconds,omitempty"`
 }
 
 // WindowStatus summarises the rate window.
@@ -970,7 +1093,7 @@ type ProbeResult struct {
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=cb;breaker,categories=tripswitch
 // +kubebuilder:printcolumn:name="State",type=string,JSONPath=`.status.state`,description="Breaker state"
-// +kubebuilder:printcolumn:name="Target",type=string,JSONPath=`.spec.target.service`,description="Protected Service"
+// +kubebuilder:printcolumn:name="Target",type=string,JSONPath=`.status.target`,description="Protected Service, or external host:port"
 // +kubebuilder:printcolumn:name="Front",type=string,JSONPath=`.status.frontService`,description="Front Service that clients call"
 // +kubebuilder:printcolumn:name="Trips",type=integer,JSONPath=`.status.trips`,description="Times opened, all time"
 // +kubebuilder:printcolumn:name="Last Change",type=date,JSONPath=`.status.lastTransitionTime`,description="Time since the last state change"
@@ -984,7 +1107,7 @@ type ProbeResult struct {
 // +kubebuilder:printcolumn:name="Ejected",type=integer,JSONPath=`.status.ejection.ejected`,priority=1,description="Endpoints ejected now (spec.ejection)"
 // +kubebuilder:validation:XValidation:rule="!has(self.spec.ejection) || !has(self.spec.gate) || has(self.spec.gate.endpointSlice)",message="spec.ejection needs the endpointSlice gate: ejected endpoints are left out of the front Service's slices"
 // +kubebuilder:validation:XValidation:rule="!has(self.spec.recovery) || !has(self.spec.recovery.slowStart) || !has(self.spec.gate) || has(self.spec.gate.endpointSlice)",message="spec.recovery.slowStart needs the endpointSlice gate: it ramps the endpoints of the front Service's slices"
-// +kubebuilder:validation:XValidation:rule="!has(self.spec.gate) || !has(self.spec.gate.endpointSlice) || (has(self.spec.gate.endpointSlice.service) ? self.spec.gate.endpointSlice.service : self.metadata.name) != self.spec.target.service",message="the front Service (gate.endpointSlice.service, default metadata.name) must differ from target.service"
+// +kubebuilder:validation:XValidation:rule="!has(self.spec.gate) || !has(self.spec.gate.endpointSlice) || !has(self.spec.target.service) || (has(self.spec.gate.endpointSlice.service) ? self.spec.gate.endpointSlice.service : self.metadata.name) != self.spec.target.service",message="the front Service (gate.endpointSlice.service, default metadata.name) must differ from target.service"
 // +kubebuilder:validation:XValidation:rule="!has(self.spec.gate) || !has(self.spec.gate.endpointSlice) || has(self.spec.gate.endpointSlice.service) || (size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$'))",message="metadata.name is not a valid Service name; set gate.endpointSlice.service"
 // +kubebuilder:validation:XValidation:rule="!has(self.spec.gate) || !has(self.spec.gate.endpointSlice) || !has(self.spec.gate.endpointSlice.fallback) || has(self.spec.gate.endpointSlice.service) || self.spec.gate.endpointSlice.fallback.service != self.metadata.name",message="gate.endpointSlice.fallback.service must differ from the front Service"
 type CircuitBreaker struct {

@@ -32,6 +32,11 @@ const (
 	// (no --prometheus-url, Prometheus unreachable, a timeout, a result that is not one
 	// number): those rules cannot trip the breaker. It is absent otherwise.
 	ConditionQueriesFailing = "QueriesFailing"
+	// ConditionResolved says, for an external target, whether its host's last resolution
+	// gave usable addresses: True with Resolved; False with ResolutionFailed (the last good
+	// addresses stay published), AddressesRefused (every address answered is one tripswitch
+	// never publishes) or ExternalHostNotAllowed. It is absent for Service targets.
+	ConditionResolved = "Resolved"
 )
 
 // Condition reasons.
@@ -96,4 +101,16 @@ const (
 	ReasonNoEndpointsEjected = "NoEndpointsEjected"
 	// ReasonQueryFailed: a query rule's last evaluation failed (ConditionQueriesFailing).
 	ReasonQueryFailed = "QueryFailed"
+	// ReasonResolved: the external target's host resolved to usable addresses.
+	ReasonResolved = "Resolved"
+	// ReasonResolutionFailed: the last resolution failed (timeout, SERVFAIL, NXDOMAIN); the
+	// last good addresses stay published.
+	ReasonResolutionFailed = "ResolutionFailed"
+	// ReasonAddressesRefused: every address of the last answer is one tripswitch never
+	// publishes, such as the front's own ClusterIP from a cluster DNS that already rewrites
+	// the host; the last good addresses stay published.
+	ReasonAddressesRefused = "AddressesRefused"
+	// ReasonExternalHostNotAllowed: the external target's host is not allowed by the
+	// manager's --allowed-external-hosts, so it is neither resolved nor probed.
+	ReasonExternalHostNotAllowed = "ExternalHostNotAllowed"
 )

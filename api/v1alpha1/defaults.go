@@ -4,6 +4,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 )
 
@@ -45,6 +46,9 @@ const (
 	DefaultMaxEjectedPercent           = int32(50)
 	DefaultPanicThresholdPercent       = int32(50)
 
+	// DefaultMaxExternalAddresses bounds an external target's addresses.
+	DefaultMaxExternalAddresses = int32(16)
+
 	// DefaultQueryInterval is how often PromQL trip rules are evaluated.
 	DefaultQueryInterval = 15 * time.Second
 	// DefaultQueryFor is how many consecutive evaluations of a PromQL trip rule must hold.
@@ -69,6 +73,9 @@ func (in *CircuitBreaker) Resolve() CircuitBreakerSpec {
 	resolveTrip(&spec.Trip, spec.Profile != "", preset)
 	resolveRecovery(&spec.Recovery, preset)
 	resolveGate(&spec, in.Name)
+	if ext := spec.Target.External; ext != nil && ext.MaxAddresses == nil {
+		ext.MaxAddresses = ptr.To(DefaultMaxExternalAddresses)
+	}
 	resolveEjection(spec.Ejection)
 	return spec
 }
@@ -189,8 +196,14 @@ func resolveGate(spec *CircuitBreakerSpec, name string) {
 		es.CutConnections = ptr.To(true)
 	}
 	if f := es.Fallback; f != nil && f.Port == nil {
-		port := spec.Target.Port
-		f.Port = &port
+		switch {
+		case spec.Target.Port != nil:
+			port := *spec.Target.Port
+			f.Port = &port
+		case spec.Target.External != nil:
+			port := intstr.FromInt32(spec.Target.External.Port)
+			f.Port = &port
+		}
 	}
 }
 

@@ -13,7 +13,7 @@ import (
 func dur(d time.Duration) *metav1.Duration { return &metav1.Duration{Duration: d} }
 
 func TestResolve(t *testing.T) {
-	target := TargetReference{Service: "backend", Port: intstr.FromString("http")}
+	target := TargetReference{Service: "backend", Port: ptr.To(intstr.FromString("http"))}
 	// resolved is what a spec with only a target resolves to: the built-in defaults.
 	resolved := func(edit func(*CircuitBreakerSpec)) CircuitBreakerSpec {
 		s := CircuitBreakerSpec{

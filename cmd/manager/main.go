@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -30,6 +31,7 @@ import (
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/controller"
 	"github.com/tripswitch/tripswitch/internal/endpoints"
+	"github.com/tripswitch/tripswitch/internal/external"
 	"github.com/tripswitch/tripswitch/internal/guard"
 	"github.com/tripswitch/tripswitch/internal/probe"
 )
@@ -57,6 +59,10 @@ type options struct {
 	guard                   guard.Config
 	handBackTimeout         time.Duration
 	responderService        string
+	allowedExternalHosts    string
+	externalDNSServer       string
+	externalRefusedCIDRs    string
+	clusterDomain           string
 	zap                     zap.Options
 }
 
@@ -121,6 +127,20 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 	fs.StringVar(&o.responderService, "responder-service", "tripswitch-system/tripswitch-responder",
 		"The responder's Service, as namespace/name: a gate with whenOpen Respond publishes its ready endpoints while Open. "+
 			"Empty: Respond rejects as Reject does, and the breaker's Responder condition says so.")
+	fs.StringVar(&o.allowedExternalHosts, "allowed-external-hosts", "",
+		"Comma-separated host names that external targets (spec.target.external) may name: exact names such as "+
+			"api.stripe.com, and *.suffix patterns that allow every name below suffix. The manager resolves, probes "+
+			"and publishes the addresses of those hosts. Empty (the default) allows none.")
+	fs.StringVar(&o.externalDNSServer, "external-dns-server", "",
+		"Comma-separated DNS servers (host or host:port) that external targets' hosts are resolved through. They "+
+			"must not be the cluster DNS once it rewrites those hosts to their fronts: use the nodes' upstream resolver "+
+			"(such as the VPC's). Empty: the nameservers of the manager's /etc/resolv.conf.")
+	fs.StringVar(&o.externalRefusedCIDRs, "external-refused-cidrs", "",
+		"Comma-separated CIDR prefixes whose addresses are never published for an external target, besides the "+
+			"cluster's Service ranges (read from ServiceCIDRs), loopback, link-local and multicast: ranges of the "+
+			"cluster's own that the API does not tell, such as the pod network.")
+	fs.StringVar(&o.clusterDomain, "cluster-domain", "cluster.local",
+		"The cluster's DNS domain, for the CoreDNS stanza that external targets' status suggests.")
 	o.zap.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -160,6 +180,17 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 	}
 	if _, err := responderService(o.responderService); err != nil {
 		return nil, err
+	}
+	if _, err := external.ParseHostPatterns(o.allowedExternalHosts); err != nil {
+		return nil, fmt.Errorf("--allowed-external-hosts: %w", err)
+	}
+	if o.externalRefusedCIDRs != "" {
+		if _, err := endpoints.ParsePrefixes(o.externalRefusedCIDRs); err != nil {
+			return nil, fmt.Errorf("--external-refused-cidrs: %w", err)
+		}
+	}
+	if errs := validation.IsDNS1123Subdomain(o.clusterDomain); len(errs) > 0 {
+		return nil, fmt.Errorf("--cluster-domain %q is not a DNS name", o.clusterDomain)
 	}
 	return o, nil
 }
@@ -233,6 +264,20 @@ func run(o *options) error {
 		ctrl.Log.WithName("setup").Info("Probe addresses are rewritten; this is for local development only", "map", o.probeAddressMap)
 	}
 	allowed, _ := endpoints.ParsePrefixes(o.probeAllowedCIDRs)
+	hosts, _ := external.ParseHostPatterns(o.allowedExternalHosts)
+	var refused []netip.Prefix
+	if o.externalRefusedCIDRs != "" {
+		refused, _ = endpoints.ParsePrefixes(o.externalRefusedCIDRs)
+	}
+	var resolver external.Resolver
+	if !hosts.Empty() {
+		servers, err := externalDNSServers(o.externalDNSServer)
+		if err != nil {
+			return err
+		}
+		resolver = external.NewDNSClient(servers, externalDNSTimeout)
+		ctrl.Log.WithName("setup").Info("External targets are allowed", "hosts", hosts.String(), "dnsServers", servers)
+	}
 	if err := controller.Setup(ctx, mgr, controller.Options{
 		Dial:                    dial,
 		MaxConcurrentProbes:     o.maxConcurrentProbes,
@@ -247,6 +292,10 @@ func run(o *options) error {
 		QueryTimeout:            o.queryTimeout,
 		QueryNamespaceLabel:     o.queryNamespaceLabel,
 		MaxConcurrentQueries:    o.maxConcurrentQueries,
+		ExternalResolver:        resolver,
+		AllowedExternalHosts:    hosts,
+		ExternalRefusedCIDRs:    refused,
+		ClusterDomain:           o.clusterDomain,
 	}); err != nil {
 		return fmt.Errorf("setting up the CircuitBreaker controller: %w", err)
 	}
@@ -276,4 +325,25 @@ func responderService(s string) (types.NamespacedName, error) {
 		return types.NamespacedName{}, fmt.Errorf("--responder-service must be namespace/name of a Service, got %q", s)
 	}
 	return types.NamespacedName{Namespace: ns, Name: name}, nil
+}
+
+// externalDNSTimeout bounds each DNS server's answer to one query.
+const externalDNSTimeout = 2 * time.Second
+
+// externalDNSServers are the servers of --external-dns-server, or else of /etc/resolv.conf.
+func externalDNSServers(flagValue string) ([]string, error) {
+	var servers []string
+	for s := range strings.SplitSeq(flagValue, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			servers = append(servers, s)
+		}
+	}
+	if len(servers) > 0 {
+		return servers, nil
+	}
+	servers, err := external.ServersFromResolvConf("/etc/resolv.conf")
+	if err != nil || len(servers) == 0 {
+		return nil, fmt.Errorf("--external-dns-server is empty and /etc/resolv.conf names no nameserver: %v", err)
+	}
+	return servers, nil
 }

@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -107,7 +108,7 @@ func TestResponderCommand(t *testing.T) {
 	cb := &tripswitchv1alpha1.CircuitBreaker{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "payments"},
 		Spec: tripswitchv1alpha1.CircuitBreakerSpec{Target: tripswitchv1alpha1.TargetReference{
-			Service: "payments-backend", Port: intstr.FromString("http")}},
+			Service: "payments-backend", Port: ptr.To(intstr.FromString("http"))}},
 	}
 	g.Expect(k8s.Create(ctx, cb)).To(Succeed())
 	openUntil := metav1.NewTime(time.Now().Add(30 * time.Second).Truncate(time.Second))

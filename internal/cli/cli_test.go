@@ -270,7 +270,7 @@ func (f *fixture) event(t *testing.T, cb *tripswitchv1alpha1.CircuitBreaker, whe
 }
 
 func target(service string) tripswitchv1alpha1.TargetReference {
-	return tripswitchv1alpha1.TargetReference{Service: service, Port: intstr.FromString("http")}
+	return tripswitchv1alpha1.TargetReference{Service: service, Port: ptr.To(intstr.FromString("http"))}
 }
 
 // shop fills a namespace with three breakers: payments Open after failing probes, with a

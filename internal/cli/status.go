@@ -135,7 +135,14 @@ func (s *session) statusOne(ctx context.Context, name string, maxEndpoints int) 
 	}
 
 	field("Name", "%s/%s", cb.Namespace, cb.Name)
-	field("Target", "Service %s, port %s", cb.Spec.Target.Service, cb.Spec.Target.Port.String())
+	if ext := cb.Spec.Target.External; ext != nil {
+		field("Target", "external host %s, port %d", ext.Host, ext.Port)
+		if line := resolutionLine(st.External, now); line != "" {
+			field("Resolution", "%s", line)
+		}
+	} else {
+		field("Target", "Service %s, port %s", cb.Spec.Target.Service, cb.Spec.Target.Port.String())
+	}
 	if st.State == "" {
 		field("State", "not reported yet: is the manager running?")
 	} else {
@@ -262,22 +269,9 @@ func (r endpointRow) attention() int {
 // status says of each. status holds only the last probe and the ejected endpoints, so the
 // other endpoints show no outcome of their own.
 func (s *session) endpointRows(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker, now time.Time) ([]endpointRow, string, error) {
-	target := &corev1.Service{}
-	if err := s.client.Get(ctx, client.ObjectKey{Namespace: cb.Namespace, Name: cb.Spec.Target.Service}, target); err != nil {
-		return nil, "", fmt.Errorf("target Service %s: %w", cb.Spec.Target.Service, err)
-	}
-	port, err := endpoints.ServicePort(target, cb.Spec.Target.Port)
-	if err != nil {
-		return nil, "", err
-	}
-	var targetSlices discoveryv1.EndpointSliceList
-	if err := s.client.List(ctx, &targetSlices, client.InNamespace(cb.Namespace),
-		client.MatchingLabels{discoveryv1.LabelServiceName: cb.Spec.Target.Service}); err != nil {
-		return nil, "", err
-	}
-	ready := endpoints.Ready(port, targetSlices.Items)
-	if len(ready) == 0 {
-		return nil, fmt.Sprintf("the target Service %s has no ready endpoints on port %s", target.Name, cb.Spec.Target.Port.String()), nil
+	ready, none, err := s.targetEndpoints(ctx, cb)
+	if err != nil || len(ready) == 0 {
+		return nil, none, err
 	}
 	var published map[string]bool
 	if cb.Status.FrontService != "" {
@@ -428,4 +422,59 @@ func printConditions(out io.Writer, cb *tripswitchv1alpha1.CircuitBreaker, now t
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", c.Type, c.Status, c.Reason, ago(now, c.LastTransitionTime.Time), orDash(c.Message))
 	}
 	_ = w.Flush()
+}
+
+// targetEndpoints are the target's ready endpoints: the target Service's, or the addresses
+// status holds for an external target. When there are none, the string says why.
+func (s *session) targetEndpoints(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker) ([]netip.AddrPort, string, error) {
+	if ext := cb.Spec.Target.External; ext != nil {
+		var ready []netip.AddrPort
+		if st := cb.Status.External; st != nil && st.Host == ext.Host {
+			for _, a := range st.Addresses {
+				if addr, err := netip.ParseAddr(a.Address); err == nil {
+					ready = append(ready, netip.AddrPortFrom(addr, uint16(ext.Port)))
+				}
+			}
+		}
+		if len(ready) == 0 {
+			return nil, fmt.Sprintf("the external host %s has no resolved addresses yet", ext.Host), nil
+		}
+		return ready, "", nil
+	}
+	target := &corev1.Service{}
+	if err := s.client.Get(ctx, client.ObjectKey{Namespace: cb.Namespace, Name: cb.Spec.Target.Service}, target); err != nil {
+		return nil, "", fmt.Errorf("target Service %s: %w", cb.Spec.Target.Service, err)
+	}
+	port, err := endpoints.ServicePort(target, *cb.Spec.Target.Port)
+	if err != nil {
+		return nil, "", err
+	}
+	var targetSlices discoveryv1.EndpointSliceList
+	if err := s.client.List(ctx, &targetSlices, client.InNamespace(cb.Namespace),
+		client.MatchingLabels{discoveryv1.LabelServiceName: cb.Spec.Target.Service}); err != nil {
+		return nil, "", err
+	}
+	ready := endpoints.Ready(port, targetSlices.Items)
+	if len(ready) == 0 {
+		return nil, fmt.Sprintf("the target Service %s has no ready endpoints on port %s", target.Name, cb.Spec.Target.Port.String()), nil
+	}
+	return ready, "", nil
+}
+
+// resolutionLine sums up an external target's last resolution.
+func resolutionLine(st *tripswitchv1alpha1.ExternalStatus, now time.Time) string {
+	if st == nil || st.LastResolution == nil {
+		return ""
+	}
+	line := fmt.Sprintf("%d addresses, resolved %s", len(st.Addresses), ago(now, st.LastResolution.Time))
+	if st.Server != "" {
+		line += " via " + st.Server
+	}
+	if st.Error != "" {
+		line += "; failing: " + st.Error + " (the last good addresses stay published)"
+	}
+	if len(st.Refused) > 0 {
+		line += fmt.Sprintf("; refused %v", st.Refused)
+	}
+	return line
 }

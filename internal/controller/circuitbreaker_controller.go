@@ -88,6 +88,8 @@ type CircuitBreakerReconciler struct {
 	// QueryNamespaceLabel, when set, confines every series selector of a breaker's query
 	// rules to the breaker's namespace through this label.
 	QueryNamespaceLabel string
+	// External resolves and vets external targets.
+	External ExternalTargets
 
 	// lastSync is when each breaker's status was last written, for the write economy.
 	lastSync sync.Map // types.NamespacedName -> time.Time
@@ -187,6 +189,9 @@ func (r *CircuitBreakerReconciler) addFinalizer(ctx context.Context, cb *tripswi
 // forget drops everything kept in memory for a breaker that is gone.
 func (r *CircuitBreakerReconciler) forget(key types.NamespacedName) {
 	r.Scheduler.Remove(key)
+	if r.External.Tracker != nil {
+		r.External.Tracker.Forget(key)
+	}
 	r.lastSync.Delete(key)
 	r.lastGood.Delete(key)
 	r.untrack(key)
@@ -282,7 +287,10 @@ func (r *CircuitBreakerReconciler) SetupWithManager(ctx context.Context, mgr ctr
 
 // servicesOf lists the Services a breaker reads: target, front and fallback.
 func servicesOf(cb *tripswitchv1alpha1.CircuitBreaker) []string {
-	names := []string{cb.Spec.Target.Service}
+	var names []string
+	if cb.Spec.Target.Service != "" {
+		names = append(names, cb.Spec.Target.Service)
+	}
 	if front := cb.FrontServiceName(); front != "" {
 		names = append(names, front)
 	}

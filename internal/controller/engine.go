@@ -87,7 +87,7 @@ func (r *CircuitBreakerReconciler) reconcileEngine(ctx context.Context, st *reco
 		}
 		r.Metrics.KeepQueryRules(cb.Namespace, cb.Name, names)
 		r.Metrics.SetState(cb.Namespace, cb.Name, string(cb.Status.State))
-		r.Metrics.SetInfo(cb.Namespace, cb.Name, st.spec.Target.Service, cb.FrontServiceName())
+		r.Metrics.SetInfo(cb.Namespace, cb.Name, cb.Status.Target, cb.FrontServiceName())
 	}
 	if cb.Status.Endpoints == nil {
 		cb.Status.Endpoints = &tripswitchv1alpha1.EndpointsStatus{}

@@ -253,6 +253,12 @@ type handBackView struct {
 }
 
 func (r *CircuitBreakerReconciler) handBackTarget(ctx context.Context, cb *tripswitchv1alpha1.CircuitBreaker) (handBackView, error) {
+	if cb.Spec.Target.External != nil {
+		// Nobody can take over an external target's front: the last copy holds the addresses
+		// status last named, for callers whose DNS still sends them to the front.
+		slices := ExternalTargetSlices(cb)
+		return handBackView{slices: slices, ready: readyEndpoints(slices, "")}, nil
+	}
 	svc, err := r.lookupService(ctx, cb.Namespace, cb.Spec.Target.Service)
 	if err != nil {
 		return handBackView{}, err

@@ -3,7 +3,9 @@ package controller
 import (
 	"fmt"
 	"hash/fnv"
+	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -139,6 +141,10 @@ func probeSpec(spec *tripswitchv1alpha1.CircuitBreakerSpec) (probe.Spec, error) 
 		out.TCP = true
 	case p.GRPC != nil:
 		out.GRPC = &probe.GRPCSpec{Service: p.GRPC.Service, UseTLS: p.GRPC.TLS != nil, TLS: probeTLS(p.GRPC.TLS)}
+		if ext := spec.Target.External; ext != nil && out.GRPC.TLS.ServerName == "" {
+			// The provider's certificate names the host, not the address dialled.
+			out.GRPC.TLS.ServerName = ext.Host
+		}
 	default:
 		h := p.HTTP
 		success, err := probe.ParseCodes(string(h.SuccessCodes))
@@ -155,6 +161,9 @@ func probeSpec(spec *tripswitchv1alpha1.CircuitBreakerSpec) (probe.Spec, error) 
 		}
 		out.HTTP = &probe.HTTPSpec{Path: h.Path, HTTPS: h.Scheme == tripswitchv1alpha1.SchemeHTTPS, Host: h.Host,
 			Headers: headers, Success: success, Neutral: neutral, InsecureSkipVerify: h.InsecureSkipVerify, TLS: probeTLS(h.TLS)}
+		if ext := spec.Target.External; ext != nil && h.Host == "" {
+			externalHost(out.HTTP, ext)
+		}
 	}
 	return out, nil
 }
@@ -240,4 +249,17 @@ func timePtr(t time.Time) *metav1.Time {
 	}
 	mt := metav1.NewTime(t.Truncate(time.Second))
 	return &mt
+}
+
+// externalHost makes an HTTP probe of an external target ask for the host by name, as its
+// callers do: a provider behind a CDN or a virtual host answers by the Host header and, over
+// TLS, presents the certificate that SNI asks for, which names the host and not the address.
+func externalHost(h *probe.HTTPSpec, ext *tripswitchv1alpha1.ExternalTarget) {
+	h.Host = ext.Host
+	if standard := map[bool]int32{false: 80, true: 443}[h.HTTPS]; ext.Port != standard {
+		h.Host = net.JoinHostPort(ext.Host, strconv.Itoa(int(ext.Port)))
+		if h.TLS.ServerName == "" {
+			h.TLS.ServerName = ext.Host
+		}
+	}
 }

@@ -28,7 +28,7 @@ func mappingDur(d time.Duration) *metav1.Duration { return &metav1.Duration{Dura
 // gets a target when it has none.
 func mappingResolved(spec tripswitchv1alpha1.CircuitBreakerSpec) tripswitchv1alpha1.CircuitBreakerSpec {
 	if spec.Target.Service == "" {
-		spec.Target = tripswitchv1alpha1.TargetReference{Service: "backend", Port: intstr.FromString("http")}
+		spec.Target = tripswitchv1alpha1.TargetReference{Service: "backend", Port: ptr.To(intstr.FromString("http"))}
 	}
 	cb := &tripswitchv1alpha1.CircuitBreaker{ObjectMeta: metav1.ObjectMeta{Name: "payments"}, Spec: spec}
 	return cb.Resolve()

@@ -120,7 +120,7 @@ func openBreaker() *tripswitchv1alpha1.CircuitBreaker {
 	return &tripswitchv1alpha1.CircuitBreaker{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "payments", UID: "u1", Generation: 1},
 		Spec: tripswitchv1alpha1.CircuitBreakerSpec{Target: tripswitchv1alpha1.TargetReference{Service: "payments-backend",
-			Port: intstr.FromString("http")}},
+			Port: ptr.To(intstr.FromString("http"))}},
 		Status: tripswitchv1alpha1.CircuitBreakerStatus{State: tripswitchv1alpha1.StateOpen, GateState: tripswitchv1alpha1.StateOpen,
 			Reason: "ConsecutiveFailures", LastTransitionTime: &since, OpenUntil: &until, Trips: 1, OpenStreak: 1},
 	}
@@ -194,7 +194,7 @@ func TestTheBuiltInDefaultsCompile(t *testing.T) {
 	g := NewWithT(t)
 	r := &CircuitBreakerReconciler{}
 	run, how := r.fallback(client.ObjectKey{Name: "x"}, &tripswitchv1alpha1.CircuitBreakerSpec{
-		Target: tripswitchv1alpha1.TargetReference{Service: "t", Port: intstr.FromInt32(80)}})
+		Target: tripswitchv1alpha1.TargetReference{Service: "t", Port: ptr.To(intstr.FromInt32(80))}})
 	g.Expect(how).To(ContainSubstring("only observes"))
 	g.Expect(run.Engine.Validate()).To(Succeed())
 	g.Expect(run.Probe.Validate()).To(Succeed())

@@ -12,9 +12,11 @@ import (
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
+	"github.com/tripswitch/tripswitch/internal/external"
 	"github.com/tripswitch/tripswitch/internal/guard"
 	"github.com/tripswitch/tripswitch/internal/metrics"
 	"github.com/tripswitch/tripswitch/internal/probe"
@@ -58,7 +60,19 @@ type Options struct {
 	QueryNamespaceLabel string
 	// MaxConcurrentQueries bounds the queries in flight; 0 is 4.
 	MaxConcurrentQueries int
+	// ExternalResolver resolves external targets' hosts; nil refuses every external target,
+	// as does an empty AllowedExternalHosts.
+	ExternalResolver external.Resolver
+	// AllowedExternalHosts are the hosts external targets may name (--allowed-external-hosts).
+	AllowedExternalHosts external.HostPatterns
+	// ExternalRefusedCIDRs are never published for an external target (--external-refused-cidrs).
+	ExternalRefusedCIDRs []netip.Prefix
+	// ClusterDomain is the cluster's DNS domain; empty is cluster.local.
+	ClusterDomain string
 }
+
+// externalLookupTimeout bounds one resolution of an external host, over every DNS server.
+const externalLookupTimeout = 10 * time.Second
 
 // DefaultGuard is the observer guard of the default install: more than half of the gated
 // breakers tripping within 30 s holds the rest, from 5 gated breakers up; a held trip goes
@@ -109,6 +123,22 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		SliceCache:              o.SliceCache,
 		RefreshBudget:           RefreshShare * clientQPS(mgr.GetConfig()),
 		QueryNamespaceLabel:     o.QueryNamespaceLabel,
+		External: ExternalTargets{Allowed: o.AllowedExternalHosts, Refused: o.ExternalRefusedCIDRs,
+			ClusterDomain: cmp.Or(o.ClusterDomain, "cluster.local")},
+	}
+	if o.ExternalResolver != nil && !o.AllowedExternalHosts.Empty() {
+		r.External.Tracker = external.NewTracker(o.ExternalResolver, clk, externalLookupTimeout, r.enqueueTransition,
+			func(key types.NamespacedName, problem external.Problem, _ time.Duration) {
+				recorder.Resolved(key.Namespace, key.Name, resolutionResults[problem])
+			})
+		// Resolutions end with the manager (or with its leadership).
+		if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+			<-ctx.Done()
+			r.External.Tracker.Stop()
+			return nil
+		})); err != nil {
+			return fmt.Errorf("adding the external resolver: %w", err)
+		}
 	}
 	var querier runner.Querier
 	if o.PrometheusURL != "" {
@@ -138,6 +168,11 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		return fmt.Errorf("adding the probe scheduler: %w", err)
 	}
 	return r.SetupWithManager(ctx, mgr)
+}
+
+var resolutionResults = map[external.Problem]string{
+	external.NoProblem: metrics.ResolutionSuccess, external.ResolutionFailed: metrics.ResolutionFailure,
+	external.AddressesRefused: metrics.ResolutionRefused,
 }
 
 // clientQPS is the rate limit client-go applies to each API resource's client made from cfg:

@@ -12,6 +12,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -19,9 +21,10 @@ import (
 	"github.com/tripswitch/tripswitch/internal/endpoints"
 )
 
-// target is what the target Service offers the breaker.
+// target is what the target Service, or an external target's host, offers the breaker.
 type target struct {
-	// service is nil when the target Service does not exist.
+	// service is nil when the target Service does not exist. For an external target it is no
+	// API object, only the shape a new front Service takes: its port and IP families.
 	service *corev1.Service
 	port    corev1.ServicePort
 	slices  []discoveryv1.EndpointSlice
@@ -37,7 +40,16 @@ type target struct {
 // its state and a watch brings the breaker back; an API error leaves st.target nil, so that
 // nothing downstream mistakes "unknown" for "empty".
 func (r *CircuitBreakerReconciler) reconcileTarget(ctx context.Context, st *reconcileState) error {
+	if ext := st.spec.Target.External; ext != nil {
+		return r.reconcileExternalTarget(ctx, st, ext)
+	}
+	if r.External.Tracker != nil {
+		r.External.Tracker.Forget(client.ObjectKeyFromObject(st.cb))
+	}
+	st.cb.Status.External = nil
+	meta.RemoveStatusCondition(&st.cb.Status.Conditions, tripswitchv1alpha1.ConditionResolved)
 	name := st.spec.Target.Service
+	st.cb.Status.Target = name
 	svc, err := r.lookupService(ctx, st.cb.Namespace, name)
 	if err != nil {
 		return err
@@ -47,7 +59,7 @@ func (r *CircuitBreakerReconciler) reconcileTarget(ctx context.Context, st *reco
 		return &waitingError{reason: tripswitchv1alpha1.ReasonTargetNotFound,
 			message: fmt.Sprintf("target Service %q not found", name)}
 	}
-	port, err := endpoints.ServicePort(svc, st.spec.Target.Port)
+	port, err := endpoints.ServicePort(svc, ptr.Deref(st.spec.Target.Port, intstr.IntOrString{}))
 	if err != nil {
 		st.target = &target{service: svc}
 		return &waitingError{reason: tripswitchv1alpha1.ReasonTargetPortNotFound, message: "target " + err.Error()}

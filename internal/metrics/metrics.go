@@ -29,6 +29,8 @@ const (
 	PanicName              = "tripswitch_ejection_panic"
 	QueryErrorsName        = "tripswitch_query_errors_total"
 	QueryValueName         = "tripswitch_query_value"
+	ResolutionsName        = "tripswitch_external_resolutions_total"
+	ExternalAddressesName  = "tripswitch_external_addresses"
 	stateClosed, stateOpen = "closed", "open"
 	stateHalfOpen          = "half_open"
 )
@@ -57,6 +59,8 @@ type Recorder struct {
 	panic         *prometheus.GaugeVec
 	queryErrors   *prometheus.CounterVec
 	queryValue    *prometheus.GaugeVec
+	resolutions   *prometheus.CounterVec
+	addresses     *prometheus.GaugeVec
 
 	// infoMu guards infoOf: the target and front each breaker's info series carries now.
 	infoMu sync.Mutex
@@ -116,6 +120,13 @@ func NewRecorder(reg prometheus.Registerer) (*Recorder, error) {
 		queryValue: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: QueryValueName,
 			Help: "The newest value of a query rule; absent while it returns no data or fails."},
 			[]string{"namespace", "name", "rule"}),
+		resolutions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ResolutionsName,
+			Help: "Resolutions of an external target's host, by result: success; failure (timeout, SERVFAIL, NXDOMAIN, " +
+				"no addresses), which keeps the last good addresses; refused, an answer whose every address is never published."},
+			[]string{"namespace", "name", "result"}),
+		addresses: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: ExternalAddressesName,
+			Help: "The addresses of an external target's host that are probed and published."},
+			[]string{"namespace", "name"}),
 	}
 	r.state = register(reg, r.state)
 	r.transitions = register(reg, r.transitions)
@@ -135,6 +146,8 @@ func NewRecorder(reg prometheus.Registerer) (*Recorder, error) {
 	r.panic = register(reg, r.panic)
 	r.queryErrors = register(reg, r.queryErrors)
 	r.queryValue = register(reg, r.queryValue)
+	r.resolutions = register(reg, r.resolutions)
+	r.addresses = register(reg, r.addresses)
 	return r, nil
 }
 
@@ -310,6 +323,8 @@ func (r *Recorder) Delete(namespace, name string) {
 	r.panic.DeletePartialMatch(labels)
 	r.queryErrors.DeletePartialMatch(labels)
 	r.queryValue.DeletePartialMatch(labels)
+	r.resolutions.DeletePartialMatch(labels)
+	r.addresses.DeletePartialMatch(labels)
 	r.infoMu.Lock()
 	delete(r.infoOf, [2]string{namespace, name})
 	r.infoMu.Unlock()
@@ -361,4 +376,21 @@ func labelOf(state string) string {
 		return stateHalfOpen
 	}
 	return stateClosed
+}
+
+// Resolution results, the result label's values.
+const (
+	ResolutionSuccess = "success"
+	ResolutionFailure = "failure"
+	ResolutionRefused = "refused"
+)
+
+// Resolved counts one resolution of an external target's host.
+func (r *Recorder) Resolved(namespace, name, result string) {
+	r.resolutions.WithLabelValues(namespace, name, result).Inc()
+}
+
+// SetExternalAddresses records how many addresses an external target publishes.
+func (r *Recorder) SetExternalAddresses(namespace, name string, n int) {
+	r.addresses.WithLabelValues(namespace, name).Set(float64(n))
 }

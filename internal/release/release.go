@@ -247,7 +247,9 @@ func releaseFront(ctx context.Context, c client.Client, cb *tripswitchv1alpha1.C
 		return err
 	}
 	var target discoveryv1.EndpointSliceList
-	if err := c.List(ctx, &target, client.InNamespace(cb.Namespace),
+	if cb.Spec.Target.External != nil {
+		target.Items = controller.ExternalTargetSlices(cb)
+	} else if err := c.List(ctx, &target, client.InNamespace(cb.Namespace),
 		client.MatchingLabels{discoveryv1.LabelServiceName: cb.Spec.Target.Service}); err != nil {
 		return fmt.Errorf("listing the target's EndpointSlices: %w", err)
 	}

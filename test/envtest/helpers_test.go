@@ -48,7 +48,10 @@ func newBackend() *backend { return newBackends(1)[0] }
 
 // newBackends starts n backends on n loopback addresses that share one port, as the pods
 // behind one Service port do.
-func newBackends(n int) []*backend {
+func newBackends(n int) []*backend { return newBackendsOn(n, nil) }
+
+// newBackendsOn is newBackends with each listener wrapped, such as in TLS.
+func newBackendsOn(n int, wrap func(net.Listener) net.Listener) []*backend {
 	var out []*backend
 	var port int32
 	for len(out) < n {
@@ -60,6 +63,9 @@ func newBackends(n int) []*backend {
 		Expect(err).NotTo(HaveOccurred())
 		port = int32(l.Addr().(*net.TCPAddr).Port)
 		b.port = port
+		if wrap != nil {
+			l = wrap(l)
+		}
 		b.serve(l)
 		out = append(out, b)
 	}

@@ -35,6 +35,7 @@ import (
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/controller"
+	"github.com/tripswitch/tripswitch/internal/external"
 	"github.com/tripswitch/tripswitch/internal/guard"
 	"github.com/tripswitch/tripswitch/internal/probe"
 )
@@ -126,6 +127,9 @@ type managerOptions struct {
 	probeAllowedCIDRs []netip.Prefix
 	// prometheusURL is --prometheus-url; empty leaves query rules unevaluated.
 	prometheusURL string
+	// externalHosts is --allowed-external-hosts, and dnsServer the --external-dns-server that
+	// those hosts are resolved through.
+	externalHosts, dnsServer string
 }
 
 // startManager starts a manager process equivalent, with the CircuitBreaker controller, and
@@ -161,8 +165,16 @@ func startManager(opts managerOptions) (stop func()) {
 	if opts.dial != nil {
 		dial = opts.dial(dial)
 	}
+	hosts, err := external.ParseHostPatterns(opts.externalHosts)
+	Expect(err).NotTo(HaveOccurred())
+	var resolver external.Resolver
+	if opts.dnsServer != "" {
+		resolver = external.NewDNSClient([]string{opts.dnsServer}, 500*time.Millisecond)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	Expect(controller.Setup(ctx, mgr, controller.Options{
+		ExternalResolver:     resolver,
+		AllowedExternalHosts: hosts,
 		Dial:                dial,
 		MaxConcurrentProbes: 64,
 		StatusSyncPeriod:    opts.statusSyncPeriod,

@@ -145,7 +145,7 @@ func run(n int, steady, syncPeriod time.Duration, fraction float64) error {
 		}
 		cb := &tripswitchv1alpha1.CircuitBreaker{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 			Spec: tripswitchv1alpha1.CircuitBreakerSpec{
-				Target:   tripswitchv1alpha1.TargetReference{Service: name + "-backend", Port: intstr.FromString("http")},
+				Target:   tripswitchv1alpha1.TargetReference{Service: name + "-backend", Port: ptr.To(intstr.FromString("http"))},
 				Probe:    tripswitchv1alpha1.ProbeSpec{Interval: &metav1.Duration{Duration: 200 * time.Millisecond}},
 				Trip:     tripswitchv1alpha1.TripSpec{ConsecutiveFailures: ptr.To[int32](1)},
 				Recovery: tripswitchv1alpha1.RecoverySpec{OpenDuration: &metav1.Duration{Duration: time.Hour}},

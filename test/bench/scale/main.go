@@ -356,7 +356,7 @@ func createBreakers(ctx context.Context, cl client.Client, c config, ports []int
 		}
 		return cl.Create(ctx, &tripswitchv1alpha1.CircuitBreaker{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name(i)},
 			Spec: tripswitchv1alpha1.CircuitBreakerSpec{
-				Target: tripswitchv1alpha1.TargetReference{Service: target, Port: intstr.FromString("http")},
+				Target: tripswitchv1alpha1.TargetReference{Service: target, Port: ptr.To(intstr.FromString("http"))},
 				Probe: tripswitchv1alpha1.ProbeSpec{Interval: &metav1.Duration{Duration: c.interval},
 					HTTP: &tripswitchv1alpha1.HTTPProbe{Path: "/b/" + strconv.Itoa(i)}},
 				Trip:     tripswitchv1alpha1.TripSpec{ConsecutiveFailures: ptr.To[int32](1)},
