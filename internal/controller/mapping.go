@@ -161,8 +161,8 @@ func probeSpec(spec *tripswitchv1alpha1.CircuitBreakerSpec) (probe.Spec, error) 
 		}
 		out.HTTP = &probe.HTTPSpec{Path: h.Path, HTTPS: h.Scheme == tripswitchv1alpha1.SchemeHTTPS, Host: h.Host,
 			Headers: headers, Success: success, Neutral: neutral, InsecureSkipVerify: h.InsecureSkipVerify, TLS: probeTLS(h.TLS)}
-		if ext := spec.Target.External; ext != nil && h.Host == "" {
-			externalHost(out.HTTP, ext)
+		if ext := spec.Target.External; ext != nil {
+			externalHTTP(out.HTTP, ext)
 		}
 	}
 	return out, nil
@@ -251,10 +251,16 @@ func timePtr(t time.Time) *metav1.Time {
 	return &mt
 }
 
-// externalHost makes an HTTP probe of an external target ask for the host by name, as its
-// callers do: a provider behind a CDN or a virtual host answers by the Host header and, over
-// TLS, presents the certificate that SNI asks for, which names the host and not the address.
-func externalHost(h *probe.HTTPSpec, ext *tripswitchv1alpha1.ExternalTarget) {
+// externalHTTP makes an HTTP probe of an external target call as a new caller does: on a
+// connection of its own, with a TLS handshake that checks the certificate every time, and
+// (unless probe.http.host says otherwise) asking for the host by name: a provider behind a CDN
+// or a virtual host answers by the Host header and, over TLS, presents the certificate that
+// SNI asks for, which names the host and not the address dialled.
+func externalHTTP(h *probe.HTTPSpec, ext *tripswitchv1alpha1.ExternalTarget) {
+	h.FreshConnections = true
+	if h.Host != "" {
+		return
+	}
 	h.Host = ext.Host
 	if standard := map[bool]int32{false: 80, true: 443}[h.HTTPS]; ext.Port != standard {
 		h.Host = net.JoinHostPort(ext.Host, strconv.Itoa(int(ext.Port)))

@@ -27,7 +27,7 @@ func mappingDur(d time.Duration) *metav1.Duration { return &metav1.Duration{Dura
 // mappingResolved is the resolved spec of a breaker named payments with the given spec, which
 // gets a target when it has none.
 func mappingResolved(spec tripswitchv1alpha1.CircuitBreakerSpec) tripswitchv1alpha1.CircuitBreakerSpec {
-	if spec.Target.Service == "" {
+	if spec.Target.Service == "" && spec.Target.External == nil {
 		spec.Target = tripswitchv1alpha1.TargetReference{Service: "backend", Port: ptr.To(intstr.FromString("http"))}
 	}
 	cb := &tripswitchv1alpha1.CircuitBreaker{ObjectMeta: metav1.ObjectMeta{Name: "payments"}, Spec: spec}
@@ -287,6 +287,51 @@ func TestProbeSpec(t *testing.T) {
 			got, err := probeSpec(&spec)
 			g.Expect(err).NotTo(HaveOccurred())
 			g.Expect(got).To(Equal(tt.want(t)))
+			g.Expect(got.Validate()).To(Succeed())
+		})
+	}
+}
+
+func TestProbeSpecOfAnExternalTarget(t *testing.T) {
+	https := func(host string) *tripswitchv1alpha1.HTTPProbe {
+		return &tripswitchv1alpha1.HTTPProbe{Scheme: tripswitchv1alpha1.SchemeHTTPS, Host: host, SuccessCodes: "200-499"}
+	}
+	tests := []struct {
+		name  string
+		port  int32
+		probe tripswitchv1alpha1.ProbeSpec
+		want  func(*probe.Spec)
+	}{{
+		name: "HTTPS on 443 asks for the host by name, on a connection of its own",
+		port: 443, probe: tripswitchv1alpha1.ProbeSpec{HTTP: https("")},
+		want: func(s *probe.Spec) { s.HTTP.Host, s.HTTP.FreshConnections = "api.stripe.com", true },
+	}, {
+		name: "another port goes into the Host header, and the server name stays the host",
+		port: 8443, probe: tripswitchv1alpha1.ProbeSpec{HTTP: https("")},
+		want: func(s *probe.Spec) {
+			s.HTTP.Host, s.HTTP.TLS.ServerName, s.HTTP.FreshConnections = "api.stripe.com:8443", "api.stripe.com", true
+		},
+	}, {
+		name: "a host the user set is kept",
+		port: 443, probe: tripswitchv1alpha1.ProbeSpec{HTTP: https("status.stripe.com")},
+		want: func(s *probe.Spec) { s.HTTP.FreshConnections = true },
+	}, {
+		name: "gRPC over TLS checks the certificate against the host",
+		port: 443, probe: tripswitchv1alpha1.ProbeSpec{GRPC: &tripswitchv1alpha1.GRPCProbe{TLS: &tripswitchv1alpha1.ProbeTLS{}}},
+		want: func(s *probe.Spec) { s.GRPC.TLS.ServerName = "api.stripe.com" },
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			service := mappingResolved(tripswitchv1alpha1.CircuitBreakerSpec{Probe: tt.probe})
+			want, err := probeSpec(&service)
+			g.Expect(err).NotTo(HaveOccurred())
+			tt.want(&want)
+			spec := mappingResolved(tripswitchv1alpha1.CircuitBreakerSpec{Probe: tt.probe,
+				Target: tripswitchv1alpha1.TargetReference{External: &tripswitchv1alpha1.ExternalTarget{Host: "api.stripe.com", Port: tt.port}}})
+			got, err := probeSpec(&spec)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(got).To(Equal(want))
 			g.Expect(got.Validate()).To(Succeed())
 		})
 	}

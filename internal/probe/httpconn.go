@@ -48,7 +48,7 @@ func (p *httpProber) Probe(parent context.Context, ep Endpoint) Result {
 	ctx, cancel := context.WithTimeout(parent, p.spec.Timeout)
 	defer cancel()
 
-	status, err := p.roundTrip(ctx, ep, true)
+	status, err := p.roundTrip(ctx, ep, !p.http.FreshConnections)
 	if errors.Is(err, errReusedConnClosed) {
 		status, err = p.roundTrip(ctx, ep, false)
 	}
@@ -140,7 +140,7 @@ func (p *httpProber) roundTrip(ctx context.Context, ep Endpoint, mayReuse bool) 
 	// large or endless one costs neither memory nor time: it closes the connection.
 	n, _ := io.CopyN(io.Discard, resp.Body, maxBody+1)
 	_ = resp.Body.Close()
-	keep = n <= maxBody && !resp.Close && br.Buffered() == 0 && stop()
+	keep = n <= maxBody && !resp.Close && br.Buffered() == 0 && stop() && !p.http.FreshConnections
 	return resp.StatusCode, nil
 }
 

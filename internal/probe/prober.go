@@ -72,6 +72,11 @@ type HTTPSpec struct {
 	InsecureSkipVerify bool
 	// TLS applies when HTTPS is set.
 	TLS TLSSpec
+	// FreshConnections makes every probe open a connection (and a TLS handshake) of its own,
+	// as a caller without a pooled connection does. For external targets: a provider whose
+	// TLS terminator fails new handshakes, or whose certificate expired, fails every new
+	// caller, which a kept-alive probe connection would never see.
+	FreshConnections bool
 }
 
 // GRPCSpec is a grpc.health.v1.Health/Check call.

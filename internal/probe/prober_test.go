@@ -162,6 +162,26 @@ func TestHTTPProbeKeepsConnectionsAlive(t *testing.T) {
 	}
 }
 
+func TestHTTPProbeWithFreshConnections(t *testing.T) {
+	var conns atomic.Int32
+	ep := serveCounting(t, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}), http.StateNew, &conns)
+	spec := httpSpec(t)
+	spec.HTTP.FreshConnections = true
+	p, err := NewFactory(nil, clock.RealClock{}).New(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	for range 5 {
+		if r := p.Probe(context.Background(), ep); r.Outcome != breaker.Success {
+			t.Fatalf("probe: %+v", r)
+		}
+	}
+	if n := conns.Load(); n != 5 {
+		t.Fatalf("5 probes opened %d connections, want one each", n)
+	}
+}
+
 func TestRefusedAndClosed(t *testing.T) {
 	l := listenOn(t, "127.0.0.1")
 	ep := netip.MustParseAddrPort(l.Addr().String())
