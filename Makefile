@@ -114,9 +114,10 @@ lint: golangci-lint ## Run golangci-lint (govet, staticcheck, errcheck, gosec, i
 	$(GOLANGCI_LINT) run ./...
 
 .PHONY: tidy
-tidy: ## Run go mod tidy on the project and on the envtest tools module.
+tidy: ## Run go mod tidy on the project and on the envtest and coredns tools modules.
 	go mod tidy
 	cd hack/envtest && go mod tidy
+	cd hack/coredns && go mod tidy
 	cd test/helm && go mod tidy
 
 .PHONY: test
@@ -129,13 +130,14 @@ ifeq ($(E2E_DEP),)
 else
 	@# The data-plane suite is the longest package and spends most of its time waiting (leases,
 	@# open durations, two minutes of failing writes), so it starts as soon as the Kubernetes
-	@# binaries and the generated code are there. fmt, vet, the installer and the builds of
-	@# promtool, Prometheus and helm run beside it at the lowest priority, filling idle cores
+	@# binaries and the generated code are there. CoreDNS (which its external-target stories
+	@# wait for), fmt, vet, the installer and the builds of promtool, Prometheus and helm run
+	@# beside it at the lowest priority, filling idle cores
 	@# without slowing its timed stories; then the other packages and the chart's tests, which
 	@# always ran beside the suite.
-	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" go test $(GO_TEST_FLAGS) -count=1 ./test/e2e/... & e2e=$$!; \
+	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" E2E_COREDNS="$(COREDNS)" go test $(GO_TEST_FLAGS) -count=1 ./test/e2e/... & e2e=$$!; \
 	rc=0; \
-	nice -n 19 $(MAKE) --no-print-directory fmt vet build-installer promtool prometheus helm && \
+	nice -n 19 $(MAKE) --no-print-directory coredns fmt vet build-installer promtool prometheus helm && \
 	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" PROMTOOL="$(PROMTOOL)" PROMETHEUS="$(PROMETHEUS)" go test $(GO_TEST_FLAGS) \
 		$$(go list ./... | grep -v '/test/e2e$$') -coverprofile cover.out || rc=1; \
 	$(MAKE) --no-print-directory test-chart || rc=1; \
@@ -151,8 +153,8 @@ test-chart: helm kustomize $(ENVTEST_DEP) ## Test the Helm chart: helm lint and 
 	cd test/helm && KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" KUSTOMIZE="$(KUSTOMIZE)" go test $(GO_TEST_FLAGS) -count=1 ./...
 
 .PHONY: test-e2e
-test-e2e: manifests generate fmt vet $(ENVTEST_DEP) $(E2E_DEP) ## Run the data-plane suite only: real kube-proxy (iptables and nftables) and kube-controller-manager, pods in network namespaces (root).
-	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" go test $(GO_TEST_FLAGS) -count=1 -v ./test/e2e/...
+test-e2e: manifests generate fmt vet $(ENVTEST_DEP) $(E2E_DEP) coredns ## Run the data-plane suite only: real kube-proxy (iptables and nftables), kube-controller-manager and CoreDNS, pods in network namespaces (root).
+	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" E2E_COREDNS="$(COREDNS)" go test $(GO_TEST_FLAGS) -count=1 -v ./test/e2e/...
 
 .PHONY: verify
 verify: controller-gen crd-ref-docs golangci-lint kustomize ## Fail when generated code, manifests, API docs, formatting or go.mod are out of date, or golangci-lint finds anything (run on a committed tree).
@@ -186,6 +188,22 @@ $(E2E_ASSETS)/kube-proxy $(E2E_ASSETS)/kube-controller-manager: | $(LOCALBIN)
 	rm -rf $(E2E_ASSETS).e2e.tmp && mkdir -p $(E2E_ASSETS).e2e.tmp
 	cd hack/envtest && go build -buildvcs=false -trimpath -ldflags='-s -w' -o $(E2E_ASSETS).e2e.tmp/ ./kube-proxy ./kube-controller-manager
 	mkdir -p $(E2E_ASSETS) && mv $(E2E_ASSETS).e2e.tmp/* $(E2E_ASSETS)/ && rmdir $(E2E_ASSETS).e2e.tmp
+
+# CoreDNS for the data-plane suite's pod namespaces (kubernetes, rewrite and forward plugins),
+# built from source by hack/coredns with only the plugins the suite needs: it cannot be
+# downloaded here. COREDNS_VERSION must be the version hack/coredns/go.mod requires.
+COREDNS_VERSION ?= 1.15.0
+COREDNS ?= $(LOCALBIN)/coredns-v$(COREDNS_VERSION)
+
+.PHONY: coredns
+coredns: $(COREDNS) ## Build CoreDNS (hack/coredns: only the plugins the data-plane suite needs) from source into ./bin (about 1.5 min the first time; a no-op after).
+
+$(COREDNS): | $(LOCALBIN)
+	@grep -q "github.com/coredns/coredns v$(COREDNS_VERSION)$$" hack/coredns/go.mod || \
+		{ echo "hack/coredns/go.mod must require github.com/coredns/coredns v$(COREDNS_VERSION) (COREDNS_VERSION)"; exit 1; }
+	@echo "Building CoreDNS $(COREDNS_VERSION) from source into $(COREDNS)."
+	cd hack/coredns && go build -buildvcs=false -trimpath -ldflags='-s -w' -o "$(COREDNS).tmp" .
+	mv -f "$(COREDNS).tmp" "$(COREDNS)"
 
 .PHONY: e2e-packages
 e2e-packages: ## Install the data-plane suite's Debian packages (iptables nftables conntrack iproute2) when their commands are missing; needs root.

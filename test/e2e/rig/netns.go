@@ -59,10 +59,27 @@ var unsafeNameChars = regexp.MustCompile(`[^a-zA-Z0-9_.-]+`)
 // list`. The namespace is deleted when the current Ginkgo node's cleanup runs (or by Close).
 func NewPodNet(label string) *PodNet {
 	GinkgoHelper()
+	return newNet(label, func(n int) netip.Addr {
+		Expect(n).To(BeNumerically("<", 250*250), "the rig has addresses for at most 62,500 pods")
+		return netip.AddrFrom4([4]byte{10, 244, byte(n / 250), byte(n%250 + 2)})
+	})
+}
+
+// NewHostNet creates a network namespace with address addr, outside the cluster's networks:
+// a host on the internet, such as one address of a third-party API. The node routes addr to
+// it as it routes a pod's address; it is deleted as NewPodNet's are.
+func NewHostNet(label string, addr netip.Addr) *PodNet {
+	GinkgoHelper()
+	Expect(netip.MustParsePrefix(PodCIDR).Contains(addr) || netip.MustParsePrefix(ServiceCIDR).Contains(addr)).To(BeFalse(),
+		"a host outside the cluster needs an address outside PodCIDR and ServiceCIDR")
+	return newNet(label, func(int) netip.Addr { return addr })
+}
+
+func newNet(label string, address func(n int) netip.Addr) *PodNet {
+	GinkgoHelper()
 	Expect(inNode).To(BeTrue(), "the rig runs only in the node namespace: the suite's TestMain must call rig.Main")
 	n := int(podIndex.Add(1))
-	Expect(n).To(BeNumerically("<", 250*250), "the rig has addresses for at most 62,500 pods")
-	addr := netip.AddrFrom4([4]byte{10, 244, byte(n / 250), byte(n%250 + 2)})
+	addr := address(n)
 	p := &PodNet{
 		Name: fmt.Sprintf("%sp%d-%s", nsPrefix, n, unsafeNameChars.ReplaceAllString(label, "_")),
 		IP:   addr,

@@ -1,0 +1,438 @@
+package e2e_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	"github.com/miekg/dns"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
+	"github.com/tripswitch/tripswitch/internal/testcerts"
+	"github.com/tripswitch/tripswitch/internal/testdns"
+	"github.com/tripswitch/tripswitch/test/e2e/rig"
+)
+
+// providerHost is the third-party API of the external stories, served from two addresses in
+// network namespaces that stand for the internet, with a certificate from a test CA that only
+// the client pods and the breaker trust.
+const providerHost = "api.example.test"
+
+var providerAddresses = []netip.Addr{netip.MustParseAddr("203.0.113.10"), netip.MustParseAddr("203.0.113.11")}
+
+// providerBehavior is how a provider address answers.
+type providerBehavior string
+
+const (
+	providerOK          providerBehavior = "200"
+	providerUnavailable providerBehavior = "503"
+	providerHang        providerBehavior = "hang"
+	// providerBrokenTLS fails every TLS handshake, as a provider with an expired or wrong
+	// certificate, or a TLS terminator in trouble, does.
+	providerBrokenTLS providerBehavior = "TLS handshake failure"
+)
+
+// provider is one address of the provider: HTTPS (HTTP/1.1 and HTTP/2) on port 443.
+type provider struct {
+	net      *rig.PodNet
+	behavior atomic.Value // providerBehavior
+	stop     chan struct{}
+}
+
+func newProvider(addr netip.Addr, cert tls.Certificate) *provider {
+	GinkgoHelper()
+	p := &provider{net: rig.NewHostNet("provider", addr), stop: make(chan struct{})}
+	p.behavior.Store(providerOK)
+	ln, err := p.net.Listen(443)
+	Expect(err).NotTo(HaveOccurred())
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			switch p.behavior.Load().(providerBehavior) {
+			case providerUnavailable:
+				w.WriteHeader(http.StatusServiceUnavailable)
+			case providerHang:
+				select {
+				case <-r.Context().Done():
+				case <-p.stop:
+				}
+				return
+			}
+			_, _ = io.WriteString(w, addr.String()+"\n")
+		}),
+		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			if p.behavior.Load().(providerBehavior) == providerBrokenTLS {
+				return nil, errors.New("no certificate today")
+			}
+			return &cert, nil
+		}},
+		ReadHeaderTimeout: 10 * time.Second,
+		// Failed handshakes are the point of one story; they need no log line each.
+		ErrorLog: log.New(io.Discard, "", 0),
+	}
+	go func() { _ = srv.ServeTLS(ln, "", "") }()
+	DeferCleanup(func() {
+		close(p.stop)
+		_ = srv.Close()
+	})
+	return p
+}
+
+func (p *provider) set(b providerBehavior) { p.behavior.Store(b) }
+
+// callKind is how an HTTPS client in a pod calls the provider.
+type callKind string
+
+const (
+	// freshTLS opens a connection (and a TLS session) per call.
+	freshTLS callKind = "HTTPS, a connection per call"
+	// keepAliveTLS keeps HTTP/1.1 connections open, as most SDKs do.
+	keepAliveTLS callKind = "HTTPS keep-alive"
+	// h2TLS multiplexes every call on one HTTP/2 connection, as gRPC channels do.
+	h2TLS callKind = "HTTP/2 over TLS"
+)
+
+var callKinds = []callKind{freshTLS, keepAliveTLS, h2TLS}
+
+// httpsCall is one call's result.
+type httpsCall struct {
+	client  int
+	kind    callKind
+	start   time.Time
+	latency time.Duration
+	status  int
+	err     error
+}
+
+// fastFail says the call failed at once the way tripswitch fails it for HTTPS: the responder
+// resets the connection, or the node agent cut it. A provider's 503, a TLS alert or a timeout
+// is not it.
+func (c httpsCall) fastFail() bool {
+	if c.err == nil || c.latency >= time.Second {
+		return false
+	}
+	return errors.Is(c.err, syscall.ECONNRESET) || errors.Is(c.err, syscall.ECONNREFUSED) || errors.Is(c.err, io.EOF) ||
+		errors.Is(c.err, io.ErrUnexpectedEOF) || strings.Contains(c.err.Error(), "connection reset") ||
+		strings.Contains(c.err.Error(), "EOF")
+}
+
+func (c httpsCall) ok() bool { return c.err == nil && c.status == http.StatusOK }
+
+// httpsCallers are pod clients that call https://api.example.test/ as users' code does: the
+// name resolved by the cluster's DNS (CoreDNS, asked from the pod), the provider's certificate
+// verified against the name.
+type httpsCallers struct {
+	clients []*http.Client
+	kinds   []callKind
+	mu      sync.Mutex
+	calls   []httpsCall
+	stop    chan struct{}
+	wg      sync.WaitGroup
+}
+
+func newHTTPSCallers(coredns *rig.CoreDNS, roots *x509.CertPool, perKind int) *httpsCallers {
+	GinkgoHelper()
+	c := &httpsCallers{}
+	for _, kind := range callKinds {
+		for range perKind {
+			pod := rig.NewPodNet("caller")
+			resolver := coredns.Resolver(pod)
+			dial := func(ctx context.Context, network, address string) (net.Conn, error) {
+				host, port, err := net.SplitHostPort(address)
+				if err != nil {
+					return nil, err
+				}
+				addrs, err := resolver.LookupHost(ctx, host+".")
+				if err != nil {
+					return nil, err
+				}
+				return pod.DialContext(ctx, network, net.JoinHostPort(addrs[0], port))
+			}
+			transport := &http.Transport{DialContext: dial, TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
+				DisableKeepAlives: kind == freshTLS, ForceAttemptHTTP2: kind == h2TLS, MaxIdleConnsPerHost: 4}
+			if kind == keepAliveTLS {
+				transport.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{} // HTTP/1.1 only
+			}
+			DeferCleanup(transport.CloseIdleConnections)
+			c.clients = append(c.clients, &http.Client{Transport: transport, Timeout: 2 * time.Second})
+			c.kinds = append(c.kinds, kind)
+		}
+	}
+	return c
+}
+
+// start has every client call every 50 ms until stopped.
+func (c *httpsCallers) start() {
+	c.stop = make(chan struct{})
+	for i, client := range c.clients {
+		c.wg.Go(func() {
+			tick := time.NewTicker(50 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case <-c.stop:
+					return
+				case <-tick.C:
+				}
+				start := time.Now()
+				call := httpsCall{client: i, kind: c.kinds[i], start: start}
+				resp, err := client.Get("https://" + providerHost + "/")
+				if err == nil {
+					_, err = io.Copy(io.Discard, resp.Body)
+					_ = resp.Body.Close()
+					call.status = resp.StatusCode
+				}
+				call.err, call.latency = err, time.Since(start)
+				c.mu.Lock()
+				c.calls = append(c.calls, call)
+				c.mu.Unlock()
+			}
+		})
+	}
+}
+
+func (c *httpsCallers) halt() {
+	close(c.stop)
+	c.wg.Wait()
+}
+
+// since returns the calls that started at t or later.
+func (c *httpsCallers) since(t time.Time) []httpsCall {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []httpsCall
+	for _, call := range c.calls {
+		if !call.start.Before(t) {
+			out = append(out, call)
+		}
+	}
+	return out
+}
+
+// switchDelays is, per kind, each client's time from t until its calls fail fast for good.
+func (c *httpsCallers) switchDelays(t time.Time) map[callKind][]time.Duration {
+	last := map[int]time.Time{}
+	for i := range c.clients {
+		last[i] = t
+	}
+	for _, call := range c.since(t) {
+		if !call.fastFail() && call.start.After(last[call.client]) {
+			last[call.client] = call.start
+		}
+	}
+	out := map[callKind][]time.Duration{}
+	for i, kind := range c.kinds {
+		out[kind] = append(out[kind], last[i].Sub(t))
+	}
+	for _, d := range out {
+		sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	}
+	return out
+}
+
+// describe sums up calls: by result, for the report and failure messages.
+func describe(calls []httpsCall) string {
+	counts := map[string]int{}
+	for _, call := range calls {
+		switch {
+		case call.ok():
+			counts["200"]++
+		case call.err == nil:
+			counts[fmt.Sprint(call.status)]++
+		case call.fastFail():
+			counts["failed fast"]++
+		default:
+			msg := call.err.Error()
+			counts["error: "+msg[max(0, len(msg)-60):]]++
+		}
+	}
+	keys := make([]string, 0, len(counts))
+	for k := range counts {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s: %d", k, counts[k])
+	}
+	return fmt.Sprintf("%d calls (%s)", len(calls), strings.Join(parts, ", "))
+}
+
+var _ = Describe("A breaker for a third-party API", Ordered, Label("external"), func() {
+	const name = "provider"
+	var (
+		ns        string
+		providers []*provider
+		upstream  *testdns.Server
+		coredns   *rig.CoreDNS
+		callers   *httpsCallers
+	)
+	setProviders := func(b providerBehavior) {
+		for _, p := range providers {
+			p.set(b)
+		}
+	}
+	state := func(ctx context.Context) func(Gomega) tripswitchv1alpha1.State {
+		return func(g Gomega) tripswitchv1alpha1.State { return breakerStatus(ctx, ns, name)(g).State }
+	}
+
+	BeforeAll(func(ctx SpecContext) {
+		ca := testcerts.NewCA("tripswitch e2e provider CA")
+		cert := ca.Issue(time.Now().Add(time.Hour), providerHost)
+		for _, addr := range providerAddresses {
+			providers = append(providers, newProvider(addr, cert))
+		}
+		// The nodes' upstream resolver: the manager resolves through it, and so does CoreDNS
+		// for every name it does not rewrite.
+		upstream = testdns.Start(GinkgoT())
+		upstream.Set(providerHost, testdns.A(providerAddresses[0].String(), 5*time.Second),
+			testdns.A(providerAddresses[1].String(), 5*time.Second))
+
+		ts := installTripswitch(ctx, 1)
+		ts.startManager("manager-external", "--allowed-external-hosts="+providerHost, "--external-dns-server="+upstream.Addr())
+		startAgent("agent-external")
+		ns = cluster.NewNamespace("external")
+		breaker(ctx, ns, name, fmt.Sprintf(`{target: {external: {host: %s, port: 443}},
+			probe: {interval: 200ms, timeout: 200ms, http: {scheme: HTTPS, tls: {caBundle: %q}}},
+			trip: {failureRate: {percent: 100, window: 4, minimumProbes: 4}}, recovery: {openDuration: 2s},
+			ejection: {consecutiveFailures: 5, baseEjectionTime: 2s}}`, providerHost, ca.PEM))
+		Eventually(breakerStatus(ctx, ns, name)).Should(And(
+			HaveField("External.DNSRewrite", Not(BeEmpty())), HaveField("Endpoints.Published", BeEquivalentTo(2))),
+			"the manager resolves the host and publishes both addresses")
+
+		// The cluster admin pastes the stanza from status into the cluster's DNS.
+		rewrite := breakerStatus(ctx, ns, name)(Default).External.DNSRewrite
+		AddReportEntry("The CoreDNS stanza in status.external.dnsRewrite", rewrite)
+		coredns = cluster.StartCoreDNS("coredns", nil, rig.CoreDNSConfig{Stanzas: []string{rewrite}, Upstream: upstream.Addr()})
+
+		roots := x509.NewCertPool()
+		roots.AppendCertsFromPEM([]byte(ca.PEM))
+		callers = newHTTPSCallers(coredns, roots, 4)
+	})
+
+	It("answers the host's name with the front, for glibc and Go clients in pods", func(ctx SpecContext) {
+		front := &corev1.Service{}
+		Expect(cluster.Client().Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, front)).To(Succeed())
+		pod := rig.NewPodNet("getent")
+		coredns.UseIn(pod, ns)
+		out, err := pod.Command(ctx, "getent", "ahostsv4", providerHost).CombinedOutput()
+		Expect(err).NotTo(HaveOccurred(), "%s", out)
+		Expect(string(out)).To(HavePrefix(front.Spec.ClusterIP+" "), "glibc resolves %s to the front", providerHost)
+		addrs, err := coredns.Resolver(pod).LookupHost(ctx, providerHost+".")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(addrs).To(Equal([]string{front.Spec.ClusterIP}))
+	})
+
+	for _, failure := range []providerBehavior{providerUnavailable, providerHang, providerBrokenTLS} {
+		It(fmt.Sprintf("fails every pod's calls fast when the provider turns to %s, and lets them through again when it heals", failure), func(ctx SpecContext) {
+			Eventually(state(ctx)).Should(Equal(tripswitchv1alpha1.StateClosed))
+			Eventually(breakerStatus(ctx, ns, name)).Should(HaveField("Endpoints.Published", BeEquivalentTo(2)))
+			callers.start()
+			warm := time.Now()
+			Eventually(func() []httpsCall { return callers.since(warm.Add(500 * time.Millisecond)) }).Should(
+				WithTransform(func(c []httpsCall) int { return len(c) }, BeNumerically(">=", 2*len(callers.clients))))
+			closed := callers.since(warm.Add(500 * time.Millisecond))
+			Expect(closed).To(HaveEach(Satisfy(httpsCall.ok)),
+				"while Closed every call reaches the provider through the front, its certificate verified: %s", describe(closed))
+
+			failedAt := time.Now()
+			setProviders(failure)
+			Eventually(state(ctx)).WithPolling(10 * time.Millisecond).Should(Equal(tripswitchv1alpha1.StateOpen))
+			floor := time.Since(failedAt)
+			Eventually(func() []httpsCall { return callers.since(failedAt.Add(floor + 2*time.Second)) }).Should(
+				WithTransform(func(c []httpsCall) int { return len(c) }, BeNumerically(">=", 2*len(callers.clients))))
+			callers.halt()
+
+			delays := callers.switchDelays(failedAt)
+			for _, kind := range callKinds {
+				AddReportEntry(fmt.Sprintf("External target, provider %s, %s", failure, kind), fmt.Sprintf(
+					"breaker Open %v after the failure; each client fails fast for good after %v; calls since: %s",
+					floor.Round(time.Millisecond), roundAll(delays[kind]), describe(kindCalls(callers.since(failedAt), kind))))
+				Expect(delays[kind][len(delays[kind])-1]).To(BeNumerically("<=", floor+250*time.Millisecond),
+					"every %s client fails fast within the trip + 250 ms: %v", kind, delays[kind])
+			}
+			open := callers.since(failedAt.Add(floor + 250*time.Millisecond))
+			Expect(open).To(HaveEach(Satisfy(httpsCall.fastFail)), "every call while Open fails at once: %s", describe(open))
+
+			setProviders(providerOK)
+			Eventually(state(ctx)).Should(Equal(tripswitchv1alpha1.StateClosed))
+			Eventually(breakerStatus(ctx, ns, name)).Should(HaveField("Endpoints.Published", BeEquivalentTo(2)))
+			callers.start()
+			healed := time.Now()
+			Eventually(func() []httpsCall { return callers.since(healed.Add(500 * time.Millisecond)) }).Should(
+				WithTransform(func(c []httpsCall) int { return len(c) }, BeNumerically(">=", 2*len(callers.clients))))
+			callers.halt()
+			after := callers.since(healed.Add(500 * time.Millisecond))
+			Expect(after).To(HaveEach(Satisfy(httpsCall.ok)), "once Closed again every call reaches the provider: %s", describe(after))
+		})
+	}
+
+	It("ejects one failing address while the other serves every call, and keeps serving when DNS fails", func(ctx SpecContext) {
+		Eventually(state(ctx)).Should(Equal(tripswitchv1alpha1.StateClosed))
+		Eventually(breakerStatus(ctx, ns, name)).Should(HaveField("Endpoints.Published", BeEquivalentTo(2)))
+		callers.start()
+		defer callers.halt()
+
+		providers[1].set(providerUnavailable)
+		Eventually(breakerStatus(ctx, ns, name)).Should(HaveField("Ejection.Ejected", BeEquivalentTo(1)))
+		ejected := time.Now()
+		Eventually(func() []httpsCall { return callers.since(ejected.Add(time.Second)) }).Should(
+			WithTransform(func(c []httpsCall) int { return len(c) }, BeNumerically(">=", 2*len(callers.clients))))
+		after := callers.since(ejected.Add(time.Second))
+		AddReportEntry("External target, one address of two answering 503", "after the ejection: "+describe(after))
+		Expect(after).To(HaveEach(Satisfy(httpsCall.ok)), "a second after the ejection every call reaches the good address: %s", describe(after))
+		Expect(state(ctx)(Default)).To(Equal(tripswitchv1alpha1.StateClosed))
+		providers[1].set(providerOK)
+
+		By("the upstream DNS failing: the manager keeps its addresses, clients notice nothing")
+		upstream.Fail(providerHost, dns.RcodeServerFailure)
+		DeferCleanup(func() {
+			upstream.Set(providerHost, testdns.A(providerAddresses[0].String(), 5*time.Second),
+				testdns.A(providerAddresses[1].String(), 5*time.Second))
+		})
+		Eventually(func(g Gomega) string {
+			c := meta.FindStatusCondition(breakerStatus(ctx, ns, name)(g).Conditions, tripswitchv1alpha1.ConditionResolved)
+			g.Expect(c).NotTo(BeNil())
+			return c.Reason
+		}).Should(Equal(tripswitchv1alpha1.ReasonResolutionFailed))
+		failing := time.Now()
+		Consistently(breakerStatus(ctx, ns, name), 2*time.Second).Should(HaveField("External.Addresses", HaveLen(2)))
+		calls := callers.since(failing)
+		Expect(calls).To(HaveEach(Satisfy(httpsCall.ok)), "DNS trouble at the manager costs clients nothing: %s", describe(calls))
+	})
+})
+
+func kindCalls(calls []httpsCall, kind callKind) []httpsCall {
+	var out []httpsCall
+	for _, c := range calls {
+		if c.kind == kind {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func roundAll(ds []time.Duration) []time.Duration {
+	out := make([]time.Duration, len(ds))
+	for i, d := range ds {
+		out[i] = d.Round(time.Millisecond)
+	}
+	return out
+}
