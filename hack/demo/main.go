@@ -10,6 +10,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -202,7 +203,7 @@ func run(ctx context.Context, o options) error {
 				if st.Endpoints != nil {
 					published = st.Endpoints.Published
 				}
-				row := fmt.Sprintf("%-9s %-9s %-18s %-9s %-6d %-10d %s", cb.Name, st.State, cb.Spec.Target.Service, st.FrontService,
+				row := fmt.Sprintf("%-9s %-9s %-18s %-9s %-6d %-10d %s", cb.Name, st.State, cmp.Or(st.Target, cb.Spec.Target.Service), st.FrontService,
 					st.Trips, published, st.Reason)
 				if row != last && st.State != "" {
 					fmt.Fprintf(o.out, "%-9s %s\n", fmt.Sprintf("%.1fs", time.Since(start).Seconds()), row)

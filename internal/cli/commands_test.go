@@ -12,6 +12,7 @@ import (
 
 	. "github.com/onsi/gomega"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -26,6 +27,18 @@ func TestStatus(t *testing.T) {
 	other.target(t, "ledger-backend", "10.0.3.1")
 	other.breaker(t, "ledger", tripswitchv1alpha1.CircuitBreakerSpec{Target: target("ledger-backend")},
 		tripswitchv1alpha1.CircuitBreakerStatus{}, nil)
+	external := newFixture(t, "status-external")
+	external.slice(t, "stripe-abcde", "stripe", tripswitchv1alpha1.ManagedBy, []string{"203.0.113.10", "203.0.113.11"}, nil)
+	seen := metav1.NewTime(now.Add(-20 * time.Second))
+	external.breaker(t, "stripe", tripswitchv1alpha1.CircuitBreakerSpec{Target: tripswitchv1alpha1.TargetReference{
+		External: &tripswitchv1alpha1.ExternalTarget{Host: "api.stripe.com", Port: 443}},
+		Probe: tripswitchv1alpha1.ProbeSpec{TCP: &tripswitchv1alpha1.TCPProbe{}}},
+		tripswitchv1alpha1.CircuitBreakerStatus{State: tripswitchv1alpha1.StateClosed, GateState: tripswitchv1alpha1.StateClosed,
+			FrontService: "stripe", Target: "api.stripe.com:443",
+			External: &tripswitchv1alpha1.ExternalStatus{Host: "api.stripe.com", Server: "10.0.0.2:53", LastResolution: &seen,
+				Error: "resolving api.stripe.com: SERVFAIL from 10.0.0.2:53",
+				Addresses: []tripswitchv1alpha1.ExternalAddress{{Address: "203.0.113.10", LastSeen: seen, TTLSeconds: 60},
+					{Address: "203.0.113.11", LastSeen: seen, TTLSeconds: 60}}}}, nil)
 
 	for _, tc := range []struct {
 		golden string
@@ -36,6 +49,7 @@ func TestStatus(t *testing.T) {
 		{"status-orders", []string{"status", "orders", "-n", "shop"}},
 		{"status-search", []string{"status", "search", "-n", "shop", "--max-endpoints", "2"}},
 		{"status-unreconciled", []string{"status", "ledger", "-n", "status-billing"}},
+		{"status-external", []string{"status", "stripe", "-n", "status-external"}},
 	} {
 		t.Run(tc.golden, func(t *testing.T) {
 			r := kubectl(t, tc.args...)
