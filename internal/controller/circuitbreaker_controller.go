@@ -17,6 +17,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
@@ -231,6 +232,16 @@ func (r *CircuitBreakerReconciler) patchStatus(ctx context.Context, original, cb
 // comes with a condition).
 func withoutCounters(st tripswitchv1alpha1.CircuitBreakerStatus) tripswitchv1alpha1.CircuitBreakerStatus {
 	st.ConsecutiveFailures, st.ConsecutiveSuccesses, st.Window, st.LastProbe = 0, 0, nil, nil
+	if ext := st.External; ext != nil {
+		// Every lookup moves these; the addresses themselves, an error and refusals are
+		// written at once.
+		ext = ext.DeepCopy()
+		ext.LastResolution, ext.LastSuccess, ext.NextResolution = nil, nil, nil
+		for i := range ext.Addresses {
+			ext.Addresses[i].LastSeen, ext.Addresses[i].TTLSeconds = metav1.Time{}, 0
+		}
+		st.External = ext
+	}
 	if st.Queries != nil {
 		queries := make([]tripswitchv1alpha1.QueryStatus, len(st.Queries))
 		for i, q := range st.Queries {

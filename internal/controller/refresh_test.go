@@ -199,3 +199,20 @@ func TestQueryEvaluationsAreCounters(t *testing.T) {
 	g.Expect(withoutCounters(before)).NotTo(Equal(withoutCounters(renamed)), "the list of rules is written at once")
 	g.Expect(before.Queries[0].Value).To(Equal("0.01"), "the status itself is left alone")
 }
+
+// An external target's lookups move its timestamps every TTL: they wait for the refresh, while
+// the addresses and a failure are written at once.
+func TestExternalLookupTimesAreCounters(t *testing.T) {
+	g := NewWithT(t)
+	at := func(s int64) *metav1.Time { return ptr.To(metav1.Unix(s, 0)) }
+	status := func(resolved int64, address, failure string) tripswitchv1alpha1.CircuitBreakerStatus {
+		return tripswitchv1alpha1.CircuitBreakerStatus{External: &tripswitchv1alpha1.ExternalStatus{Host: "api.example.test",
+			LastResolution: at(resolved), LastSuccess: at(resolved), NextResolution: at(resolved + 60), Error: failure,
+			Addresses: []tripswitchv1alpha1.ExternalAddress{{Address: address, LastSeen: *at(resolved), TTLSeconds: 60}}}}
+	}
+	before := status(100, "203.0.113.1", "")
+	g.Expect(withoutCounters(before)).To(Equal(withoutCounters(status(160, "203.0.113.1", ""))), "a lookup that saw the same waits")
+	g.Expect(withoutCounters(before)).NotTo(Equal(withoutCounters(status(160, "203.0.113.2", ""))), "new addresses are written at once")
+	g.Expect(withoutCounters(before)).NotTo(Equal(withoutCounters(status(100, "203.0.113.1", "SERVFAIL"))), "a failure is written at once")
+	g.Expect(before.External.LastResolution).To(Equal(at(100)), "the status itself is left alone")
+}

@@ -23,6 +23,9 @@ import (
 
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=servicecidrs,verbs=get;list;watch
 
+// serviceCIDRListTimeout bounds the wait for the ServiceCIDR cache.
+const serviceCIDRListTimeout = 10 * time.Second
+
 // ExternalTargets is what the reconciler needs for external targets.
 type ExternalTargets struct {
 	// Tracker resolves the hosts; nil refuses every external target.
@@ -106,7 +109,12 @@ func (r *CircuitBreakerReconciler) refuser(ctx context.Context, st *reconcileSta
 	}
 	var ranges []refusedRange
 	var cidrs networkingv1.ServiceCIDRList
-	switch err := r.List(ctx, &cidrs); {
+	// The first List starts the cache's informer and waits for it: bounded, so that a manager
+	// whose ClusterRole lacks ServiceCIDRs fails this breaker's reconcile (and keeps its front)
+	// instead of hanging a worker.
+	listCtx, cancel := context.WithTimeout(ctx, serviceCIDRListTimeout)
+	defer cancel()
+	switch err := r.List(listCtx, &cidrs); {
 	case err == nil:
 		for _, c := range cidrs.Items {
 			for _, s := range c.Spec.CIDRs {
@@ -118,7 +126,7 @@ func (r *CircuitBreakerReconciler) refuser(ctx context.Context, st *reconcileSta
 	case meta.IsNoMatchError(err):
 		// A cluster without the ServiceCIDR API: the front's ClusterIPs below still count.
 	default:
-		return nil, fmt.Errorf("listing ServiceCIDRs: %w", err)
+		return nil, fmt.Errorf("listing ServiceCIDRs (may the manager list and watch servicecidrs?): %w", err)
 	}
 	for _, p := range r.External.Refused {
 		ranges = append(ranges, refusedRange{p, "--external-refused-cidrs " + p.String()})
