@@ -18,9 +18,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/miekg/dns"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
-	"github.com/miekg/dns"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -213,6 +213,12 @@ func (c *httpsCallers) halt() {
 	c.wg.Wait()
 }
 
+// waitForCalls waits until every client has made two calls that started at t or later.
+func (c *httpsCallers) waitForCalls(t time.Time) {
+	GinkgoHelper()
+	Eventually(func() int { return len(c.since(t)) }).Should(BeNumerically(">=", 2*len(c.clients)))
+}
+
 // since returns the calls that started at t or later.
 func (c *httpsCallers) since(t time.Time) []httpsCall {
 	c.mu.Lock()
@@ -346,8 +352,7 @@ var _ = Describe("A breaker for a third-party API", Ordered, Label("external"), 
 			Eventually(breakerStatus(ctx, ns, name)).Should(HaveField("Endpoints.Published", BeEquivalentTo(2)))
 			callers.start()
 			warm := time.Now()
-			Eventually(func() []httpsCall { return callers.since(warm.Add(500 * time.Millisecond)) }).Should(
-				WithTransform(func(c []httpsCall) int { return len(c) }, BeNumerically(">=", 2*len(callers.clients))))
+			callers.waitForCalls(warm.Add(500 * time.Millisecond))
 			closed := callers.since(warm.Add(500 * time.Millisecond))
 			Expect(closed).To(HaveEach(Satisfy(httpsCall.ok)),
 				"while Closed every call reaches the provider through the front, its certificate verified: %s", describe(closed))
@@ -356,8 +361,7 @@ var _ = Describe("A breaker for a third-party API", Ordered, Label("external"), 
 			setProviders(failure)
 			Eventually(state(ctx)).WithPolling(10 * time.Millisecond).Should(Equal(tripswitchv1alpha1.StateOpen))
 			floor := time.Since(failedAt)
-			Eventually(func() []httpsCall { return callers.since(failedAt.Add(floor + 2*time.Second)) }).Should(
-				WithTransform(func(c []httpsCall) int { return len(c) }, BeNumerically(">=", 2*len(callers.clients))))
+			callers.waitForCalls(failedAt.Add(floor + 2*time.Second))
 			callers.halt()
 
 			delays := callers.switchDelays(failedAt)
@@ -376,8 +380,7 @@ var _ = Describe("A breaker for a third-party API", Ordered, Label("external"), 
 			Eventually(breakerStatus(ctx, ns, name)).Should(HaveField("Endpoints.Published", BeEquivalentTo(2)))
 			callers.start()
 			healed := time.Now()
-			Eventually(func() []httpsCall { return callers.since(healed.Add(500 * time.Millisecond)) }).Should(
-				WithTransform(func(c []httpsCall) int { return len(c) }, BeNumerically(">=", 2*len(callers.clients))))
+			callers.waitForCalls(healed.Add(500 * time.Millisecond))
 			callers.halt()
 			after := callers.since(healed.Add(500 * time.Millisecond))
 			Expect(after).To(HaveEach(Satisfy(httpsCall.ok)), "once Closed again every call reaches the provider: %s", describe(after))
@@ -393,8 +396,7 @@ var _ = Describe("A breaker for a third-party API", Ordered, Label("external"), 
 		providers[1].set(providerUnavailable)
 		Eventually(breakerStatus(ctx, ns, name)).Should(HaveField("Ejection.Ejected", BeEquivalentTo(1)))
 		ejected := time.Now()
-		Eventually(func() []httpsCall { return callers.since(ejected.Add(time.Second)) }).Should(
-			WithTransform(func(c []httpsCall) int { return len(c) }, BeNumerically(">=", 2*len(callers.clients))))
+		callers.waitForCalls(ejected.Add(time.Second))
 		after := callers.since(ejected.Add(time.Second))
 		AddReportEntry("External target, one address of two answering 503", "after the ejection: "+describe(after))
 		Expect(after).To(HaveEach(Satisfy(httpsCall.ok)), "a second after the ejection every call reaches the good address: %s", describe(after))
