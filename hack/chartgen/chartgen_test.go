@@ -88,3 +88,26 @@ func TestRenderEscapesBracesAndOpensTokenItems(t *testing.T) {
 		}
 	}
 }
+
+func TestCoreDNSTemplate(t *testing.T) {
+	got, err := coreDNSTemplate([]flagDoc{{Name: "cluster-domain", Type: "string", Default: "cluster.local"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// external.DNSRewrite's stanza, in a block scalar, with the values in place of the tokens.
+	for _, want := range []string{
+		`default "cluster.local" | trimSuffix "." }}`,
+		"  {{ printf \"%s.override\" .host | quote }}: |\n    rewrite stop {\n" +
+			"        name exact {{ .host }}. {{ .service }}.{{ .namespace }}.svc.{{ $domain }}.\n        answer auto\n    }\n{{- end }}",
+	} {
+		if !strings.Contains(string(got), want) {
+			t.Errorf("want %q in:\n%s", want, got)
+		}
+	}
+	if strings.Contains(string(got), "__COREDNS_") {
+		t.Errorf("a token is left in:\n%s", got)
+	}
+	if _, err := coreDNSTemplate([]flagDoc{{Name: "leader-elect", Type: "bool"}}); err == nil {
+		t.Error("a manager without --cluster-domain was accepted")
+	}
+}

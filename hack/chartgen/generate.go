@@ -186,12 +186,19 @@ func generate(install, monitoring []byte, helps map[string][]flagDoc) (map[strin
 		}
 		files["templates/"+strings.ToLower(kind)+".yaml"] = []byte(header + "{{- if .Values." + key + ".enabled }}\n" + text + "{{- end }}\n")
 	}
+	if files["templates/coredns-custom.yaml"], err = coreDNSTemplate(helps["manager"]); err != nil {
+		return nil, err
+	}
+	coreDNS, err := coreDNSSchema(objs)
+	if err != nil {
+		return nil, err
+	}
 	values, err := valuesYAML(image, comps)
 	if err != nil {
 		return nil, err
 	}
 	files["values.yaml"] = values
-	schema, err := valuesSchema(comps)
+	schema, err := valuesSchema(comps, map[string]object{coreDNSKey: coreDNS})
 	if err != nil {
 		return nil, err
 	}
@@ -595,7 +602,7 @@ grafanaDashboard:
   labels:
     grafana_dashboard: "1"
   annotations: {}
-
+` + coreDNSValues + `
 # helm uninstall leaves the CRD and every CircuitBreaker. Before it removes the manager, a
 # pre-delete hook Job (the manager image, ` + "`manager release`" + `) scales the manager to zero, waits
 # until no replica leads, and leaves every front Service a copy of its target's endpoints, as if
@@ -671,9 +678,12 @@ func wrap(text string, width int) []string {
 
 // valuesSchema allows any value but in the components' flags, which may only name flags the
 // binaries have: a misspelt flag fails at helm install or upgrade instead of crash-looping the
-// new pods.
-func valuesSchema(comps map[string]*component) ([]byte, error) {
+// new pods; and in the other keys' schemas, such as coreDNSCustom's.
+func valuesSchema(comps map[string]*component, others map[string]object) ([]byte, error) {
 	props := object{}
+	for key, s := range others {
+		props[key] = s
+	}
 	for _, key := range components {
 		flags := object{}
 		names := make([]string, 0, len(comps[key].flags))

@@ -3,8 +3,9 @@
 // config/default` (and config/prometheus, with the same namespace and name prefix), turns
 // the namespaces, the name prefix and the settings an operator tunes into template values,
 // and lists every flag of the manager, the responder and the node agent, read from their
-// -help, as values. `make chart` runs it; `make verify` runs it again and fails when the
-// committed chart differs. The chart's other files (Chart.yaml, _helpers.tpl, NOTES.txt, the uninstall hook,
+// -help, as values; and it writes the optional coredns-custom ConfigMap, whose stanzas are
+// the manager's own (internal/external.DNSRewrite). `make chart` runs it; `make verify` runs it
+// again and fails when the committed chart differs. The chart's other files (Chart.yaml, _helpers.tpl, NOTES.txt, the uninstall hook,
 // the dashboard ConfigMap) are written by hand.
 package main
 

@@ -142,3 +142,56 @@ func TestRetryAfter(t *testing.T) {
 		}
 	}
 }
+
+// FuzzApply drives a State through any sequence of answers, failures and times, and checks
+// what must always hold: after the first usable answer the front never goes empty, no refused
+// address is ever published, at most max addresses are, and the next resolution is never
+// due before now + 1 s or later than now + MaxTTL.
+func FuzzApply(f *testing.F) {
+	f.Add([]byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, uint8(3))
+	f.Add([]byte{255, 254, 0, 0, 17, 200, 3}, uint8(1))
+	f.Fuzz(func(t *testing.T, script []byte, maxAddresses uint8) {
+		limit := int(maxAddresses%8) + 1
+		s := &State{Host: "api.example.test"}
+		now := t0
+		everResolved := false
+		for i := 0; i+1 < len(script); i += 2 {
+			op, arg := script[i], script[i+1]
+			now = now.Add(time.Duration(arg) * time.Second)
+			var answer Answer
+			var err error
+			switch op % 4 {
+			case 0:
+				err = errors.New("SERVFAIL")
+			default:
+				// Up to 4 addresses from a small pool, some in the refused Service range.
+				for j := range int(op % 5) {
+					n := (int(arg) + j*int(op)) % 12
+					if n < 3 {
+						answer.Addresses = append(answer.Addresses, netip.AddrFrom4([4]byte{10, 96, 0, byte(n)}))
+					} else {
+						answer.Addresses = append(answer.Addresses, netip.AddrFrom4([4]byte{203, 0, 113, byte(n)}))
+					}
+				}
+				answer.TTL = time.Duration(op) * time.Second
+			}
+			s.Apply(now, answer, err, refuseServiceRange, limit)
+			if len(s.Addresses) > 0 {
+				everResolved = true
+			}
+			switch {
+			case everResolved && len(s.Addresses) == 0:
+				t.Fatalf("step %d: the addresses went empty", i/2)
+			case len(s.Addresses) > limit:
+				t.Fatalf("step %d: %d addresses, at most %d", i/2, len(s.Addresses), limit)
+			case s.NextResolution.Before(now.Add(time.Second)) || s.NextResolution.After(now.Add(MaxTTL)):
+				t.Fatalf("step %d: next resolution %s after now", i/2, s.NextResolution.Sub(now))
+			}
+			for _, a := range s.Addresses {
+				if refuseServiceRange(a.Addr) != "" {
+					t.Fatalf("step %d: published refused address %s", i/2, a.Addr)
+				}
+			}
+		}
+	})
+}

@@ -46,7 +46,8 @@ func loadChart() *chart.Chart {
 
 var _ = Describe("The chart on a real API server", func() {
 	It("is accepted object by object in a server-side dry run, CRDs and hooks included", func(ctx SpecContext) {
-		rel := render(GinkgoT(), "tripswitch", "tripswitch-dryrun", map[string]any{"grafanaDashboard": map[string]any{"enabled": true}})
+		rel := render(GinkgoT(), "tripswitch", "tripswitch-dryrun", map[string]any{"grafanaDashboard": map[string]any{"enabled": true},
+			"coreDNSCustom": map[string]any{"enabled": true, "hosts": coreDNSHosts}})
 		manifests := []string{rel.Manifest}
 		for _, h := range rel.Hooks {
 			manifests = append(manifests, h.Manifest)
@@ -62,10 +63,11 @@ var _ = Describe("The chart on a real API server", func() {
 			}
 		}
 		// config/default's objects (but the Namespaces), the node agent's included, the
-		// dashboard, and the hook's ServiceAccount, roles, bindings and Job.
+		// dashboard, kube-system/coredns-custom, and the hook's ServiceAccount, roles, bindings
+		// and Job.
 		Expect(kinds).To(Equal(map[string]int{"CustomResourceDefinition": 1, "ServiceAccount": 4, "Role": 2,
 			"RoleBinding": 2, "ClusterRole": 8, "ClusterRoleBinding": 5, "Service": 2, "Deployment": 2, "DaemonSet": 1,
-			"PodDisruptionBudget": 1, "ConfigMap": 1, "Job": 1}))
+			"PodDisruptionBudget": 1, "ConfigMap": 2, "Job": 1}))
 	})
 })
 

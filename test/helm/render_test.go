@@ -422,6 +422,7 @@ func TestChartLints(t *testing.T) {
 		"responder": map[string]any{"enabled": false}, "agent": map[string]any{"enabled": false},
 		"serviceMonitor": map[string]any{"enabled": true}, "prometheusRule": map[string]any{"enabled": true},
 		"grafanaDashboard": map[string]any{"enabled": true}, "uninstall": map[string]any{"releaseFronts": false},
+		"coreDNSCustom": map[string]any{"enabled": true, "hosts": coreDNSHosts},
 	}, {"agent": map[string]any{"namespace": agentNamespace}}} {
 		lint := action.NewLint()
 		lint.Strict = true
