@@ -49,7 +49,7 @@ GO_TEST_FLAGS ?= -timeout 45m
 # (and fails under CI=true). E2E_ASSETS is where kube-proxy and kube-controller-manager are.
 E2E_ASSETS ?= $(ENVTEST_ASSETS_DIR)
 # Debian package:command pairs that the data-plane suite needs.
-E2E_PACKAGES := iptables:iptables nftables:nft conntrack:conntrack iproute2:ip
+E2E_PACKAGES := iptables:iptables nftables:nft conntrack:conntrack iproute2:ip curl:curl
 ifeq ($(shell id -u),0)
 E2E_DEP := e2e-packages e2e-binaries
 else
@@ -207,7 +207,7 @@ $(COREDNS): | $(LOCALBIN)
 	mv -f "$(COREDNS).tmp" "$(COREDNS)"
 
 .PHONY: e2e-packages
-e2e-packages: ## Install the data-plane suite's Debian packages (iptables nftables conntrack iproute2) when their commands are missing; needs root.
+e2e-packages: ## Install the data-plane suite's Debian packages (iptables nftables conntrack iproute2 curl) when their commands are missing; needs root.
 	@missing=$$(for pc in $(E2E_PACKAGES); do command -v $${pc#*:} >/dev/null || echo $${pc%%:*}; done | xargs); \
 	if [ -n "$$missing" ]; then \
 		command -v apt-get >/dev/null || { echo "Install $$missing (the data-plane suite needs them)"; exit 1; }; \

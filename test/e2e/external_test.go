@@ -11,6 +11,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -289,6 +292,8 @@ var _ = Describe("A breaker for a third-party API", Ordered, Label("external"), 
 		upstream  *testdns.Server
 		coredns   *rig.CoreDNS
 		callers   *httpsCallers
+		// caFile holds the test CA for curl.
+		caFile string
 	)
 	setProviders := func(b providerBehavior) {
 		for _, p := range providers {
@@ -301,6 +306,8 @@ var _ = Describe("A breaker for a third-party API", Ordered, Label("external"), 
 
 	BeforeAll(func(ctx SpecContext) {
 		ca := testcerts.NewCA("tripswitch e2e provider CA")
+		caFile = filepath.Join(GinkgoT().TempDir(), "ca.pem")
+		Expect(os.WriteFile(caFile, []byte(ca.PEM), 0o644)).To(Succeed())
 		cert := ca.Issue(time.Now().Add(time.Hour), providerHost)
 		for _, addr := range providerAddresses {
 			providers = append(providers, newProvider(addr, cert))
@@ -333,10 +340,10 @@ var _ = Describe("A breaker for a third-party API", Ordered, Label("external"), 
 		callers = newHTTPSCallers(coredns, roots, 4)
 	})
 
-	It("answers the host's name with the front, for glibc and Go clients in pods", func(ctx SpecContext) {
+	It("sends curl, glibc and Go clients in pods to the front by the host's name, through CoreDNS or hostAliases, with TLS intact", func(ctx SpecContext) {
 		front := &corev1.Service{}
 		Expect(cluster.Client().Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, front)).To(Succeed())
-		pod := rig.NewPodNet("getent")
+		pod := rig.NewPodNet("curl")
 		coredns.UseIn(pod, ns)
 		out, err := pod.Command(ctx, "getent", "ahostsv4", providerHost).CombinedOutput()
 		Expect(err).NotTo(HaveOccurred(), "%s", out)
@@ -344,6 +351,31 @@ var _ = Describe("A breaker for a third-party API", Ordered, Label("external"), 
 		addrs, err := coredns.Resolver(pod).LookupHost(ctx, providerHost+".")
 		Expect(err).NotTo(HaveOccurred())
 		Expect(addrs).To(Equal([]string{front.Spec.ClusterIP}))
+
+		// curl checks the provider's certificate against the name, as any client does: the
+		// front rewrote only the address.
+		curl := func(pod *rig.PodNet) (string, error) {
+			out, err := pod.Command(ctx, "curl", "--silent", "--show-error", "--fail", "--max-time", "5",
+				"--cacert", caFile, "--write-out", " %{remote_ip}", "https://"+providerHost+"/").CombinedOutput()
+			return string(out), err
+		}
+		got, err := curl(pod)
+		Expect(err).NotTo(HaveOccurred(), "%s", got)
+		Expect(got).To(MatchRegexp(`^203\.0\.113\.1[01]\n `+regexp.QuoteMeta(front.Spec.ClusterIP)+`$`),
+			"curl reached the provider at the front's ClusterIP")
+
+		By("hostAliases: a pod whose /etc/hosts names the front, and whose DNS knows nothing of it")
+		aliased := rig.NewPodNet("hostaliases")
+		dir := filepath.Join("/etc/netns", aliased.Name)
+		Expect(os.MkdirAll(dir, 0o755)).To(Succeed())
+		DeferCleanup(os.RemoveAll, dir)
+		// As a kubelet writes hostAliases into the pod's /etc/hosts.
+		Expect(os.WriteFile(filepath.Join(dir, "hosts"), []byte("127.0.0.1\tlocalhost\n# Entries added by HostAliases.\n"+
+			front.Spec.ClusterIP+"\t"+providerHost+"\n"), 0o644)).To(Succeed())
+		Expect(os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte("nameserver 127.0.0.1\n"), 0o644)).To(Succeed())
+		got, err = curl(aliased)
+		Expect(err).NotTo(HaveOccurred(), "%s", got)
+		Expect(got).To(HaveSuffix(" " + front.Spec.ClusterIP))
 	})
 
 	for _, failure := range []providerBehavior{providerUnavailable, providerHang, providerBrokenTLS} {
