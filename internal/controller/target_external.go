@@ -68,6 +68,9 @@ func (r *CircuitBreakerReconciler) reconcileExternalTarget(ctx context.Context, 
 	state := r.External.Tracker.Track(key, external.Spec{
 		Host: ext.Host, MaxAddresses: int(ptr.Deref(ext.MaxAddresses, tripswitchv1alpha1.DefaultMaxExternalAddresses)), Refuse: refuse,
 	}, stateFromStatus(cb.Status.External))
+	// What was refused when it was answered never got into the state; what became refusable
+	// since (the front got its IP families, a Service range was added) is left out now.
+	state.Addresses = slices.DeleteFunc(state.Addresses, func(a external.Address) bool { return refuse(a.Addr) != "" })
 	front := ""
 	if es := st.spec.Gate.EndpointSlice; es != nil {
 		front = es.Service
@@ -108,6 +111,11 @@ func (r *CircuitBreakerReconciler) refuser(ctx context.Context, st *reconcileSta
 		why    string
 	}
 	var ranges []refusedRange
+	// served says which families (by Is6) the cluster routes to the front: the front's own IP
+	// families once it exists, before that the families of the cluster's Service ranges. An
+	// IPv6 address behind an IPv4-only front is ignored by kube-proxy, and a manager on an
+	// IPv4-only network cannot probe it: its failures would trip a healthy provider.
+	served, servedBy := map[bool]bool{}, "the cluster's Service ranges"
 	var cidrs networkingv1.ServiceCIDRList
 	// The first List starts the cache's informer and waits for it: bounded, so that a manager
 	// whose ClusterRole lacks ServiceCIDRs fails this breaker's reconcile (and keeps its front)
@@ -120,6 +128,7 @@ func (r *CircuitBreakerReconciler) refuser(ctx context.Context, st *reconcileSta
 			for _, s := range c.Spec.CIDRs {
 				if p, err := netip.ParsePrefix(s); err == nil {
 					ranges = append(ranges, refusedRange{p.Masked(), "the cluster's Service range " + p.Masked().String()})
+					served[p.Addr().Is6()] = true
 				}
 			}
 		}
@@ -137,10 +146,12 @@ func (r *CircuitBreakerReconciler) refuser(ctx context.Context, st *reconcileSta
 		if err != nil {
 			return nil, err
 		}
-		if front != nil {
+		if front != nil && len(front.Spec.ClusterIPs) > 0 {
+			served, servedBy = map[bool]bool{}, "the front Service"
 			for _, ip := range front.Spec.ClusterIPs {
 				if a, err := netip.ParseAddr(ip); err == nil {
 					frontIPs = append(frontIPs, a.Unmap())
+					served[a.Unmap().Is6()] = true
 				}
 			}
 		}
@@ -153,6 +164,8 @@ func (r *CircuitBreakerReconciler) refuser(ctx context.Context, st *reconcileSta
 			return "not a routable unicast address"
 		case slices.Contains(frontIPs, a):
 			return "the front Service's own ClusterIP"
+		case len(served) > 0 && !served[a.Is6()]:
+			return servedBy + " has no " + map[bool]string{false: "IPv4", true: "IPv6"}[a.Is6()] + " address"
 		}
 		for _, rr := range ranges {
 			if rr.prefix.Contains(a) {

@@ -216,3 +216,33 @@ tripswitch_query_value{name="payments",namespace="shop",rule="latency"} 0.2
 		t.Errorf("%d query value series after the rules went, want cart's 1", n)
 	}
 }
+
+func TestExternalMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	r, err := NewRecorder(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Resolved("shop", "stripe", ResolutionSuccess)
+	r.Resolved("shop", "stripe", ResolutionFailure)
+	r.Resolved("shop", "stripe", ResolutionFailure)
+	r.Resolved("shop", "stripe", ResolutionRefused)
+	r.SetExternalAddresses("shop", "stripe", 3)
+	want := `
+# HELP tripswitch_external_resolutions_total Resolutions of an external target's host, by result: success; failure (timeout, SERVFAIL, NXDOMAIN, no addresses), which keeps the last good addresses; refused, an answer whose every address is never published.
+# TYPE tripswitch_external_resolutions_total counter
+tripswitch_external_resolutions_total{name="stripe",namespace="shop",result="failure"} 2
+tripswitch_external_resolutions_total{name="stripe",namespace="shop",result="refused"} 1
+tripswitch_external_resolutions_total{name="stripe",namespace="shop",result="success"} 1
+# HELP tripswitch_external_addresses The addresses of an external target's host that are probed and published.
+# TYPE tripswitch_external_addresses gauge
+tripswitch_external_addresses{name="stripe",namespace="shop"} 3
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), ResolutionsName, ExternalAddressesName); err != nil {
+		t.Error(err)
+	}
+	r.Delete("shop", "stripe")
+	if n := testutil.CollectAndCount(r.resolutions) + testutil.CollectAndCount(r.addresses); n != 0 {
+		t.Errorf("deleting the breaker left %d external series", n)
+	}
+}
