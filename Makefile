@@ -203,7 +203,7 @@ $(COREDNS): | $(LOCALBIN)
 	@grep -q "github.com/coredns/coredns v$(COREDNS_VERSION)$$" hack/coredns/go.mod || \
 		{ echo "hack/coredns/go.mod must require github.com/coredns/coredns v$(COREDNS_VERSION) (COREDNS_VERSION)"; exit 1; }
 	@echo "Building CoreDNS $(COREDNS_VERSION) from source into $(COREDNS)."
-	cd hack/coredns && go build -buildvcs=false -trimpath -ldflags='-s -w' -o "$(COREDNS).tmp" .
+	cd hack/coredns && go build -buildvcs=false -ldflags='-s -w' -o "$(COREDNS).tmp" .
 	mv -f "$(COREDNS).tmp" "$(COREDNS)"
 
 .PHONY: e2e-packages

@@ -81,16 +81,23 @@ func (r *CircuitBreakerReconciler) reconcileExternalTarget(ctx context.Context, 
 		r.Metrics.SetExternalAddresses(cb.Namespace, cb.Name, len(state.Addresses))
 	}
 
+	if !state.Resolved() && len(state.Addresses) == 0 {
+		// Nothing is known of the host yet, in this process or in status: unknown is not
+		// empty. A leader that died after publishing addresses and before writing them to
+		// status left the front serving them; with DNS down too, publishing "no addresses"
+		// would empty it. The front keeps what it publishes until the first answer.
+		message := fmt.Sprintf("waiting for the first resolution of %s; the front Service keeps what it publishes", ext.Host)
+		if state.Err != "" {
+			message += ": " + state.Err
+		}
+		return &waitingError{reason: tripswitchv1alpha1.ReasonResolutionFailed, message: message}
+	}
 	port := corev1.ServicePort{Protocol: corev1.ProtocolTCP, Port: ext.Port, TargetPort: intstr.FromInt32(ext.Port)}
 	ready := state.AddrPorts(uint16(ext.Port))
 	shape := &corev1.Service{Spec: corev1.ServiceSpec{
 		IPFamilyPolicy: ptr.To(corev1.IPFamilyPolicyPreferDualStack), Ports: []corev1.ServicePort{port},
 	}}
 	st.target = &target{service: shape, port: port, slices: externalSlices(ready), ready: ready, probed: ready, resolved: true}
-	if !state.Resolved() && len(ready) == 0 {
-		return &waitingError{reason: tripswitchv1alpha1.ReasonResolutionFailed,
-			message: fmt.Sprintf("waiting for the first resolution of %s", ext.Host)}
-	}
 	return nil
 }
 
@@ -259,7 +266,7 @@ func externalStatus(s *external.State, front, namespace, clusterDomain string) *
 func reportResolution(cb *tripswitchv1alpha1.CircuitBreaker, s *external.State) {
 	kept := fmt.Sprintf("; the last good %d addresses stay published", len(s.Addresses))
 	if len(s.Addresses) == 0 {
-		kept = "; no address was ever resolved, so the front publishes none"
+		kept = "; no address is known yet, so the front Service keeps what it publishes"
 	}
 	switch {
 	case s.Problem == external.ResolutionFailed:

@@ -2,19 +2,25 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"testing"
+	"time"
 
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
+	"github.com/tripswitch/tripswitch/internal/external"
 )
 
 // TestRefuser: what an external target's answers may never publish, on an IPv4-only cluster
@@ -69,5 +75,67 @@ func TestRefuser(t *testing.T) {
 				g.Expect(why != "").To(Equal(refused), "%s: %q", addr, why)
 			}
 		})
+	}
+}
+
+// failingResolver fails every lookup, as DNS does in an outage.
+type failingResolver struct{}
+
+func (failingResolver) Lookup(context.Context, string) (external.Answer, error) {
+	return external.Answer{}, errors.New("SERVFAIL")
+}
+
+// answeringResolver answers with fixed addresses.
+type answeringResolver []netip.Addr
+
+func (a answeringResolver) Lookup(context.Context, string) (external.Answer, error) {
+	return external.Answer{Addresses: a, TTL: time.Minute}, nil
+}
+
+// A leader that published an external target's addresses and died before it wrote them to
+// status: the next leader, with DNS failing, must not empty the front.
+func TestANewLeaderWithoutAddressesKeepsTheFront(t *testing.T) {
+	cb := &tripswitchv1alpha1.CircuitBreaker{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "payments"},
+		Spec: tripswitchv1alpha1.CircuitBreakerSpec{Target: tripswitchv1alpha1.TargetReference{
+			External: &tripswitchv1alpha1.ExternalTarget{Host: "api.example.test", Port: 443}},
+			Probe: tripswitchv1alpha1.ProbeSpec{TCP: &tripswitchv1alpha1.TCPProbe{}}}}
+	f := newFixture(t, cb)
+	allowed, err := external.ParseHostPatterns("api.example.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	withResolver := func(r external.Resolver) {
+		tracker := external.NewTracker(r, f.clk, time.Second, func(types.NamespacedName) {}, nil)
+		t.Cleanup(tracker.Stop)
+		f.r.External = ExternalTargets{Tracker: tracker, Allowed: allowed, ClusterDomain: "cluster.local"}
+	}
+
+	withResolver(answeringResolver{netip.MustParseAddr("203.0.113.1"), netip.MustParseAddr("203.0.113.2")})
+	NewWithT(t).Eventually(func() int {
+		f.reconcile(t)
+		var list discoveryv1.EndpointSliceList
+		_ = f.c.List(context.Background(), &list, client.MatchingLabels{discoveryv1.LabelServiceName: "payments"})
+		return readyEndpoints(list.Items, "")
+	}).Should(Equal(2), "the first leader publishes both addresses")
+
+	// The status write was lost with the leader; the next one's DNS fails.
+	f.edit(t, func(*tripswitchv1alpha1.CircuitBreaker) {})
+	got := &tripswitchv1alpha1.CircuitBreaker{}
+	if err := f.c.Get(context.Background(), client.ObjectKeyFromObject(cb), got); err != nil {
+		t.Fatal(err)
+	}
+	got.Status.External = nil
+	if err := f.c.Status().Update(context.Background(), got); err != nil {
+		t.Fatal(err)
+	}
+	withResolver(failingResolver{})
+	for range 3 {
+		after := f.reconcile(t)
+		if n := f.readyFront(t); n != 2 {
+			t.Fatalf("the new leader left %d ready endpoints on the front, want the 2 it found", n)
+		}
+		if c := meta.FindStatusCondition(after.Status.Conditions, tripswitchv1alpha1.ConditionReady); c == nil || c.Status != metav1.ConditionFalse {
+			t.Fatalf("Ready = %+v, want False while the host was never resolved", c)
+		}
 	}
 }

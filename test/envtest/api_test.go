@@ -388,8 +388,13 @@ recovery: {backoff: {}}
 		}))
 		Expect(table.Rows).To(HaveLen(1))
 		Expect(table.Rows[0].Cells[0]).To(Equal("tabled"))
-		Expect(table.Rows[0].Cells[2]).To(Equal("b"))
+		Expect(table.Rows[0].Cells[2]).To(BeNil(), "TARGET is status.target, which the manager writes, and none runs here")
 		Expect(table.Rows[0].Cells[7]).To(BeNil(), "MODE is status.mode, the mode in effect, and no manager runs here")
+		cb := &tripswitchv1alpha1.CircuitBreaker{}
+		Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "tabled"}, cb)).To(Succeed())
+		cb.Status.Target = "api.example.test:443"
+		Expect(k8sClient.Status().Update(ctx, cb)).To(Succeed())
+		Expect(getTable(ctx, ns).Rows[0].Cells[2]).To(Equal("api.example.test:443"), "a Service's name, or an external host:port")
 	})
 
 	It("documents every field, so kubectl explain has something to say", func() {
