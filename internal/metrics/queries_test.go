@@ -28,6 +28,8 @@ func registered(t *testing.T) map[string]bool {
 	r.Ejected("ns", "b", "ConsecutiveFailures")
 	r.SetEjection("ns", "b", 1, false, true)
 	r.QueryEvaluated("ns", "b", "r", 1, false, nil)
+	r.Resolved("ns", "b", ResolutionSuccess)
+	r.SetExternalAddresses("ns", "b", 2)
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
