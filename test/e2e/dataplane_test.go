@@ -712,7 +712,9 @@ func tripUnderLoad(ctx context.Context, ns, name string, failure rig.Behavior, g
 	for i, c := range callers {
 		out[i] = tripped{name: name, failure: string(failure), mode: c.mode, pods: c.pods(), floor: floor,
 			delays:   switchDelays(stopped[i], failedAt, c.pods()),
-			released: releasedAt(stopped[i], failedAt, c.pods()),
+			// Only calls that could reach the target: later ones get the responder, whose
+			// reset can take over 100 ms on a loaded machine without anything waiting.
+			released: releasedAt(stopped[i].Between(failedAt, openAt.Add(250*time.Millisecond)), failedAt, c.pods()),
 			since:    stopped[i].Between(failedAt, time.Now()),
 			open:     stopped[i].Between(openAt.Add(250*time.Millisecond), time.Now()),
 			conns:    loads[i].Conns()}
