@@ -711,7 +711,7 @@ func tripUnderLoad(ctx context.Context, ns, name string, failure rig.Behavior, g
 	out := make([]tripped, len(callers))
 	for i, c := range callers {
 		out[i] = tripped{name: name, failure: string(failure), mode: c.mode, pods: c.pods(), floor: floor,
-			delays:   switchDelays(stopped[i], failedAt, c.pods()),
+			delays: switchDelays(stopped[i], failedAt, c.pods()),
 			// Only calls that could reach the target: later ones get the responder, whose
 			// reset can take over 100 ms on a loaded machine without anything waiting.
 			released: releasedAt(stopped[i].Between(failedAt, openAt.Add(250*time.Millisecond)), failedAt, c.pods()),
