@@ -305,11 +305,5 @@ func ExternalTargetSlices(cb *tripswitchv1alpha1.CircuitBreaker) []discoveryv1.E
 	if ext == nil || st == nil || st.Host != ext.Host {
 		return nil
 	}
-	var ready []netip.AddrPort
-	for _, a := range st.Addresses {
-		if addr, err := netip.ParseAddr(a.Address); err == nil {
-			ready = append(ready, netip.AddrPortFrom(addr, uint16(ext.Port)))
-		}
-	}
-	return externalSlices(ready)
+	return externalSlices(stateFromStatus(st).AddrPorts(uint16(ext.Port)))
 }
