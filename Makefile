@@ -42,6 +42,8 @@ ENVTEST_DEP := envtest
 endif
 
 GO_TEST_FLAGS ?= -timeout 45m
+# TEST_LOGS keeps the output of make test's go test runs, for the failure digest at its end.
+TEST_LOGS ?= $(LOCALBIN)/test-logs
 
 # The data-plane suite (test/e2e) runs the real kube-proxy and kube-controller-manager, built
 # from source like kube-apiserver, with pods in network namespaces: it needs root. As root,
@@ -125,7 +127,9 @@ test: manifests generate $(ENVTEST_DEP) $(E2E_DEP) ## Run every test: envtest su
 ifeq ($(E2E_DEP),)
 	@echo "test/e2e: skipped: the data-plane suite needs root for network namespaces and iptables (as root: make test-e2e)"
 	$(MAKE) --no-print-directory fmt vet build-installer promtool prometheus helm
-	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" PROMTOOL="$(PROMTOOL)" PROMETHEUS="$(PROMETHEUS)" go test $(GO_TEST_FLAGS) ./... -coverprofile cover.out
+	mkdir -p $(TEST_LOGS) && rm -f $(TEST_LOGS)/*.log
+	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" PROMTOOL="$(PROMTOOL)" PROMETHEUS="$(PROMETHEUS)" go test $(GO_TEST_FLAGS) ./... -coverprofile cover.out 2>&1 | tee $(TEST_LOGS)/packages.log || \
+		{ hack/test-failures.sh $(TEST_LOGS)/packages.log; exit 1; }
 	$(MAKE) --no-print-directory test-chart
 else
 	@# The data-plane suite is the longest package and spends most of its time waiting (leases,
@@ -135,13 +139,17 @@ else
 	@# beside it at the lowest priority, filling idle cores
 	@# without slowing its timed stories; then the other packages and the chart's tests, which
 	@# always ran beside the suite.
-	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" E2E_COREDNS="$(COREDNS)" go test $(GO_TEST_FLAGS) -count=1 ./test/e2e/... & e2e=$$!; \
+	@# Each go test's output is kept in $(TEST_LOGS) too, so that a failed run ends with a digest
+	@# of its failure messages (hack/test-failures.sh): CI logs are read from the end.
+	mkdir -p $(TEST_LOGS) && rm -f $(TEST_LOGS)/*.log
+	( KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" E2E_COREDNS="$(COREDNS)" go test $(GO_TEST_FLAGS) -count=1 ./test/e2e/... 2>&1 | tee $(TEST_LOGS)/e2e.log ) & e2e=$$!; \
 	rc=0; \
 	nice -n 19 $(MAKE) --no-print-directory coredns fmt vet build-installer promtool prometheus helm && \
 	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" PROMTOOL="$(PROMTOOL)" PROMETHEUS="$(PROMETHEUS)" go test $(GO_TEST_FLAGS) \
-		$$(go list ./... | grep -v '/test/e2e$$') -coverprofile cover.out || rc=1; \
-	$(MAKE) --no-print-directory test-chart || rc=1; \
+		$$(go list ./... | grep -v '/test/e2e$$') -coverprofile cover.out 2>&1 | tee $(TEST_LOGS)/packages.log || rc=1; \
+	$(MAKE) --no-print-directory test-chart 2>&1 | tee $(TEST_LOGS)/chart.log || rc=1; \
 	wait $$e2e || rc=1; \
+	if [ $$rc -ne 0 ]; then hack/test-failures.sh $(TEST_LOGS)/*.log; fi; \
 	exit $$rc
 endif
 
