@@ -144,6 +144,10 @@ type Attempt struct {
 	Start time.Time
 	// Latency is from Start to the outcome.
 	Latency time.Duration
+	// Queued is the part of Latency the attempt spent waiting for its client's connection
+	// before it could use it: TCPStream carries one call at a time, as a database pool of one
+	// connection does, so a call waits out the one before it. 0 in the other modes.
+	Queued time.Duration
 	// Connect is from Start to the end of the handshake; 0 if there was none. In the pooled
 	// modes, from Start to when the attempt had its connection, new or reused (GRPC: when its
 	// headers went out on it).
@@ -162,6 +166,11 @@ type Attempt struct {
 	// Err is the error behind an outcome other than Responded or Connected.
 	Err error
 }
+
+// Took is Latency without Queued: how long the attempt itself took once it had its
+// connection, which is what tells an answer that came at once from one that waited on the
+// server, whatever queue formed in the client on a loaded machine.
+func (a Attempt) Took() time.Duration { return a.Latency - a.Queued }
 
 // Backend returns the name of the backend that answered (the BackendHeader), or "".
 func (a Attempt) Backend() string { return a.Headers[http.CanonicalHeaderKey(BackendHeader)] }

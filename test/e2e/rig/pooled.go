@@ -680,6 +680,7 @@ func (s *streamPool) call(ctx context.Context, a *Attempt) {
 		return
 	}
 	defer func() { <-s.turn }()
+	a.Queued = time.Since(a.Start)
 	if s.conn == nil {
 		conn, err := s.pool.dial(ctx, "tcp", s.pool.spec.Target)
 		if err != nil {
