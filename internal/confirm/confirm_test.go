@@ -232,7 +232,7 @@ func TestHealth(t *testing.T) {
 	clk := testingclock.NewFakeClock(t0)
 	h := NewHealth(HealthConfig{Window: 10 * time.Minute, Targets: 3})
 	leader := Ballot{Observer: obs("a", "")}
-	held := Tally(leader, ballots("H", "H"), true)     // a alone sees it failing
+	held := Tally(leader, ballots("H", "H"), true)      // a alone sees it failing
 	confirmed := Tally(leader, ballots("F", "H"), true) // a and b see it failing
 
 	h.Record(held, "shop/payments", clk.Now())
