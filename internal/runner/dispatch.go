@@ -446,9 +446,11 @@ func (s *Scheduler) record(ctx context.Context, sl *slot, ref *proberRef, ticket
 	}
 	e.last = &r
 	e.probes[r.Outcome]++
+	noteOutcome(e, r)
 	heldBefore := e.guardHeld
 	e.verdict = guard.Allow
 	t, changed := e.engine.Record(ticket, r.Outcome)
+	settled(e)
 	if changed {
 		result := r
 		e.changes = append(e.changes, Change{Transition: t, Probe: &result, Released: e.verdict == guard.Release})

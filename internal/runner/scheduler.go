@@ -18,6 +18,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/tripswitch/tripswitch/internal/breaker"
+	"github.com/tripswitch/tripswitch/internal/confirm"
 	"github.com/tripswitch/tripswitch/internal/ejection"
 	"github.com/tripswitch/tripswitch/internal/guard"
 	"github.com/tripswitch/tripswitch/internal/probe"
@@ -64,6 +65,9 @@ type Registration struct {
 	// Queries are the breaker's PromQL trip rules, evaluated every QueryInterval.
 	Queries       []query.Rule
 	QueryInterval time.Duration
+	// Confirm has gated trips wait for a second opinion (Options.Confirmer); its zero value
+	// turns that off.
+	Confirm ConfirmConfig
 }
 
 // Change is one transition together with the probe that decided it, if one did.
@@ -75,6 +79,8 @@ type Change struct {
 	Released bool
 	// Query describes the query rule that tripped the breaker, if one did.
 	Query string
+	// Confirmation is the tally of the observers that confirmed this trip, if they were asked.
+	Confirmation *confirm.Result
 }
 
 // Hold is a trip the observer guard holds: the rule that holds, since when, and the guard's
@@ -102,6 +108,8 @@ type View struct {
 	Ejection *ejection.View
 	// Queries are the newest evaluations of the breaker's query rules, in the rules' order.
 	Queries []QueryResult
+	// Confirmation is the breaker's second opinion, nil when it never needed one.
+	Confirmation *Confirmation
 }
 
 // Options are what a Scheduler is built with.
@@ -122,6 +130,9 @@ type Options struct {
 	// Querier, when set, sends the query rules' queries; without it they are reported as not
 	// evaluated (ErrNoQuerier).
 	Querier Querier
+	// Confirmer, when set, gives a second opinion on the trips of breakers that ask for one
+	// (Registration.Confirm).
+	Confirmer Confirmer
 	// MaxConcurrentQueries bounds the queries in flight across all breakers; 0 is 4.
 	MaxConcurrentQueries int
 	// QueryObserved, when set, hears of every evaluation of a query rule, such as metrics.
@@ -144,6 +155,7 @@ type Scheduler struct {
 	limits      Limits
 	seed        maphash.Seed
 	guard       *guard.Guard
+	confirmer   Confirmer
 	observers   func(types.NamespacedName) ProbeObserver
 	localErrors func(reason string)
 	onChange    func(types.NamespacedName)
@@ -177,6 +189,7 @@ func New(o Options) *Scheduler {
 		limits:      LimitsFor(o.MaxConcurrentProbes),
 		seed:        maphash.MakeSeed(),
 		guard:       o.Guard,
+		confirmer:   o.Confirmer,
 		observers:   o.Observers,
 		localErrors: o.LocalErrors,
 		onChange:    o.OnChange,
@@ -222,6 +235,12 @@ type entry struct {
 	rampKeep       int
 	endpointEvents []ejection.Event
 	queries        queryState
+	// gated and confirmCfg are the registration's; failing and suspicion are the second
+	// opinion's (confirm.go).
+	gated      bool
+	confirmCfg ConfirmConfig
+	failing    map[probe.Endpoint]breaker.Outcome
+	suspicion  suspicion
 
 	// scheduling, under Scheduler.mu
 	ns        *namespace
@@ -330,6 +349,7 @@ func (s *Scheduler) Upsert(key types.NamespacedName, reg Registration) error {
 		}
 	}
 	e.rampKeep = reg.RampKeep
+	e.gated, e.confirmCfg = reg.Gated, reg.Confirm
 	intervalChanged := e.interval != reg.Interval
 	e.interval = reg.Interval
 	eps := reg.Endpoints
@@ -353,6 +373,9 @@ func (s *Scheduler) Upsert(key types.NamespacedName, reg Registration) error {
 // what a previous leader knew (a recent trip, a held one) is carried over. Callers hold s.mu.
 func (s *Scheduler) attachGuard(e *entry, reg Registration) {
 	if s.guard == nil {
+		if s.confirmer != nil {
+			e.engine.SetTripPermit(func(r breaker.Reason) bool { return s.confirmAllows(e, r) })
+		}
 		return
 	}
 	s.guard.SetGated(e.key, reg.Gated)
@@ -363,8 +386,12 @@ func (s *Scheduler) attachGuard(e *entry, reg Registration) {
 		s.guard.RestoreHold(e.key, reg.HeldSince)
 		e.guardHeld = true
 	}
-	e.engine.SetTripPermit(func(breaker.Reason) bool {
-		// Called by the engine under e.mu, from record.
+	e.engine.SetTripPermit(func(r breaker.Reason) bool {
+		// Called by the engine under e.mu, from record. The second opinion comes first: a
+		// trip the observers refute never spends the guard's budget.
+		if !s.confirmAllows(e, r) {
+			return false
+		}
 		e.verdict = s.guard.Permit(e.key)
 		e.guardHeld = e.verdict == guard.Hold
 		return e.verdict != guard.Hold
@@ -538,6 +565,7 @@ func (s *Scheduler) View(key types.NamespacedName) (View, bool) {
 		v.Ejection = &ev
 	}
 	v.Queries = append([]QueryResult(nil), e.queries.results...)
+	v.Confirmation = e.confirmation()
 	now := s.clock.Now()
 	for i := range v.Queries {
 		// As of now, not of the evaluation: a close since then starts a settling time.

@@ -1,0 +1,219 @@
+package runner
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/tripswitch/tripswitch/internal/breaker"
+	"github.com/tripswitch/tripswitch/internal/confirm"
+	"github.com/tripswitch/tripswitch/internal/guard"
+	"github.com/tripswitch/tripswitch/internal/probe"
+)
+
+// A suspicion is a trip that the leader's own probes call for, waiting for a second opinion
+// (docs/design/second-opinion.md): the breaker stays Closed while observers on other nodes
+// probe the failing endpoints once, and it opens only when the tally confirms, or when nobody
+// answered (then the observer guard decides, as it does without observers).
+
+// Confirmer gives the second opinion: it asks observers about a suspicion and tallies their
+// votes with the leader's. It must return by ctx's deadline, with Unconfirmed when nobody
+// answered in time.
+type Confirmer interface {
+	Confirm(ctx context.Context, s Suspicion) confirm.Result
+}
+
+// Suspicion is what a Confirmer is asked.
+type Suspicion struct {
+	Key    types.NamespacedName
+	Reason breaker.Reason
+	// Endpoints failed on the leader's last probe of each (all of them when none did, such
+	// as a failure-rate trip whose failures are older).
+	Endpoints []probe.Endpoint
+	// Rule says which of an observer's outcomes count as the failure.
+	Rule confirm.Rule
+	// Observers and Zones are the breaker's spec.trip.confirm.
+	Observers int
+	Zones     confirm.ZonePolicy
+}
+
+// ConfirmConfig is a breaker's spec.trip.confirm; Observers 0 turns it off.
+type ConfirmConfig struct {
+	Observers int
+	Zones     confirm.ZonePolicy
+	// Percent is the failure-rate or slow-rate trip's percent, which an observer's share of
+	// failing probes is judged by (confirm.Rule); 0 for consecutive failures alone.
+	Percent int
+}
+
+// Confirmation is a breaker's second opinion as the controller reports it.
+type Confirmation struct {
+	// Asking says a suspicion is out: the breaker stays Closed until it is decided.
+	Asking bool
+	Reason breaker.Reason
+	Since  time.Time
+	// Last is the newest tally, nil before the first.
+	Last *confirm.Result
+	// HeldUntil is, after a refuted suspicion, when observers are asked again if the rule
+	// still holds.
+	HeldUntil time.Time
+}
+
+// confirmSlack is what a confirmation may take beyond one probe timeout: an observer's probe
+// of a hung endpoint ends at the timeout, and its answer must still count.
+const confirmSlack = 100 * time.Millisecond
+
+type suspicionState uint8
+
+const (
+	idle suspicionState = iota
+	asking
+	refuted
+	// decided: confirmed or unconfirmed; the next trip permit asked goes on to the guard.
+	decided
+)
+
+// suspicion is one breaker's second opinion. Its fields belong to the entry's mutex.
+type suspicion struct {
+	state     suspicionState
+	reason    breaker.Reason
+	since     time.Time
+	heldUntil time.Time
+	last      *confirm.Result
+}
+
+// confirms says whether the breaker's trips wait for a second opinion. Callers hold e.mu.
+func (s *Scheduler) confirms(e *entry, r breaker.Reason) bool {
+	// A query rule judges real traffic, which one more probe from elsewhere cannot confirm;
+	// an ungated breaker takes no traffic away.
+	return s.confirmer != nil && e.confirmCfg.Observers > 0 && e.gated && r != breaker.QueryRule
+}
+
+// confirmAllows is the second opinion's part of the trip permit: false while the trip waits
+// for it or was refuted, true once it is confirmed or unconfirmed (the guard decides next).
+// Callers hold e.mu.
+func (s *Scheduler) confirmAllows(e *entry, r breaker.Reason) bool {
+	if !s.confirms(e, r) {
+		return true
+	}
+	now := s.clock.Now()
+	switch e.suspicion.state {
+	case decided:
+		// Confirmed or unconfirmed, and the rule still holds: the guard decides, as often
+		// as it is asked, without asking the observers again.
+		return true
+	case asking:
+		return false
+	case refuted:
+		if now.Before(e.suspicion.heldUntil) {
+			return false
+		}
+	}
+	s.suspect(e, r, now)
+	return false
+}
+
+// suspect sends a suspicion to the Confirmer, bounded by one probe timeout and
+// confirmSlack. Callers hold e.mu.
+func (s *Scheduler) suspect(e *entry, r breaker.Reason, now time.Time) {
+	e.suspicion.state, e.suspicion.reason, e.suspicion.since = asking, r, now
+	var eps []probe.Endpoint
+	for ep, o := range e.failing {
+		if o == breaker.Failure || o == breaker.Slow && r == breaker.SlowRate {
+			eps = append(eps, ep)
+		}
+	}
+	if len(eps) == 0 {
+		for ep := range e.slots {
+			eps = append(eps, ep)
+		}
+	}
+	slices.SortFunc(eps, func(a, b probe.Endpoint) int { return a.Compare(b) })
+	rule := confirm.Rule{Slow: r == breaker.SlowRate}
+	if r == breaker.FailureRate || r == breaker.SlowRate {
+		rule.Percent = e.confirmCfg.Percent
+	}
+	q := Suspicion{Key: e.key, Reason: r, Endpoints: eps, Rule: rule, Observers: e.confirmCfg.Observers, Zones: e.confirmCfg.Zones}
+	ctx, cancel := context.WithTimeout(e.ctx, e.spec.Timeout+confirmSlack)
+	go func() {
+		defer cancel()
+		s.settle(e, r, s.confirmer.Confirm(ctx, q))
+	}()
+}
+
+// settle applies a tally: a refuted trip is held (and asked about again after a while if the
+// rule still holds), a confirmed or unconfirmed one goes ahead through the trip permit, whose
+// guard has the last word, if the leader's probes still hold the rule.
+func (s *Scheduler) settle(e *entry, r breaker.Reason, res confirm.Result) {
+	e.mu.Lock()
+	if e.removed || e.suspicion.state != asking || e.suspicion.reason != r {
+		e.mu.Unlock()
+		return
+	}
+	e.suspicion.last = &res
+	changed := true
+	if res.Outcome == confirm.Refuted {
+		e.suspicion.state = refuted
+		e.suspicion.heldUntil = s.clock.Now().Add(refutedHold(e.interval))
+	} else {
+		e.suspicion.state = decided
+		if e.engine.Held() == r {
+			e.verdict = guard.Allow
+			t, opened := e.engine.Trip(r)
+			if opened {
+				result := res
+				e.changes = append(e.changes, Change{Transition: t, Confirmation: &result, Released: e.verdict == guard.Release})
+				s.armDeadline(e)
+			}
+		}
+		settled(e)
+	}
+	e.mu.Unlock()
+	if changed {
+		s.changed(e.key)
+	}
+}
+
+// settled ends a decided suspicion once the rule it was about no longer holds: the breaker
+// opened, or its probes stopped holding the rule. While the guard holds the trip, it stays
+// decided, so that the guard is asked again without the observers. Callers hold e.mu.
+func settled(e *entry) {
+	if e.suspicion.state == decided && e.engine.Held() != e.suspicion.reason {
+		e.suspicion.state = idle
+	}
+}
+
+// refutedHold is how long a refuted trip stays held before observers are asked again while
+// the leader's probes still hold the rule: ten intervals, within 5 s to a minute, so that a
+// leader with a sick route costs its peers a probe now and then, not at every interval.
+func refutedHold(interval time.Duration) time.Duration {
+	return min(max(10*interval, 5*time.Second), time.Minute)
+}
+
+// noteOutcome keeps each endpoint's last counted outcome, for the endpoints a suspicion asks
+// about. Callers hold e.mu.
+func noteOutcome(e *entry, r probe.Result) {
+	if r.Outcome == breaker.Neutral {
+		return
+	}
+	if e.failing == nil {
+		e.failing = map[probe.Endpoint]breaker.Outcome{}
+	}
+	e.failing[r.Endpoint] = r.Outcome
+}
+
+// confirmation is the view of e's second opinion, nil when it has none. Callers hold e.mu.
+func (e *entry) confirmation() *Confirmation {
+	su := e.suspicion
+	if su.state == idle && su.last == nil {
+		return nil
+	}
+	c := &Confirmation{Asking: su.state == asking, Reason: su.reason, Since: su.since, HeldUntil: su.heldUntil}
+	if su.last != nil {
+		last := *su.last
+		c.Last = &last
+	}
+	return c
+}
