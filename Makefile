@@ -144,19 +144,19 @@ else
 	@# wait for), fmt, the installer and the builds of promtool and Prometheus run beside it at
 	@# the lowest priority, filling idle cores without slowing its timed stories; then the
 	@# other packages (which need promtool and Prometheus), compiling at the lowest priority
-	@# too (GO_TEST_NICE), with vet and the helm build beside them; then the chart's tests.
+	@# too (GO_TEST_NICE), with vet, the helm build and then the chart's tests beside them.
 	@# Each go test's output is kept in $(TEST_LOGS) too, so that a failed run ends with a digest
 	@# of its failure messages (hack/test-failures.sh): CI logs are read from the end.
 	mkdir -p $(TEST_LOGS) && rm -f $(TEST_LOGS)/*.log
 	( KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" E2E_COREDNS="$(COREDNS)" go test $(GO_TEST_FLAGS) -count=1 ./test/e2e/... 2>&1 | tee $(TEST_LOGS)/e2e.log ) & e2e=$$!; \
 	rc=0; \
 	if nice -n 19 $(MAKE) --no-print-directory coredns fmt build-installer promtool prometheus; then \
-		nice -n 19 $(MAKE) --no-print-directory vet helm & side=$$!; \
+		{ nice -n 19 $(MAKE) --no-print-directory vet helm && \
+			$(MAKE) --no-print-directory test-chart 2>&1 | tee $(TEST_LOGS)/chart.log; } & side=$$!; \
 		KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" PROMTOOL="$(PROMTOOL)" PROMETHEUS="$(PROMETHEUS)" $(GO_TEST_NICE) go test $(GO_TEST_FLAGS) \
 			$(GO_TEST_EXEC) $$(go list ./... | grep -v '/test/e2e$$') -coverprofile cover.out 2>&1 | tee $(TEST_LOGS)/packages.log || rc=1; \
 		wait $$side || rc=1; \
 	else rc=1; fi; \
-	$(MAKE) --no-print-directory test-chart 2>&1 | tee $(TEST_LOGS)/chart.log || rc=1; \
 	wait $$e2e || rc=1; \
 	if [ $$rc -ne 0 ]; then hack/test-failures.sh $(TEST_LOGS)/*.log; fi; \
 	exit $$rc
