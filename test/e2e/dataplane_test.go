@@ -162,7 +162,7 @@ func percentile(sorted []time.Duration, q float64) time.Duration {
 	return sorted[min(len(sorted)-1, int(q*float64(len(sorted))))]
 }
 
-var _ = Describe("tripswitch on the real data plane", Ordered, func() {
+var _ = Describe("tripswitch on the real data plane", Ordered, Label("timed"), func() {
 	var ts *install
 	var leader *rig.Process
 
