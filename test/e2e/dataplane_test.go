@@ -30,14 +30,16 @@ import (
 	"github.com/tripswitch/tripswitch/test/e2e/rig"
 )
 
-// The stories' load: the 20 pods, each opening 50 new connections a second; and 10
+// The stories' load: the 20 pods, each opening 50 new connections a second; and 5
 // pods for each pooled kind beside them, each calling 50 times a second. Four pooled kinds of
 // 20 pods, at 5,000 calls a second with the fresh ones, saturated 2 cores: the responder's
 // answer took 150 ms at the median, and a stream client's calls queued behind each other for
-// up to a second, which measured the machine rather than tripswitch.
+// up to a second, which measured the machine rather than tripswitch. At 10 pods each (3,000
+// calls a second) cold CI runs still saw the same, three in four failing the nftables hang
+// story with the responder at p50 150-350 ms.
 const (
 	loadClients   = 20
-	pooledClients = 10
+	pooledClients = 5
 	loadRate      = 50
 )
 
