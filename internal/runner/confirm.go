@@ -121,6 +121,9 @@ func (s *Scheduler) suspect(e *entry, r breaker.Reason, now time.Time) {
 	e.suspicion.state, e.suspicion.reason, e.suspicion.since = asking, r, now
 	var eps []probe.Endpoint
 	for ep, o := range e.failing {
+		if _, probed := e.slots[ep]; !probed {
+			continue // no longer an endpoint of the target: its front does not publish it
+		}
 		if o == breaker.Failure || o == breaker.Slow && r == breaker.SlowRate {
 			eps = append(eps, ep)
 		}
