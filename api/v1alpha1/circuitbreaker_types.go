@@ -485,7 +485,42 @@ type TripSpec struct {
 	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('10m')",message="trip.queryInterval must be at most 10m"
 	// +optional
 	QueryInterval *metav1.Duration `json:"queryInterval,omitempty"`
+
+	// confirm asks observers on other nodes for a second opinion before a trip decided on the
+	// manager's own probes takes traffic away: the node agents probe the failing endpoints
+	// once, and the breaker opens only when a majority of those that answered, the manager's
+	// node included, see the failure. Nobody answering within one probe timeout leaves the
+	// decision to the manager's probes, under the observer guard. It takes effect only where
+	// the manager has observers (--observer-namespace); query rules are never confirmed.
+	// +optional
+	Confirm *ConfirmSpec `json:"confirm,omitempty"`
 }
+
+// ConfirmSpec is how a breaker's trips are confirmed (trip.confirm).
+type ConfirmSpec struct {
+	// observers is how many observers on other nodes are asked; 0 turns confirmation off, so
+	// that the manager's probes alone decide. Defaults to 2.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=5
+	// +optional
+	Observers *int32 `json:"observers,omitempty"`
+
+	// zones says how observers are chosen by their nodes' topology.kubernetes.io/zone:
+	// Prefer (the default) asks observers in other zones first, Require only observers in
+	// other zones (with none, the manager's probes alone decide), Ignore any other node.
+	// +optional
+	Zones ConfirmZones `json:"zones,omitempty"`
+}
+
+// ConfirmZones says how observers are chosen by zone.
+// +kubebuilder:validation:Enum=Prefer;Require;Ignore
+type ConfirmZones string
+
+const (
+	ConfirmZonesPrefer  ConfirmZones = "Prefer"
+	ConfirmZonesRequire ConfirmZones = "Require"
+	ConfirmZonesIgnore  ConfirmZones = "Ignore"
+)
 
 // NoDataPolicy says what a query evaluation that returns nothing counts as.
 // +kubebuilder:validation:Enum=Ignore;Failure
@@ -814,6 +849,11 @@ type CircuitBreakerStatus struct {
 	// +optional
 	LastTransitionTime *metav1.Time `json:"lastTransitionTime,omitempty"`
 
+	// confirmation is the newest second opinion on a trip (spec.trip.confirm): who was asked
+	// and what each saw.
+	// +optional
+	Confirmation *ConfirmationStatus `json:"confirmation,omitempty"`
+
 	// openUntil is when the next HalfOpen trial starts; set only while Open.
 	// +optional
 	OpenUntil *metav1.Time `json:"openUntil,omitempty"`
@@ -1135,4 +1175,67 @@ type CircuitBreakerList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	// items are the CircuitBreakers.
 	Items []CircuitBreaker `json:"items"`
+}
+
+// ConfirmationStatus is one second opinion on a trip.
+type ConfirmationStatus struct {
+	// time is when the manager's probes made the trip suspect and the observers were asked.
+	// +required
+	Time metav1.Time `json:"time"`
+
+	// outcome is Asking while answers are due; then Confirmed (the breaker tripped, or the
+	// observer guard decided), Refuted (the trip is held and traffic keeps flowing) or
+	// Unconfirmed (nobody answered in time, so the manager's probes alone decided).
+	// +kubebuilder:validation:Enum=Asking;Confirmed;Refuted;Unconfirmed
+	// +required
+	Outcome string `json:"outcome"`
+
+	// rule is the trip rule that held on the manager's probes.
+	// +kubebuilder:validation:MaxLength=64
+	// +optional
+	Rule string `json:"rule,omitempty"`
+
+	// message says the outcome in words, naming who saw what.
+	// +kubebuilder:validation:MaxLength=1024
+	// +optional
+	Message string `json:"message,omitempty"`
+
+	// heldUntil is, for a refuted trip, when the observers are asked again if the manager's
+	// probes still hold the rule.
+	// +optional
+	HeldUntil *metav1.Time `json:"heldUntil,omitempty"`
+
+	// votes are the observers' votes, the manager's own node first.
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=6
+	// +optional
+	Votes []ObserverVote `json:"votes,omitempty"`
+}
+
+// ObserverVote is what one observer saw.
+type ObserverVote struct {
+	// observer is the observer's node.
+	// +kubebuilder:validation:MaxLength=253
+	// +required
+	Observer string `json:"observer"`
+
+	// zone is the node's topology.kubernetes.io/zone, if it has one.
+	// +kubebuilder:validation:MaxLength=63
+	// +optional
+	Zone string `json:"zone,omitempty"`
+
+	// verdict is Failing, Healthy, or Silent (no usable answer in time).
+	// +kubebuilder:validation:Enum=Failing;Healthy;Silent
+	// +required
+	Verdict string `json:"verdict"`
+
+	// degraded says the observer's vote weighed half: it alone saw several unrelated targets
+	// failing that its peers reached.
+	// +optional
+	Degraded bool `json:"degraded,omitempty"`
+
+	// detail is what it saw fail, such as "HTTP 503 from 10.0.0.7:8080".
+	// +kubebuilder:validation:MaxLength=256
+	// +optional
+	Detail string `json:"detail,omitempty"`
 }

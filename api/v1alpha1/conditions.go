@@ -37,6 +37,11 @@ const (
 	// addresses stay published), AddressesRefused (every address answered is one tripswitch
 	// never publishes) or ExternalHostNotAllowed. It is absent for Service targets.
 	ConditionResolved = "Resolved"
+	// ConditionConfirmation reports the newest second opinion on a trip (status.confirmation):
+	// True with TripConfirmed, False with TripRefuted while the observers hold the trip,
+	// Unknown with Asking while answers are due or with Unconfirmed when nobody answered and
+	// the manager's probes alone decided. It is absent before the first.
+	ConditionConfirmation = "Confirmation"
 )
 
 // Condition reasons.
@@ -113,4 +118,12 @@ const (
 	// ReasonExternalHostNotAllowed: the external target's host is not allowed by the
 	// manager's --allowed-external-hosts, so it is neither resolved nor probed.
 	ReasonExternalHostNotAllowed = "ExternalHostNotAllowed"
+	// ReasonAsking: observers are being asked about a suspect trip (ConditionConfirmation).
+	ReasonAsking = "Asking"
+	// ReasonTripConfirmed: a majority of the observers that answered saw the failure.
+	ReasonTripConfirmed = "TripConfirmed"
+	// ReasonTripRefuted: the observers see the target healthy; the trip is held.
+	ReasonTripRefuted = "TripRefuted"
+	// ReasonUnconfirmed: no observer answered in time; the manager's probes alone decided.
+	ReasonUnconfirmed = "Unconfirmed"
 )

@@ -53,6 +53,10 @@ const (
 	DefaultQueryInterval = 15 * time.Second
 	// DefaultQueryFor is how many consecutive evaluations of a PromQL trip rule must hold.
 	DefaultQueryFor = int32(3)
+
+	// DefaultConfirmObservers is how many observers a suspect trip asks, where the manager
+	// has observers: with the manager's own node, three votes, so one sick node is outvoted.
+	DefaultConfirmObservers = int32(2)
 )
 
 // Resolve returns a copy of the breaker's spec in which every field the user left unset is
@@ -130,6 +134,15 @@ func resolveTrip(t *TripSpec, hasProfile bool, preset Preset) {
 	resolveRate(t.SlowRate)
 	if len(t.Queries) > 0 && t.QueryInterval == nil {
 		t.QueryInterval = &metav1.Duration{Duration: DefaultQueryInterval}
+	}
+	if t.Confirm == nil {
+		t.Confirm = &ConfirmSpec{}
+	}
+	if t.Confirm.Observers == nil {
+		t.Confirm.Observers = ptr.To(DefaultConfirmObservers)
+	}
+	if t.Confirm.Zones == "" {
+		t.Confirm.Zones = ConfirmZonesPrefer
 	}
 	for i := range t.Queries {
 		q := &t.Queries[i]

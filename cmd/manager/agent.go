@@ -7,20 +7,28 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/agent"
+	"github.com/tripswitch/tripswitch/internal/controller"
 	"github.com/tripswitch/tripswitch/internal/flows"
+	"github.com/tripswitch/tripswitch/internal/observer"
+	"github.com/tripswitch/tripswitch/internal/probe"
 )
 
 // agentOptions are the settings of `manager agent`.
@@ -33,7 +41,11 @@ type agentOptions struct {
 	resetGuard    bool
 	resetGuardTTL time.Duration
 	kubeconfig    string
-	zap           zap.Options
+	// The observer (issue 23): serves the leader's second-opinion requests when managerSA is set.
+	observerAddr string
+	managerSA    string
+	nodeName     string
+	zap          zap.Options
 }
 
 func parseAgentFlags(fs *flag.FlagSet, args []string) (*agentOptions, error) {
@@ -58,8 +70,25 @@ func parseAgentFlags(fs *flag.FlagSet, args []string) (*agentOptions, error) {
 			"net.netfilter.nf_conntrack_tcp_loose says and whatever the front publishes. Needs CAP_NET_RAW besides CAP_NET_ADMIN.")
 	fs.DurationVar(&o.resetGuardTTL, "reset-guard-ttl", 10*time.Minute,
 		"How long the reset guard keeps a cut flow's tuple: a pooled connection idle for longer is not reset by the guard.")
+	fs.StringVar(&o.managerSA, "manager-service-account", "",
+		"The manager's service account, as namespace/name: set, the agent is an observer that answers only it, probing "+
+			"once the endpoints a CircuitBreaker's front publishes, with that breaker's probe spec, when a trip is suspect "+
+			"(the manager's --observer-service). Empty: the agent observes nothing and opens no port for it.")
+	fs.StringVar(&o.observerAddr, "observer-bind-address", ":8493",
+		"Address of the observer's endpoint, with --manager-service-account. In the host network namespace: this port is "+
+			"taken on every node. Requests need the manager's token, reviewed by the API server.")
+	fs.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"),
+		"This agent's node (the downward API's spec.nodeName), which names it in its answers.")
 	if err := parseSubcommand(fs, args, &o.kubeconfig, &o.zap); err != nil {
 		return nil, err
+	}
+	if o.managerSA != "" {
+		if ns, name, ok := strings.Cut(o.managerSA, "/"); !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+			return nil, fmt.Errorf("--manager-service-account must be namespace/name, got %q", o.managerSA)
+		}
+		if _, _, err := net.SplitHostPort(o.observerAddr); err != nil {
+			return nil, fmt.Errorf("--observer-bind-address must be host:port, got %q", o.observerAddr)
+		}
 	}
 	if _, _, err := net.SplitHostPort(o.probeAddr); err != nil {
 		return nil, fmt.Errorf("--health-probe-bind-address must be host:port, got %q", o.probeAddr)
@@ -125,6 +154,9 @@ func runAgent(ctx context.Context, args []string) error {
 	}
 	scheme := runtime.NewScheme()
 	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
+	if o.managerSA != "" {
+		utilruntime.Must(tripswitchv1alpha1.AddToScheme(scheme))
+	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 scheme,
 		Cache:                  agent.CacheOptions(),
@@ -145,7 +177,35 @@ func runAgent(ctx context.Context, args []string) error {
 		ProxyWait: o.kubeProxyWait, Metrics: metrics}); err != nil {
 		return fmt.Errorf("setting up the agent: %w", err)
 	}
+	if o.managerSA != "" {
+		if err := setUpObserver(ctx, mgr, o); err != nil {
+			return err
+		}
+	}
 	log.Info("Starting the node agent", "resetGuard", guard != nil, "resetGuardTTL", o.resetGuardTTL,
-		"kubeProxyMetrics", o.kubeProxyURL, "kubeProxySyncTimeout", o.kubeProxyWait, "maxChangeAge", o.maxChangeAge)
+		"kubeProxyMetrics", o.kubeProxyURL, "kubeProxySyncTimeout", o.kubeProxyWait, "maxChangeAge", o.maxChangeAge,
+		"observer", o.managerSA != "", "observerBindAddress", o.observerAddr, "nodeName", o.nodeName)
 	return mgr.Start(ctx)
+}
+
+// setUpObserver makes the agent an observer: it reads CircuitBreakers (their informer starts
+// with the manager, so that the first request finds it synced) and serves observer.Server.
+func setUpObserver(ctx context.Context, mgr ctrl.Manager, o *agentOptions) error {
+	if _, err := mgr.GetCache().GetInformer(ctx, &tripswitchv1alpha1.CircuitBreaker{}); err != nil {
+		return fmt.Errorf("getting the CircuitBreaker informer: %w", err)
+	}
+	ns, name, _ := strings.Cut(o.managerSA, "/")
+	srv := &observer.Server{
+		Node:     o.nodeName,
+		Auth:     &observer.TokenReviewer{Client: mgr.GetClient(), Clock: clock.RealClock{}, Good: time.Minute, Bad: 10 * time.Second},
+		Allowed:  "system:serviceaccount:" + ns + ":" + name,
+		Breakers: observer.ClusterBreakers{Reader: mgr.GetClient()},
+		Compile: func(cb *tripswitchv1alpha1.CircuitBreaker) (probe.Spec, error) {
+			spec := cb.Resolve()
+			run, err := controller.Compile(&spec)
+			return run.Probe, err
+		},
+		NewProber: probe.NewFactory(nil, clock.RealClock{}).New,
+	}
+	return mgr.Add(manager.RunnableFunc(func(ctx context.Context) error { return srv.Run(ctx, o.observerAddr) }))
 }

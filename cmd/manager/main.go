@@ -63,6 +63,9 @@ type options struct {
 	externalDNSServer       string
 	externalRefusedCIDRs    string
 	clusterDomain           string
+	observerService         string
+	observerTokenFile       string
+	nodeName                string
 	zap                     zap.Options
 }
 
@@ -139,6 +142,15 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 		"Comma-separated CIDR prefixes whose addresses are never published for an external target, besides the "+
 			"cluster's Service ranges (read from ServiceCIDRs), loopback, link-local and multicast: ranges of the "+
 			"cluster's own that the API does not tell, such as the pod network.")
+	fs.StringVar(&o.observerService, "observer-service", "",
+		"The node agents' Service, as namespace/name, with a port named observer: its ready endpoints are the observers "+
+			"that a breaker's spec.trip.confirm asks for a second opinion before a trip takes traffic away. The agents must "+
+			"run with --manager-service-account naming this manager. Empty: every trip rests on the manager's probes alone.")
+	fs.StringVar(&o.observerTokenFile, "observer-token-file", "/var/run/secrets/tripswitch.io/observer/token",
+		"The manager's projected service-account token for the audience tripswitch-observer, which it shows the observers.")
+	fs.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"),
+		"The manager's own node (from the downward API's spec.nodeName), whose agent is never asked for a second opinion: "+
+			"it shares the manager's network. Required with --observer-service.")
 	fs.StringVar(&o.clusterDomain, "cluster-domain", "cluster.local",
 		"The cluster's DNS domain, for the CoreDNS stanza that external targets' status suggests.")
 	o.zap.BindFlags(fs)
@@ -177,6 +189,12 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 	}
 	if o.leaderElectionID == "" {
 		return nil, errors.New("--leader-election-id must not be empty")
+	}
+	if _, err := responderService(o.observerService); err != nil {
+		return nil, fmt.Errorf("--observer-service: %w", err)
+	}
+	if o.observerService != "" && o.nodeName == "" {
+		return nil, errors.New("--observer-service needs --node-name (or NODE_NAME): the manager must not ask its own node")
 	}
 	if _, err := responderService(o.responderService); err != nil {
 		return nil, err
@@ -257,6 +275,7 @@ func run(o *options) error {
 	}
 
 	responder, _ := responderService(o.responderService)
+	observers, _ := responderService(o.observerService)
 	var dial probe.DialFunc
 	if o.probeAddressMap != "" {
 		m, _ := probe.ParseAddressMap(o.probeAddressMap)
@@ -296,6 +315,9 @@ func run(o *options) error {
 		AllowedExternalHosts:    hosts,
 		ExternalRefusedCIDRs:    refused,
 		ClusterDomain:           o.clusterDomain,
+		Observers:               observers,
+		ObserverTokenFile:       o.observerTokenFile,
+		NodeName:                o.nodeName,
 	}); err != nil {
 		return fmt.Errorf("setting up the CircuitBreaker controller: %w", err)
 	}
@@ -310,7 +332,8 @@ func run(o *options) error {
 	ctrl.Log.WithName("setup").Info("Starting manager", "leaderElection", o.leaderElect, "responderService", o.responderService, "statusSyncPeriod", o.statusSyncPeriod,
 		"maxConcurrentReconciles", o.maxConcurrentReconciles, "kubeAPIQPS", o.kubeAPIQPS, "kubeAPIBurst", o.kubeAPIBurst,
 		"probeAllowedCIDRs", o.probeAllowedCIDRs, "maxTripFraction", o.guard.MaxTripFraction, "observerGuardWindow", o.guard.Window,
-		"observerGuardMinBreakers", o.guard.MinBreakers, "observerGuardReleaseTimeout", o.guard.ReleaseTimeout)
+		"observerGuardMinBreakers", o.guard.MinBreakers, "observerGuardReleaseTimeout", o.guard.ReleaseTimeout,
+		"observerService", o.observerService, "nodeName", o.nodeName)
 	return mgr.Start(ctx)
 }
 

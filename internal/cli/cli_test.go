@@ -339,6 +339,13 @@ func shop(t *testing.T, ns string) (payments, orders, search *tripswitchv1alpha1
 			State: tripswitchv1alpha1.StateClosed, GateState: tripswitchv1alpha1.StateClosed, Mode: tripswitchv1alpha1.ModeAuto,
 			Reason: "TrialSucceeded", LastTransitionTime: at(-3 * time.Hour), Trips: 2, ConsecutiveSuccesses: 40,
 			Endpoints: &tripswitchv1alpha1.EndpointsStatus{Target: 3, Published: 3}, FrontService: "search",
+			// Its manager's node lost its route to the search pods' node a minute ago; the
+			// observers on two other nodes reach them.
+			Confirmation: &tripswitchv1alpha1.ConfirmationStatus{Time: *at(-time.Minute), Outcome: "Refuted",
+				Rule: "ConsecutiveFailures", HeldUntil: at(20 * time.Second),
+				Message: "held: 2 of 3 observers see search healthy (node-b, node-c); node-a sees it failing",
+				Votes: []tripswitchv1alpha1.ObserverVote{{Observer: "node-a", Zone: "eu-west-1a", Verdict: "Failing"},
+					{Observer: "node-b", Zone: "eu-west-1b", Verdict: "Healthy"}, {Observer: "node-c", Zone: "eu-west-1c", Verdict: "Healthy"}}},
 			Conditions: []metav1.Condition{ready},
 		}, nil)
 

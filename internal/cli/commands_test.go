@@ -93,6 +93,7 @@ func TestWhy(t *testing.T) {
 		{"why-payments", []string{"why", "payments", "-n", "why-shop"}},
 		{"why-payments-limit", []string{"why", "payments", "-n", "why-shop", "--limit", "3"}},
 		{"why-orders", []string{"why", "orders", "-n", "why-shop"}},
+		{"why-search", []string{"why", "search", "-n", "why-shop"}},
 	} {
 		t.Run(tc.golden, func(t *testing.T) {
 			r := kubectl(t, tc.args...)

@@ -76,6 +76,25 @@ func (s *session) why(ctx context.Context, name string, limit int) error {
 			fmt.Fprintf(out, "Query rule %s cannot trip the breaker now: %s\n", q.Name, q.Error)
 		}
 	}
+	if c := st.Confirmation; c != nil {
+		fmt.Fprintf(out, "Second opinion at %s (%s), %s: %s.\n", stamp(c.Time.Time), ago(now, c.Time.Time), c.Outcome, c.Message)
+		for _, v := range c.Votes {
+			line := fmt.Sprintf("  %s: %s", v.Observer, v.Verdict)
+			if v.Zone != "" {
+				line += ", zone " + v.Zone
+			}
+			if v.Degraded {
+				line += ", degraded (its vote weighs half)"
+			}
+			if v.Detail != "" {
+				line += ", " + v.Detail
+			}
+			fmt.Fprintln(out, line)
+		}
+		if c.HeldUntil != nil && c.HeldUntil.After(now) {
+			fmt.Fprintf(out, "The observers are asked again %s if the manager's probes still hold %s.\n", countdown(now, c.HeldUntil.Time), c.Rule)
+		}
+	}
 
 	var list eventsv1.EventList
 	// The field selector narrows the list on the server; the loop below still checks the UID,

@@ -46,7 +46,7 @@ func (r *CircuitBreakerReconciler) reconcileEngine(ctx context.Context, st *reco
 		Restore: snapshotFromStatus(&cb.Status), Seed: seedFor(cb),
 		Gated: run.Engine.Mode == breaker.Auto, HeldSince: heldSince(&cb.Status),
 		Ejection: run.Ejection, RampKeep: run.RampKeep, RestoreEjections: ejectionsFromStatus(&cb.Status),
-		Queries: rules, QueryInterval: queryInterval,
+		Queries: rules, QueryInterval: queryInterval, Confirm: run.Confirm,
 	}
 	switch {
 	case st.target == nil:
@@ -80,6 +80,7 @@ func (r *CircuitBreakerReconciler) reconcileEngine(ctx context.Context, st *reco
 	r.reportEjection(ctx, cb, st.spec.Mode, &view, endpointEvents)
 	applyQueries(cb, view.Queries)
 	r.reportHold(ctx, cb, view.Held)
+	r.reportConfirmation(ctx, cb, view.Confirmation)
 	if r.Metrics != nil {
 		names := make([]string, len(rules))
 		for i, rule := range rules {
@@ -132,6 +133,9 @@ func transitionDetail(c runner.Change) string {
 		detail = c.Query
 	case c.Probe != nil:
 		detail = fmt.Sprintf("%s from %s", c.Probe.Message, c.Probe.Endpoint)
+	}
+	if c.Confirmation != nil {
+		detail = strings.TrimPrefix(detail+"; "+c.Confirmation.Message("the target"), "; ")
 	}
 	if c.Released {
 		detail = strings.TrimPrefix(detail+"; the observer guard had held this trip and let it go after its release timeout", "; ")

@@ -13,6 +13,7 @@ import (
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
 	"github.com/tripswitch/tripswitch/internal/breaker"
+	"github.com/tripswitch/tripswitch/internal/confirm"
 	"github.com/tripswitch/tripswitch/internal/ejection"
 	"github.com/tripswitch/tripswitch/internal/probe"
 	"github.com/tripswitch/tripswitch/internal/runner"
@@ -28,6 +29,8 @@ type Runnable struct {
 	// RampKeep is how many endpoints a HalfOpen gate published, which slow start keeps when
 	// the breaker closes.
 	RampKeep int
+	// Confirm is trip.confirm, for the scheduler's second opinion.
+	Confirm runner.ConfirmConfig
 }
 
 // Compile maps a resolved spec onto a probe and an engine configuration and validates both
@@ -43,7 +46,7 @@ func Compile(spec *tripswitchv1alpha1.CircuitBreakerSpec) (Runnable, error) {
 		return Runnable{}, fmt.Errorf("probe: %w", err)
 	}
 	r := Runnable{Probe: pspec, Interval: spec.Probe.Interval.Duration, Engine: engineConfig(spec),
-		Ejection: ejectionConfig(spec)}
+		Ejection: ejectionConfig(spec), Confirm: confirmConfig(spec)}
 	if es := spec.Gate.EndpointSlice; es != nil {
 		r.RampKeep = int(es.HalfOpenEndpoints)
 	}
@@ -268,4 +271,19 @@ func externalHTTP(h *probe.HTTPSpec, ext *tripswitchv1alpha1.ExternalTarget) {
 			h.TLS.ServerName = ext.Host
 		}
 	}
+}
+
+// confirmConfig maps trip.confirm and the rate rules' percents for the observers' judgement.
+func confirmConfig(spec *tripswitchv1alpha1.CircuitBreakerSpec) runner.ConfirmConfig {
+	var c runner.ConfirmConfig
+	if cf := spec.Trip.Confirm; cf != nil && cf.Observers != nil {
+		c.Observers, c.Zones = int(*cf.Observers), confirm.ZonePolicy(cf.Zones)
+	}
+	if r := spec.Trip.FailureRate; r != nil {
+		c.FailurePercent = int(r.Percent)
+	}
+	if r := spec.Trip.SlowRate; r != nil {
+		c.SlowPercent = int(r.Percent)
+	}
+	return c
 }

@@ -4,9 +4,11 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"time"
 
+	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
@@ -16,9 +18,11 @@ import (
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
+	"github.com/tripswitch/tripswitch/internal/confirm"
 	"github.com/tripswitch/tripswitch/internal/external"
 	"github.com/tripswitch/tripswitch/internal/guard"
 	"github.com/tripswitch/tripswitch/internal/metrics"
+	"github.com/tripswitch/tripswitch/internal/observer"
 	"github.com/tripswitch/tripswitch/internal/probe"
 	"github.com/tripswitch/tripswitch/internal/query"
 	"github.com/tripswitch/tripswitch/internal/runner"
@@ -69,6 +73,18 @@ type Options struct {
 	ExternalRefusedCIDRs []netip.Prefix
 	// ClusterDomain is the cluster's DNS domain; empty is cluster.local.
 	ClusterDomain string
+	// Observers is the node agents' Service (--observer-service), whose ready endpoints give
+	// gated trips a second opinion (spec.trip.confirm); empty leaves every trip to the
+	// manager's own probes. ObserverPortName is its port (empty is "observer"),
+	// ObserverTokenFile the manager's projected token for observer.Audience, and NodeName the
+	// manager's own node, which is never asked.
+	Observers         types.NamespacedName
+	ObserverPortName  string
+	ObserverTokenFile string
+	NodeName          string
+	// Confirmer, when set, gives the second opinion instead of the observers behind
+	// Observers (tests).
+	Confirmer runner.Confirmer
 }
 
 // externalLookupTimeout bounds one resolution of an external host, over every DNS server.
@@ -106,7 +122,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 	g.SetActiveObserver(recorder.SetObserverGuard)
 
 	if o.SliceCache != nil {
-		o.SliceCache.connect(mgr.GetAPIReader(), breakersRead(mgr.GetCache(), o.Responder))
+		o.SliceCache.connect(mgr.GetAPIReader(), breakersRead(mgr.GetCache(), o.Responder, o.Observers))
 	}
 	r := &CircuitBreakerReconciler{
 		Client:            mgr.GetClient(),
@@ -148,7 +164,18 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		}
 		querier = c
 	}
+	confirmer := o.Confirmer
+	if confirmer == nil && o.Observers.Name != "" {
+		dir := observer.SliceDirectory{PortName: cmp.Or(o.ObserverPortName, "observer"), Node: o.NodeName,
+			Slices: func(ctx context.Context) ([]discoveryv1.EndpointSlice, error) {
+				return r.slicesOf(ctx, o.Observers.Namespace, o.Observers.Name)
+			}}
+		client := &observer.Client{Token: observer.TokenFile(o.ObserverTokenFile),
+			HTTP: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2, IdleConnTimeout: time.Minute}}}
+		confirmer = observer.NewConfirmer(client, dir, clk, confirm.DefaultHealth)
+	}
 	r.Scheduler = runner.New(runner.Options{
+		Confirmer:           confirmer,
 		NewProber:           probe.NewFactory(o.Dial, clk).New,
 		Clock:               clk,
 		MaxConcurrentProbes: o.MaxConcurrentProbes,
@@ -190,10 +217,12 @@ func clientQPS(cfg *rest.Config) float64 {
 // breakersRead says whether any breaker reads a Service's slices: the responder's, or one
 // that a breaker names as target, front or fallback (the index waits for the breakers' cache
 // to sync). A breaker being deleted is still in the cache, and so still reads its front.
-func breakersRead(breakers client.Reader, responder types.NamespacedName) func(context.Context, string, string) (bool, error) {
+func breakersRead(breakers client.Reader, responder, observers types.NamespacedName) func(context.Context, string, string) (bool, error) {
 	return func(ctx context.Context, namespace, service string) (bool, error) {
-		if namespace == responder.Namespace && service == responder.Name {
-			return true, nil
+		for _, svc := range []types.NamespacedName{responder, observers} {
+			if namespace == svc.Namespace && service == svc.Name {
+				return true, nil
+			}
 		}
 		var list tripswitchv1alpha1.CircuitBreakerList
 		if err := breakers.List(ctx, &list, client.InNamespace(namespace), client.MatchingFields{servicesIndex: service},

@@ -5,8 +5,10 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -17,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	tripswitchv1alpha1 "github.com/tripswitch/tripswitch/api/v1alpha1"
+	"github.com/tripswitch/tripswitch/internal/confirm"
 )
 
 // ClusterBreakers reads breakers and their fronts' EndpointSlices through a client.Reader:
@@ -61,6 +64,56 @@ func (c ClusterBreakers) Published(ctx context.Context, cb *tripswitchv1alpha1.C
 		}
 	}
 	return out, nil
+}
+
+// SliceDirectory finds the observers through the EndpointSlices of the node agents'
+// Service, which Kubernetes keeps: each ready endpoint is an agent, named by its nodeName and
+// placed by its zone (the EndpointSlice controller copies the node's
+// topology.kubernetes.io/zone). The agents use the host network, so an endpoint's address is
+// its node's. Reading slices needs no access to pods or nodes beyond what the manager has.
+type SliceDirectory struct {
+	// Slices reads the agents' Service's EndpointSlices.
+	Slices func(ctx context.Context) ([]discoveryv1.EndpointSlice, error)
+	// PortName is the Service port the observers serve on.
+	PortName string
+	// Node is the leader's own node (the downward API's spec.nodeName).
+	Node string
+}
+
+// Peers returns the leader's node, placed by its own agent's endpoint when it has one, and
+// every ready agent (its own among them: Choose leaves that one out).
+func (d SliceDirectory) Peers(ctx context.Context) (confirm.Observer, []Peer, error) {
+	leader := confirm.Observer{Name: d.Node}
+	slices, err := d.Slices(ctx)
+	if err != nil {
+		return leader, nil, err
+	}
+	var peers []Peer
+	for _, sl := range slices {
+		port := 0
+		for _, p := range sl.Ports {
+			if p.Port != nil && p.Name != nil && *p.Name == d.PortName {
+				port = int(*p.Port)
+			}
+		}
+		if port == 0 {
+			continue
+		}
+		for _, ep := range sl.Endpoints {
+			if ep.NodeName == nil || *ep.NodeName == "" || len(ep.Addresses) == 0 || ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
+				continue
+			}
+			o := confirm.Observer{Name: *ep.NodeName}
+			if ep.Zone != nil {
+				o.Zone = *ep.Zone
+			}
+			if o.Name == d.Node {
+				leader.Zone = o.Zone
+			}
+			peers = append(peers, Peer{Observer: o, URL: "http://" + net.JoinHostPort(ep.Addresses[0], strconv.Itoa(port))})
+		}
+	}
+	return leader, peers, nil
 }
 
 // TokenReviewer authenticates bearer tokens with the API server's TokenReview, for Audience

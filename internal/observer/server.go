@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
@@ -170,4 +171,28 @@ func (s *Server) observe(ctx context.Context, r Request, eps []probe.Endpoint) (
 	}
 	wg.Wait()
 	return resp, http.StatusOK, nil
+}
+
+// Run serves s on addr until ctx is done, then shuts the server down, letting requests in
+// flight finish for up to 5 s. A request's probes end with the breaker's probe timeout, so
+// the write timeout only bounds a client that does not read.
+func (s *Server) Run(ctx context.Context, addr string) error {
+	srv := &http.Server{Addr: addr, Handler: s, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 2 * time.Minute, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
+	errs := make(chan error, 1)
+	go func() { errs <- srv.ListenAndServe() }()
+	select {
+	case err := <-errs:
+		return err
+	case <-ctx.Done():
+	}
+	shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdown); err != nil {
+		return err
+	}
+	if err := <-errs; err != http.ErrServerClosed {
+		return err
+	}
+	return nil
 }

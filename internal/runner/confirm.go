@@ -43,9 +43,10 @@ type Suspicion struct {
 type ConfirmConfig struct {
 	Observers int
 	Zones     confirm.ZonePolicy
-	// Percent is the failure-rate or slow-rate trip's percent, which an observer's share of
-	// failing probes is judged by (confirm.Rule); 0 for consecutive failures alone.
-	Percent int
+	// FailurePercent and SlowPercent are the failure-rate and slow-rate trips' percents,
+	// which an observer's share of failing probes is judged by when that rule holds
+	// (confirm.Rule); 0 when the rule is not set.
+	FailurePercent, SlowPercent int
 }
 
 // Confirmation is a breaker's second opinion as the controller reports it.
@@ -135,8 +136,11 @@ func (s *Scheduler) suspect(e *entry, r breaker.Reason, now time.Time) {
 	}
 	slices.SortFunc(eps, func(a, b probe.Endpoint) int { return a.Compare(b) })
 	rule := confirm.Rule{Slow: r == breaker.SlowRate}
-	if r == breaker.FailureRate || r == breaker.SlowRate {
-		rule.Percent = e.confirmCfg.Percent
+	switch r {
+	case breaker.FailureRate:
+		rule.Percent = e.confirmCfg.FailurePercent
+	case breaker.SlowRate:
+		rule.Percent = e.confirmCfg.SlowPercent
 	}
 	q := Suspicion{Key: e.key, Reason: r, Endpoints: eps, Rule: rule, Observers: e.confirmCfg.Observers, Zones: e.confirmCfg.Zones}
 	ctx, cancel := context.WithTimeout(e.ctx, e.spec.Timeout+confirmSlack)

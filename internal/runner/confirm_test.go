@@ -178,7 +178,7 @@ func TestSchedulerAsksAboutTheEndpointsThatFailedByTheRatesOwnRule(t *testing.T)
 	reg.Config.ConsecutiveFailures = 0
 	reg.Config.FailureRate = breaker.RateRule{Percent: 50, Window: 6, MinimumProbes: 6}
 	reg.Gated = true
-	reg.Confirm = ConfirmConfig{Observers: 2, Percent: 50}
+	reg.Confirm = ConfirmConfig{Observers: 2, FailurePercent: 50}
 	g.Expect(s.Upsert(key(1), reg)).To(Succeed())
 
 	g.Eventually(func() int { return len(o.questions()) }, 5*time.Second).Should(Equal(1))

@@ -38,6 +38,7 @@ import (
 	"github.com/tripswitch/tripswitch/internal/external"
 	"github.com/tripswitch/tripswitch/internal/guard"
 	"github.com/tripswitch/tripswitch/internal/probe"
+	"github.com/tripswitch/tripswitch/internal/runner"
 )
 
 var (
@@ -130,6 +131,8 @@ type managerOptions struct {
 	// externalHosts is --allowed-external-hosts, and dnsServer the --external-dns-server that
 	// those hosts are resolved through.
 	externalHosts, dnsServer string
+	// confirmer gives gated trips a second opinion (spec.trip.confirm); nil is none.
+	confirmer runner.Confirmer
 }
 
 // startManager starts a manager process equivalent, with the CircuitBreaker controller, and
@@ -187,6 +190,7 @@ func startManager(opts managerOptions) (stop func()) {
 		QueryTimeout:         2 * time.Second,
 		// As the binary's default: every query is confined to its breaker's namespace.
 		QueryNamespaceLabel: "namespace",
+		Confirmer:           opts.confirmer,
 	})).To(Succeed())
 
 	done := make(chan struct{})

@@ -83,6 +83,12 @@ func key(o object) string {
 // kustomizeBuild runs kustomize build config/default with the pinned kustomize.
 func kustomizeBuild(t tester) []object {
 	t.Helper()
+	return kustomizeBuildDir(t, filepath.Join(repoRoot, "config", "default"))
+}
+
+// kustomizeBuildDir runs kustomize build dir with the pinned kustomize.
+func kustomizeBuildDir(t tester, dir string) []object {
+	t.Helper()
 	kustomize := os.Getenv("KUSTOMIZE")
 	if kustomize == "" {
 		matches, _ := filepath.Glob(filepath.Join(repoRoot, "bin", "kustomize-*"))
@@ -92,7 +98,7 @@ func kustomizeBuild(t tester) []object {
 		kustomize = matches[len(matches)-1]
 	}
 	var stderr bytes.Buffer
-	cmd := exec.Command(kustomize, "build", filepath.Join(repoRoot, "config", "default"))
+	cmd := exec.Command(kustomize, "build", dir)
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
