@@ -48,6 +48,12 @@ func TestParseFlags(t *testing.T) {
 		{args: []string{"--responder-service=a/b/c"}, wantErr: "--responder-service must be namespace/name"},
 		{args: []string{"--responder-service=Ops/answer"}, wantErr: "--responder-service must be namespace/name"},
 		{args: []string{"--responder-service=ops/"}, wantErr: "--responder-service must be namespace/name"},
+		{args: nil, check: func(o *options) bool { return o.observerService == "" }},
+		{args: []string{"--observer-service=tripswitch-system/tripswitch-observers", "--node-name=node-a"}, check: func(o *options) bool {
+			return o.observerService == "tripswitch-system/tripswitch-observers" && o.nodeName == "node-a"
+		}},
+		{args: []string{"--observer-service=tripswitch-observers", "--node-name=node-a"}, wantErr: "--observer-service"},
+		{args: []string{"--observer-service=tripswitch-system/tripswitch-observers", "--node-name="}, wantErr: "--observer-service needs --node-name"},
 		{args: nil, check: func(o *options) bool { return o.probeAllowedCIDRs == "0.0.0.0/0,::/0" }},
 		{args: []string{"--probe-allowed-cidrs=10.244.0.0/16,fd00:10:244::/48"}, check: func(o *options) bool {
 			return o.probeAllowedCIDRs == "10.244.0.0/16,fd00:10:244::/48"

@@ -141,10 +141,16 @@ func Tally(leader Ballot, ballots []Ballot, final bool) Result {
 // Voters returns the names of the observers that voted v, the leader first when it did.
 func (r Result) Voters(v Verdict) []string {
 	var names []string
-	for _, b := range append([]Ballot{r.Leader}, r.Ballots...) {
+	for _, b := range r.Ballots {
 		if b.Verdict == v {
 			names = append(names, b.Observer.Name)
 		}
+	}
+	// By name, not in the order asked (a rotation per breaker), so that messages read the
+	// same for every breaker; the leader, when it voted so, comes first.
+	slices.Sort(names)
+	if r.Leader.Verdict == v {
+		names = append([]string{r.Leader.Observer.Name}, names...)
 	}
 	return names
 }

@@ -153,7 +153,7 @@ var _ = Describe("A second opinion", func() {
 	var ns string
 	BeforeEach(func() { ns = newNamespace() })
 
-	const spec = `{target: {service: payments-backend, port: http}, probe: {interval: 100ms, timeout: 200ms},
+	const spec = `{target: {service: payments-backend, port: http}, probe: {interval: 200ms, timeout: 150ms},
 		trip: {consecutiveFailures: 3, confirm: {observers: 2}}, recovery: {openDuration: 1m}}`
 
 	It("holds a trip that only the manager's node sees, keeps every endpoint published, and says who sees the target healthy", func(ctx SpecContext) {

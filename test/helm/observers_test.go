@@ -21,8 +21,11 @@ var _ = Describe("config/observers, the opt-in second opinion", func() {
 		overlay := GinkgoT().TempDir()
 		root, err := filepath.Abs(repoRoot)
 		Expect(err).NotTo(HaveOccurred())
-		Expect(os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte("resources:\n- "+filepath.Join(root, "config", "default")+
-			"\ncomponents:\n- "+filepath.Join(root, "config", "observers")+"\n"), 0o600)).To(Succeed())
+		// kustomize takes no absolute paths.
+		config, err := filepath.Rel(overlay, filepath.Join(root, "config"))
+		Expect(err).NotTo(HaveOccurred())
+		Expect(os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte("resources:\n- "+config+"/default"+
+			"\ncomponents:\n- "+config+"/observers\n"), 0o600)).To(Succeed())
 		objects := kustomizeBuildDir(GinkgoT(), overlay)
 
 		var manager appsv1.Deployment
