@@ -1190,10 +1190,17 @@ type ConfirmationStatus struct {
 	// +required
 	Outcome string `json:"outcome"`
 
-	// rule is the trip rule that held on the manager's probes.
+	// rule is the trip rule, or with endpoint the ejection rule, that held on the manager's
+	// probes.
 	// +kubebuilder:validation:MaxLength=64
 	// +optional
 	Rule string `json:"rule,omitempty"`
+
+	// endpoint is the one endpoint (ip:port) whose ejection was in question; empty when the
+	// breaker's trip was.
+	// +kubebuilder:validation:MaxLength=64
+	// +optional
+	Endpoint string `json:"endpoint,omitempty"`
 
 	// message says the outcome in words, naming who saw what.
 	// +kubebuilder:validation:MaxLength=1024

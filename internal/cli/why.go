@@ -77,7 +77,11 @@ func (s *session) why(ctx context.Context, name string, limit int) error {
 		}
 	}
 	if c := st.Confirmation; c != nil {
-		fmt.Fprintf(out, "Second opinion at %s (%s), %s: %s.\n", stamp(c.Time.Time), ago(now, c.Time.Time), c.Outcome, c.Message)
+		about := ""
+		if c.Endpoint != "" {
+			about = " on ejecting " + c.Endpoint
+		}
+		fmt.Fprintf(out, "Second opinion%s at %s (%s), %s: %s.\n", about, stamp(c.Time.Time), ago(now, c.Time.Time), c.Outcome, c.Message)
 		for _, v := range c.Votes {
 			line := fmt.Sprintf("  %s: %s", v.Observer, v.Verdict)
 			if v.Zone != "" {

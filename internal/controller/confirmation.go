@@ -13,7 +13,8 @@ import (
 	"github.com/tripswitch/tripswitch/internal/runner"
 )
 
-// reportConfirmation writes the scheduler's newest second opinion into status.confirmation
+// reportConfirmation writes the scheduler's newest second opinion, about the breaker's trip or
+// one endpoint's ejection, into status.confirmation
 // and the Confirmation condition, with a Warning event when observers hold a trip or none
 // answered. A scheduler that has none (a new leader, before its first suspicion) leaves what
 // status says alone.
@@ -21,7 +22,11 @@ func (r *CircuitBreakerReconciler) reportConfirmation(ctx context.Context, cb *t
 	if c == nil {
 		return
 	}
-	st := confirmationStatus(c, cb.Name)
+	subject := cb.Name
+	if c.Endpoint.IsValid() {
+		subject = "endpoint " + c.Endpoint.String() + " of " + cb.Name
+	}
+	st := confirmationStatus(c, subject)
 	prev := cb.Status.Confirmation
 	cb.Status.Confirmation = st
 	status, reason := metav1.ConditionUnknown, tripswitchv1alpha1.ReasonAsking
@@ -50,9 +55,12 @@ func (r *CircuitBreakerReconciler) reportConfirmation(ctx context.Context, cb *t
 // breaker in the message.
 func confirmationStatus(c *runner.Confirmation, subject string) *tripswitchv1alpha1.ConfirmationStatus {
 	st := &tripswitchv1alpha1.ConfirmationStatus{Time: metav1.NewTime(c.Since), Rule: c.Reason.String()}
+	if c.Endpoint.IsValid() {
+		st.Rule, st.Endpoint = c.Ejection.String(), c.Endpoint.String()
+	}
 	if c.Asking || c.Last == nil {
 		st.Outcome = "Asking"
-		st.Message = cut("asking observers on other nodes whether they see "+subject+" failing too ("+c.Reason.String()+
+		st.Message = cut("asking observers on other nodes whether they see "+subject+" failing too ("+st.Rule+
 			" holds on the manager's probes)", 1024)
 		return st
 	}

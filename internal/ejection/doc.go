@@ -46,6 +46,11 @@
 // (none in force). When it refuses, nothing is ejected and View.Held is set until an
 // ejection is permitted or no endpoint's rule holds any more.
 //
+// The second opinion: SetConfirm installs a function asked before each ejection, after the
+// cap and before the guard. When it refuses, the endpoint stays published and healthy; its
+// owner asks observers on other nodes and calls Retry when they agree (RuleHolds says whether
+// there is still something to agree to).
+//
 // Restart: Restore reads back the endpoints status listed (at most MaxListed); the others
 // start Healthy. Status lists who waits on a ramp, not who was admitted, so a restored ramp
 // counts one admitted member (the first always is): it may admit sooner, never later.

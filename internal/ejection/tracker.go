@@ -107,6 +107,7 @@ type Tracker struct {
 	ramp     cohort
 	seq      uint64
 	permit   func() bool
+	confirm  func(ep netip.AddrPort, r Reason) bool
 	held     bool
 	restored map[netip.AddrPort]EndpointStatus // for endpoints not tracked yet
 
@@ -248,6 +249,11 @@ func (t *Tracker) rule(e *endpoint) Reason {
 func (t *Tracker) tryEject(e *endpoint, r Reason, now time.Time, message string) {
 	if t.ejected >= t.maxEjected() {
 		t.setWants(e, true)
+		return
+	}
+	if t.confirm != nil && !t.confirm(e.addr, r) {
+		// Suspect: published and counted healthy until the observers answer (Retry).
+		t.setWants(e, false)
 		return
 	}
 	if t.ejected == 0 && t.permit != nil && !t.permit() {
@@ -492,6 +498,40 @@ func (t *Tracker) Clear() {
 
 // SetPermit installs the function asked before the breaker's first ejection; nil removes it.
 func (t *Tracker) SetPermit(p func() bool) { t.permit = p }
+
+// SetConfirm installs the function asked before each ejection of a published endpoint, after
+// the cap and before the observer guard: the second opinion. When it refuses, the endpoint
+// stays published and counts as healthy, and its owner calls Retry once the observers agree.
+// nil removes it.
+func (t *Tracker) SetConfirm(c func(ep netip.AddrPort, r Reason) bool) { t.confirm = c }
+
+// RuleHolds returns the ejection rule that holds for ep while it is published (NoReason when
+// none does, or ep is ejected or unknown).
+func (t *Tracker) RuleHolds(ep netip.AddrPort) Reason {
+	e := t.eps[ep]
+	if e == nil || e.phase == Ejected {
+		return NoReason
+	}
+	return t.rule(e)
+}
+
+// Retry ejects ep now if it is published and its rule still holds, asking the confirm
+// function, the cap and the guard again; message says why (the observers' verdict). It says
+// whether ep was ejected.
+func (t *Tracker) Retry(ep netip.AddrPort, message string) bool {
+	e := t.eps[ep]
+	if e == nil || e.phase == Ejected {
+		return false
+	}
+	r := t.rule(e)
+	if r == NoReason {
+		return false
+	}
+	now := t.clk.Now()
+	t.tryEject(e, r, now, message)
+	t.settle(now)
+	return e.phase == Ejected
+}
 
 // WantsEjection says whether some endpoint's rule holds but it is not ejected.
 func (t *Tracker) WantsEjection() bool { return t.wanting > 0 }

@@ -338,3 +338,44 @@ func BenchmarkRecord(b *testing.B) {
 		tr.Record(addr(i%100+1), outcomes[i%len(outcomes)], "")
 	}
 }
+
+func TestConfirmKeepsASuspectPublishedUntilRetry(t *testing.T) {
+	g := NewWithT(t)
+	tr, clk := newTracker(t, envoyish(), 4)
+	type ask struct {
+		ep netip.AddrPort
+		r  Reason
+	}
+	var asked []ask
+	allow := false
+	tr.SetConfirm(func(ep netip.AddrPort, r Reason) bool { asked = append(asked, ask{ep, r}); return allow })
+	guardAsked := 0
+	tr.SetPermit(func() bool { guardAsked++; return true })
+
+	fail(tr, 2, 3)
+	g.Expect(asked).To(Equal([]ask{{addr(2), ConsecutiveFailures}}))
+	g.Expect(tr.IsEjected(addr(2))).To(BeFalse(), "a suspect stays published")
+	g.Expect(tr.Summary()).To(Equal(Summary{}), "and counts as neither capped nor held")
+	g.Expect(guardAsked).To(BeZero(), "a trip the observers did not agree to spends none of the guard's budget")
+	g.Expect(tr.RuleHolds(addr(2))).To(Equal(ConsecutiveFailures))
+	g.Expect(tr.RuleHolds(addr(1))).To(Equal(NoReason))
+
+	allow = true
+	clk.Step(time.Second)
+	g.Expect(tr.Retry(addr(2), "confirmed: 2 of 3 observers see it failing")).To(BeTrue())
+	g.Expect(tr.IsEjected(addr(2))).To(BeTrue())
+	g.Expect(guardAsked).To(Equal(1))
+	g.Expect(tr.TakeEvents()).To(ContainElement(And(HaveField("Kind", EventEjected), HaveField("Endpoint", addr(2)),
+		HaveField("Message", "confirmed: 2 of 3 observers see it failing"), HaveField("At", t0.Add(time.Second)))))
+	g.Expect(tr.RuleHolds(addr(2))).To(Equal(NoReason), "an ejected endpoint has no rule to hold")
+	g.Expect(tr.Retry(addr(2), "again")).To(BeFalse())
+
+	fail(tr, 3, 3)
+	tr.Record(addr(3), breaker.Success, "")
+	g.Expect(tr.Retry(addr(3), "late")).To(BeFalse(), "an endpoint that recovered before the answer is not ejected")
+	g.Expect(tr.Retry(addr(9), "unknown")).To(BeFalse())
+
+	tr.SetConfirm(nil)
+	fail(tr, 3, 3)
+	g.Expect(tr.IsEjected(addr(3))).To(BeTrue(), "without a confirm function an ejection goes ahead at once")
+}

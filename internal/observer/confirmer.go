@@ -74,8 +74,11 @@ func (c *Confirmer) Confirm(ctx context.Context, q runner.Suspicion) confirm.Res
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // an early decision stops the questions still out
 	answers := make(chan answer, len(chosen))
-	req := Request{Namespace: q.Key.Namespace, Name: q.Key.Name, Endpoints: make([]string, len(q.Endpoints))}
-	for i, ep := range q.Endpoints {
+	// An observer refuses a question about more than MaxEndpoints: ask about the first ones
+	// (the runner lists the failing ones, sorted), a sample big enough to judge a rate by.
+	eps := q.Endpoints[:min(len(q.Endpoints), MaxEndpoints)]
+	req := Request{Namespace: q.Key.Namespace, Name: q.Key.Name, Endpoints: make([]string, len(eps))}
+	for i, ep := range eps {
 		req.Endpoints[i] = ep.String()
 	}
 	for i, o := range chosen {

@@ -2,12 +2,15 @@ package observer_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -148,7 +151,12 @@ func TestConfirmerFallsBackWhenNoObserverAnswers(t *testing.T) {
 	// A closed port refuses at once; a server that never answers lets the deadline pass.
 	closed := httptest.NewServer(http.NotFoundHandler())
 	closed.Close()
-	hang := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
+	hang := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		// Read the question first: the server notices that the client went away (and ends
+		// r's context) only once the body is read, so Close would wait for this handler.
+		_, _ = io.Copy(io.Discard, r.Body)
+		<-r.Context().Done()
+	}))
 	t.Cleanup(hang.Close)
 	c := newConfirmer(peers{leader: confirm.Observer{Name: "node-a"}, list: []observer.Peer{
 		{Observer: confirm.Observer{Name: "node-b"}, URL: closed.URL},
@@ -162,4 +170,35 @@ func TestConfirmerFallsBackWhenNoObserverAnswers(t *testing.T) {
 	r, _ = within(newConfirmer(peers{leader: confirm.Observer{Name: "node-a"}}), suspicion("payments", ep))
 	g.Expect(r.Outcome).To(Equal(confirm.Unconfirmed), "a single-node cluster has nobody to ask")
 	g.Expect(strings.Contains(r.Message("shop/payments"), "no other observer")).To(BeTrue())
+}
+
+func TestConfirmerAsksAboutAtMostMaxEndpoints(t *testing.T) {
+	g := NewWithT(t)
+	var asked atomic.Int64
+	// An observer that sees every endpoint it is asked about failing, and says how many.
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req observer.Request
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || len(req.Endpoints) > observer.MaxEndpoints {
+			http.Error(w, "too many", http.StatusRequestEntityTooLarge)
+			return
+		}
+		asked.Store(int64(len(req.Endpoints)))
+		resp := observer.Response{Observer: "node-b"}
+		for _, ep := range req.Endpoints {
+			resp.Results = append(resp.Results, observer.Result{Endpoint: ep, Outcome: breaker.Failure.String()})
+		}
+		_ = json.NewEncoder(w).Encode(resp)
+	}))
+	t.Cleanup(srv.Close)
+	var eps []netip.AddrPort
+	for i := range 300 {
+		eps = append(eps, netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 244, byte(i / 250), byte(i%250 + 1)}), 8080))
+	}
+	c := newConfirmer(peers{leader: confirm.Observer{Name: "node-a"}, list: []observer.Peer{
+		{Observer: confirm.Observer{Name: "node-b"}, URL: srv.URL}}})
+	q := suspicion("payments", eps...)
+	q.Observers = 1
+	r, _ := within(c, q)
+	g.Expect(r.Outcome).To(Equal(confirm.Confirmed), "a question about 300 endpoints is answered, not refused")
+	g.Expect(asked.Load()).To(BeEquivalentTo(observer.MaxEndpoints))
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/tripswitch/tripswitch/internal/breaker"
 	"github.com/tripswitch/tripswitch/internal/confirm"
+	"github.com/tripswitch/tripswitch/internal/ejection"
 	"github.com/tripswitch/tripswitch/internal/guard"
 	"github.com/tripswitch/tripswitch/internal/probe"
 )
@@ -27,8 +28,12 @@ type Confirmer interface {
 
 // Suspicion is what a Confirmer is asked.
 type Suspicion struct {
-	Key    types.NamespacedName
+	Key types.NamespacedName
+	// Reason is the trip rule that holds, or, for an ejection (Ejection set), nothing.
 	Reason breaker.Reason
+	// Ejection is the ejection rule that holds for the one endpoint in Endpoints, when the
+	// suspicion is about an ejection rather than a trip.
+	Ejection ejection.Reason
 	// Endpoints failed on the leader's last probe of each (all of them when none did, such
 	// as a failure-rate trip whose failures are older).
 	Endpoints []probe.Endpoint
@@ -51,9 +56,13 @@ type ConfirmConfig struct {
 
 // Confirmation is a breaker's second opinion as the controller reports it.
 type Confirmation struct {
-	// Asking says a suspicion is out: the breaker stays Closed until it is decided.
+	// Asking says a suspicion is out: the breaker stays Closed (or the endpoint published)
+	// until it is decided.
 	Asking bool
 	Reason breaker.Reason
+	// Endpoint and Ejection are set when the second opinion was about ejecting one endpoint.
+	Endpoint probe.Endpoint
+	Ejection ejection.Reason
 	Since  time.Time
 	// Last is the newest tally, nil before the first.
 	Last *confirm.Result
@@ -80,6 +89,7 @@ const (
 type suspicion struct {
 	state     suspicionState
 	reason    breaker.Reason
+	ejection  ejection.Reason // an endpoint's
 	since     time.Time
 	heldUntil time.Time
 	last      *confirm.Result
@@ -211,8 +221,19 @@ func noteOutcome(e *entry, r probe.Result) {
 	e.failing[r.Endpoint] = r.Outcome
 }
 
-// confirmation is the view of e's second opinion, nil when it has none. Callers hold e.mu.
+// confirmation is the view of e's newest second opinion, about its trip or an endpoint's
+// ejection, nil when it has none. Callers hold e.mu.
 func (e *entry) confirmation() *Confirmation {
+	c := e.tripConfirmation()
+	if ec := e.endpointConfirm; ec != nil && (c == nil || ec.Since.After(c.Since)) {
+		cp := *ec
+		return &cp
+	}
+	return c
+}
+
+// tripConfirmation is the view of the breaker's own suspicion. Callers hold e.mu.
+func (e *entry) tripConfirmation() *Confirmation {
 	su := e.suspicion
 	if su.state == idle && su.last == nil {
 		return nil
@@ -223,4 +244,111 @@ func (e *entry) confirmation() *Confirmation {
 		c.Last = &last
 	}
 	return c
+}
+
+// The second opinion for ejections: an endpoint whose ejection rule holds on the leader's
+// probes stays published while observers probe that one endpoint; the tracker ejects it
+// (Retry) when they confirm or nobody answers, through the cap and the observer guard.
+
+// attachEjectionConfirm has the tracker ask for a second opinion before each ejection, when
+// the breaker's trips ask for one. Callers hold e.mu or own e alone.
+func (s *Scheduler) attachEjectionConfirm(e *entry) {
+	if e.tracker == nil || s.confirmer == nil {
+		return
+	}
+	e.tracker.SetConfirm(func(ep probe.Endpoint, r ejection.Reason) bool {
+		// Called by the tracker under e.mu, from record or Retry.
+		return s.ejectionConfirmAllows(e, ep, r)
+	})
+}
+
+// ejectionConfirmAllows is the second opinion's part of an ejection: false while the
+// observers are asked or after they refuted it, true once they confirmed or stayed silent.
+// Callers hold e.mu.
+func (s *Scheduler) ejectionConfirmAllows(e *entry, ep probe.Endpoint, r ejection.Reason) bool {
+	if s.confirmer == nil || e.confirmCfg.Observers == 0 || !e.gated {
+		return true
+	}
+	now := s.clock.Now()
+	if su := e.ejectSuspicions[ep]; su != nil {
+		switch su.state {
+		case decided:
+			return true
+		case asking:
+			return false
+		case refuted:
+			if now.Before(su.heldUntil) {
+				return false
+			}
+		}
+	}
+	s.suspectEndpoint(e, ep, r, now)
+	return false
+}
+
+// suspectEndpoint asks the Confirmer about one endpoint's ejection, bounded as a trip's
+// suspicion is. Callers hold e.mu.
+func (s *Scheduler) suspectEndpoint(e *entry, ep probe.Endpoint, r ejection.Reason, now time.Time) {
+	if e.ejectSuspicions == nil {
+		e.ejectSuspicions = map[probe.Endpoint]*suspicion{}
+	}
+	su := &suspicion{state: asking, ejection: r, since: now}
+	e.ejectSuspicions[ep] = su
+	e.endpointConfirm = &Confirmation{Asking: true, Endpoint: ep, Ejection: r, Since: now}
+	rule := confirm.Rule{}
+	if r == ejection.FailureRate {
+		rule.Percent = e.tracker.Config().FailureRate.Percent
+	}
+	q := Suspicion{Key: e.key, Ejection: r, Endpoints: []probe.Endpoint{ep}, Rule: rule,
+		Observers: e.confirmCfg.Observers, Zones: e.confirmCfg.Zones}
+	ctx, cancel := context.WithTimeout(e.ctx, e.spec.Timeout+confirmSlack)
+	go func() {
+		defer cancel()
+		s.settleEndpoint(e, ep, su, s.confirmer.Confirm(ctx, q))
+	}()
+}
+
+// settleEndpoint applies an ejection's tally: refuted, the endpoint stays published for
+// refutedHold; otherwise it is ejected if its rule still holds.
+func (s *Scheduler) settleEndpoint(e *entry, ep probe.Endpoint, su *suspicion, res confirm.Result) {
+	e.mu.Lock()
+	if e.removed || e.ejectSuspicions[ep] != su || su.state != asking {
+		e.mu.Unlock()
+		return
+	}
+	su.last = &res
+	if res.Outcome == confirm.Refuted {
+		su.state, su.heldUntil = refuted, s.clock.Now().Add(refutedHold(e.interval))
+	} else {
+		su.state = decided
+		if e.tracker != nil {
+			e.tracker.Retry(ep, res.Message("the endpoint"))
+			s.takeEndpointEvents(e)
+			s.armDeadline(e)
+		}
+	}
+	last := res
+	e.endpointConfirm = &Confirmation{Endpoint: ep, Ejection: su.ejection, Since: su.since, Last: &last, HeldUntil: su.heldUntil}
+	settledEndpoint(e, ep, s.clock.Now())
+	e.mu.Unlock()
+	s.changed(e.key)
+}
+
+// settledEndpoint forgets an endpoint's suspicion once it has nothing left to hold: the
+// endpoint was ejected, left the target, or its rule stopped holding (after a refutation's
+// hold). Callers hold e.mu.
+func settledEndpoint(e *entry, ep probe.Endpoint, now time.Time) {
+	su := e.ejectSuspicions[ep]
+	if su == nil || su.state == asking {
+		return
+	}
+	if _, probed := e.slots[ep]; probed && e.tracker != nil && e.tracker.RuleHolds(ep) != ejection.NoReason {
+		return
+	}
+	if su.state == refuted && now.Before(su.heldUntil) && e.tracker != nil && !e.tracker.IsEjected(ep) {
+		if _, probed := e.slots[ep]; probed {
+			return // held: the rule may hold again within the hold without asking anew
+		}
+	}
+	delete(e.ejectSuspicions, ep)
 }

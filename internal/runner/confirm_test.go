@@ -11,6 +11,7 @@ import (
 
 	"github.com/tripswitch/tripswitch/internal/breaker"
 	"github.com/tripswitch/tripswitch/internal/confirm"
+	"github.com/tripswitch/tripswitch/internal/ejection"
 	"github.com/tripswitch/tripswitch/internal/guard"
 	"github.com/tripswitch/tripswitch/internal/probe"
 )
@@ -187,4 +188,72 @@ func TestSchedulerAsksAboutTheEndpointsThatFailedByTheRatesOwnRule(t *testing.T)
 	g.Expect(q.Endpoints).To(ConsistOf(ep1, ep2), "not the endpoint whose last probe succeeded")
 	g.Expect(q.Rule).To(Equal(confirm.Rule{Percent: 50}), "observers judge by the rate's own percent")
 	g.Consistently(state(s, key(1)), 500*time.Millisecond).Should(Equal(breaker.Closed))
+}
+
+// confirmedEjections registers a gated breaker that ejects after 2 failures on 3 endpoints,
+// whose ejections wait for 2 observers; the second endpoint fails.
+func confirmedEjections(t *testing.T, o *observers) (*Scheduler, []probe.Endpoint) {
+	t.Helper()
+	recs, eps := backends(t, 3)
+	gd := guard.New(guard.Config{MaxTripFraction: 1, Window: time.Minute}, clock.RealClock{})
+	s := startScheduler(t, Options{MaxConcurrentProbes: 16, Guard: gd, Confirmer: o})
+	reg := ejecting(t, 50*time.Millisecond, ejection.Config{ConsecutiveFailures: 2, BaseEjectionTime: time.Hour,
+		MaxEjectionTime: time.Hour, MaxEjectedPercent: 50}, eps...)
+	reg.Spec.Timeout = 200 * time.Millisecond
+	reg.Gated = true
+	reg.Confirm = ConfirmConfig{Observers: 2}
+	NewWithT(t).Expect(s.Upsert(key(1), reg)).To(Succeed())
+	recs[1].failing.Store(true)
+	return s, eps
+}
+
+func TestSchedulerKeepsPublishedAnEndpointTheObserversReach(t *testing.T) {
+	g := NewWithT(t)
+	o := &observers{verdict: confirm.Healthy, delay: 20 * time.Millisecond}
+	s, eps := confirmedEjections(t, o)
+
+	g.Eventually(func() *Confirmation { v, _ := s.View(key(1)); return v.Confirmation }, 5*time.Second).Should(
+		And(Not(BeNil()), HaveField("Last", Not(BeNil()))), "the observers were asked")
+	g.Consistently(func() int { v, _ := s.View(key(1)); return v.Ejection.Ejected }, time.Second).Should(BeZero(),
+		"nothing is taken away while the observers reach the endpoint")
+	v, _ := s.View(key(1))
+	g.Expect(v.Confirmation).To(And(HaveField("Endpoint", eps[1]), HaveField("Ejection", ejection.ConsecutiveFailures),
+		HaveField("HeldUntil", BeTemporally(">", time.Now()))))
+	g.Expect(v.Confirmation.Last.Outcome).To(Equal(confirm.Refuted))
+	g.Expect(v.Held).To(BeNil(), "the guard was never asked")
+	g.Expect(v.Ejection.HeldBack).To(BeEmpty())
+	q := o.questions()
+	g.Expect(q).To(HaveLen(1), "one question while held, not one per probe")
+	g.Expect(q[0]).To(And(HaveField("Endpoints", []probe.Endpoint{eps[1]}), HaveField("Ejection", ejection.ConsecutiveFailures),
+		HaveField("Reason", breaker.NoReason)))
+}
+
+func TestSchedulerEjectsWhenTheObserversConfirmOrStaySilent(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		verdict confirm.Verdict
+		want    string
+	}{
+		{"confirmed", confirm.Failing, "confirmed: 3 of 3 observers see the endpoint failing"},
+		{"nobody answers: the single-observer rule", confirm.Silent, "unconfirmed: no observer answered about the endpoint in time"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := NewWithT(t)
+			o := &observers{verdict: tc.verdict, delay: 20 * time.Millisecond}
+			s, eps := confirmedEjections(t, o)
+			events := endpointEvents(s, 1)
+			g.Eventually(events, 5*time.Second).Should(ContainElement(And(HaveField("Kind", ejection.EventEjected),
+				HaveField("Endpoint", eps[1]), HaveField("Message", HavePrefix(tc.want)))))
+			v, _ := s.View(key(1))
+			g.Expect(v.Ejection.HeldBack).To(Equal([]probe.Endpoint{eps[1]}))
+			g.Expect(v.Confirmation.Last).To(HaveField("Outcome", Not(Equal(confirm.Refuted))))
+			g.Expect(o.questions()).To(HaveLen(1))
+			s.mu.Lock()
+			e := s.entries[key(1)]
+			s.mu.Unlock()
+			e.mu.Lock()
+			defer e.mu.Unlock()
+			g.Expect(e.ejectSuspicions).To(BeEmpty(), "an ejected endpoint's suspicion is forgotten")
+		})
+	}
 }

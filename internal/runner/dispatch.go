@@ -478,6 +478,7 @@ func (s *Scheduler) record(ctx context.Context, sl *slot, ref *proberRef, ticket
 func (s *Scheduler) recordEndpoint(e *entry, r probe.Result, t breaker.Transition, transitioned bool) bool {
 	before := shown(e.tracker)
 	e.tracker.Record(r.Endpoint, r.Outcome, r.Message)
+	settledEndpoint(e, r.Endpoint, s.clock.Now())
 	if transitioned && t.To == breaker.Closed && t.Reason == breaker.TrialSucceeded {
 		e.tracker.StartRamp(e.rampKeep)
 	}

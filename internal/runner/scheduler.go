@@ -241,6 +241,10 @@ type entry struct {
 	confirmCfg ConfirmConfig
 	failing    map[probe.Endpoint]breaker.Outcome
 	suspicion  suspicion
+	// ejectSuspicions are the endpoints whose ejection waits for, or was refuted by, a second
+	// opinion; endpointConfirm is the newest of them, for the view.
+	ejectSuspicions map[probe.Endpoint]*suspicion
+	endpointConfirm *Confirmation
 
 	// scheduling, under Scheduler.mu
 	ns        *namespace
@@ -363,6 +367,9 @@ func (s *Scheduler) Upsert(key types.NamespacedName, reg Registration) error {
 		e.tracker.SetEndpoints(slices.Collect(maps.Keys(e.slots)))
 		s.takeEndpointEvents(e)
 	}
+	for ep := range e.ejectSuspicions {
+		settledEndpoint(e, ep, s.clock.Now()) // forgets those that left the target
+	}
 	s.setQueries(e, reg.Queries, reg.QueryInterval)
 	s.armDeadline(e)
 	s.kick()
@@ -372,6 +379,7 @@ func (s *Scheduler) Upsert(key types.NamespacedName, reg Registration) error {
 // attachGuard puts a new breaker under the observer guard: its trips ask the guard first, and
 // what a previous leader knew (a recent trip, a held one) is carried over. Callers hold s.mu.
 func (s *Scheduler) attachGuard(e *entry, reg Registration) {
+	s.attachEjectionConfirm(e)
 	if s.guard == nil {
 		if s.confirmer != nil {
 			e.engine.SetTripPermit(func(r breaker.Reason) bool { return s.confirmAllows(e, r) })
@@ -424,13 +432,14 @@ func (s *Scheduler) attachEjectionGuard(e *entry) {
 func (s *Scheduler) reconfigureTracker(e *entry, cfg ejection.Config) error {
 	switch {
 	case !cfg.Enabled():
-		e.tracker, e.endpointEvents = nil, nil
+		e.tracker, e.endpointEvents, e.ejectSuspicions = nil, nil, nil
 	case e.tracker == nil:
 		t, err := ejection.New(cfg, s.clock)
 		if err != nil {
 			return err
 		}
 		e.tracker = t
+		s.attachEjectionConfirm(e)
 		s.attachEjectionGuard(e)
 	default:
 		if err := e.tracker.Reconfigure(cfg); err != nil {
