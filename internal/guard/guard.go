@@ -112,6 +112,24 @@ func (g *Guard) Permit(key types.NamespacedName) Verdict {
 	return v
 }
 
+// Confirmed counts a trip (or a first ejection) of key that observers on other nodes
+// confirmed: it spends the window's budget, so that trips the manager decides alone are judged
+// with it, but it is never held, and a hold of key ends. The guard is there for a manager
+// whose own view is sick; a failure that other nodes see too is not that.
+func (g *Guard) Confirmed(key types.NamespacedName) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, ok := g.gated[key]; !ok {
+		return
+	}
+	now := g.clk.Now()
+	i, _ := slices.BinarySearchFunc(g.state.Trips, now, time.Time.Compare)
+	g.state.Trips = slices.Insert(slices.Clip(g.state.Trips), i, now)
+	if !g.drop(key) {
+		g.notify()
+	}
+}
+
 // Clear says that key's trip rule no longer holds (its probes recovered), so a hold of it is
 // dropped: the manager was not sick for this target after all. It reports whether key was held.
 func (g *Guard) Clear(key types.NamespacedName) bool {

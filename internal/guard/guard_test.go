@@ -582,3 +582,28 @@ func orDefault(d, def time.Duration) time.Duration {
 	}
 	return d
 }
+
+func TestGuardCountsConfirmedTripsWithoutHoldingThem(t *testing.T) {
+	g := NewWithT(t)
+	clk := testingclock.NewFakeClock(t0)
+	gd := New(defaults(), clk)
+	for i := range 10 {
+		gd.SetGated(key(fmt.Sprint("b", i)), true)
+	}
+	for i := range 5 {
+		g.Expect(gd.Permit(key(fmt.Sprint("b", i)))).To(Equal(Allow))
+	}
+	g.Expect(gd.Permit(key("b5"))).To(Equal(Hold), "the budget of 5 is spent")
+	g.Expect(gd.Active()).To(BeTrue())
+
+	gd.Confirmed(key("b5"))
+	gd.Confirmed(key("b6"))
+	g.Expect(gd.Stats()).To(Equal(Stats{Gated: 10, Budget: 5, TripsInWindow: 7}),
+		"confirmed trips are counted, and b5's hold ends")
+	_, held := gd.HeldSince(key("b5"))
+	g.Expect(held).To(BeFalse())
+	g.Expect(gd.Permit(key("b7"))).To(Equal(Hold), "a trip the manager decides alone still meets the spent budget")
+
+	gd.Confirmed(key("ungated"))
+	g.Expect(gd.Stats().TripsInWindow).To(Equal(7), "an ungated key is not counted")
+}

@@ -126,6 +126,13 @@ func (s *Scheduler) confirmAllows(e *entry, r breaker.Reason) bool {
 	return false
 }
 
+// confirmedTrip says the trip being asked about now was confirmed by observers (not merely
+// unconfirmed), so the observer guard counts it without holding it. Callers hold e.mu.
+func confirmedTrip(e *entry, r breaker.Reason) bool {
+	su := e.suspicion
+	return su.state == decided && su.reason == r && su.last != nil && su.last.Outcome == confirm.Confirmed
+}
+
 // suspect sends a suspicion to the Confirmer, bounded by one probe timeout and
 // confirmSlack. Callers hold e.mu.
 func (s *Scheduler) suspect(e *entry, r breaker.Reason, now time.Time) {
@@ -269,10 +276,12 @@ func (s *Scheduler) ejectionConfirmAllows(e *entry, ep probe.Endpoint, r ejectio
 	if s.confirmer == nil || e.confirmCfg.Observers == 0 || !e.gated {
 		return true
 	}
+	e.ejectConfirmed = false
 	now := s.clock.Now()
 	if su := e.ejectSuspicions[ep]; su != nil {
 		switch su.state {
 		case decided:
+			e.ejectConfirmed = su.last != nil && su.last.Outcome == confirm.Confirmed
 			return true
 		case asking:
 			return false

@@ -257,3 +257,50 @@ func TestSchedulerEjectsWhenTheObserversConfirmOrStaySilent(t *testing.T) {
 		})
 	}
 }
+
+func TestSchedulerLetsEveryConfirmedTripPastTheGuard(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		verdict   confirm.Verdict
+		wantOpen  int
+		wantHeld  int
+		rationale string
+	}{
+		{"the observers agree", confirm.Failing, 4, 0, "a failure other nodes see is no sick manager: all four trip"},
+		{"nobody answers", confirm.Silent, 2, 2, "the manager decides alone, so the guard admits half of them"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := NewWithT(t)
+			sick := &recorder{}
+			ep, _ := serve(t, "127.0.0.1", sick)
+			gd := guard.New(guard.Config{MaxTripFraction: 0.5, Window: time.Minute, MinBreakers: 4}, clock.RealClock{})
+			o := &observers{verdict: tc.verdict, delay: 20 * time.Millisecond}
+			s := startScheduler(t, Options{MaxConcurrentProbes: 16, Guard: gd, Confirmer: o})
+			for i := range 4 {
+				reg := registration(t, 50*time.Millisecond, ep)
+				reg.Spec.Timeout = 200 * time.Millisecond
+				reg.Config.ConsecutiveFailures = 2
+				reg.Gated = true
+				reg.Confirm = ConfirmConfig{Observers: 2}
+				g.Expect(s.Upsert(key(i), reg)).To(Succeed())
+			}
+			sick.failing.Store(true)
+			counts := func() [2]int {
+				var open, held int
+				for i := range 4 {
+					v, _ := s.View(key(i))
+					if v.Snapshot.State == breaker.Open {
+						open++
+					}
+					if v.Held != nil {
+						held++
+					}
+				}
+				return [2]int{open, held}
+			}
+			g.Eventually(counts, 5*time.Second).Should(Equal([2]int{tc.wantOpen, tc.wantHeld}), tc.rationale)
+			g.Consistently(counts, 300*time.Millisecond).Should(Equal([2]int{tc.wantOpen, tc.wantHeld}))
+			g.Expect(gd.Stats().TripsInWindow).To(Equal(tc.wantOpen), "confirmed trips still spend the budget")
+		})
+	}
+}

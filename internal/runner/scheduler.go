@@ -245,6 +245,9 @@ type entry struct {
 	// opinion; endpointConfirm is the newest of them, for the view.
 	ejectSuspicions map[probe.Endpoint]*suspicion
 	endpointConfirm *Confirmation
+	// ejectConfirmed says the ejection the tracker is deciding now was confirmed by
+	// observers, for the guard's permit that follows.
+	ejectConfirmed bool
 
 	// scheduling, under Scheduler.mu
 	ns        *namespace
@@ -400,6 +403,12 @@ func (s *Scheduler) attachGuard(e *entry, reg Registration) {
 		if !s.confirmAllows(e, r) {
 			return false
 		}
+		if confirmedTrip(e, r) {
+			// Other nodes see the failure too: not the sick manager the guard is for.
+			s.guard.Confirmed(e.key)
+			e.verdict, e.guardHeld = guard.Allow, false
+			return true
+		}
 		e.verdict = s.guard.Permit(e.key)
 		e.guardHeld = e.verdict == guard.Hold
 		return e.verdict != guard.Hold
@@ -416,7 +425,12 @@ func (s *Scheduler) attachEjectionGuard(e *entry) {
 		return
 	}
 	e.tracker.SetPermit(func() bool {
-		// Called by the tracker under e.mu, from record.
+		// Called by the tracker under e.mu, from record, right after the confirm function.
+		if e.ejectConfirmed {
+			s.guard.Confirmed(e.key)
+			e.verdict = guard.Allow
+			return true
+		}
 		e.verdict = s.guard.Permit(e.key)
 		if e.verdict == guard.Hold {
 			e.guardHeld = true

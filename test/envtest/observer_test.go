@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -193,6 +194,35 @@ var _ = Describe("A second opinion", func() {
 		Expect(st.TransitionMessage).To(ContainSubstring("confirmed: "))
 		Expect(st.Confirmation.Outcome).To(Equal("Confirmed"))
 		Expect(confirmationOf(st)).To(HaveField("Reason", tripswitchv1alpha1.ReasonTripConfirmed))
+	})
+
+	It("keeps publishing an endpoint that only the manager's node cannot reach", func(ctx SpecContext) {
+		bs := newBackends(3)
+		unreachable := bs[1].address()
+		startManager(managerOptions{confirmer: observerNodes(ctx, ns, "node-b", "node-c"),
+			// A bad route from the manager's node to one pod's node.
+			dial: func(next probe.DialFunc) probe.DialFunc {
+				return func(ctx context.Context, network, address string) (net.Conn, error) {
+					if host, _, _ := net.SplitHostPort(address); host == unreachable {
+						return nil, errors.New("connect: no route to host")
+					}
+					return next(ctx, network, address)
+				}
+			}})
+		createTarget(ctx, ns, "payments-backend", bs[0].port, bs...)
+		createBreaker(ctx, ns, "payments", `{target: {service: payments-backend, port: http},
+			probe: {interval: 200ms, timeout: 150ms}, trip: {consecutiveFailures: 3, confirm: {observers: 2}},
+			ejection: {consecutiveFailures: 2}, recovery: {openDuration: 1m}}`)
+
+		Eventually(status(ctx, ns, "payments"), 10*time.Second).Should(HaveField("Confirmation",
+			And(Not(BeNil()), HaveField("Outcome", "Refuted"))))
+		st := status(ctx, ns, "payments")(Default)
+		endpoint := net.JoinHostPort(unreachable, strconv.Itoa(int(bs[1].port)))
+		Expect(st.Confirmation).To(And(HaveField("Endpoint", endpoint), HaveField("Rule", "ConsecutiveFailures"),
+			HaveField("Message", "held: 2 of 3 observers see endpoint "+endpoint+" of payments healthy (node-b, node-c); node-a sees it failing")))
+		Consistently(front(ctx, ns, "payments"), 2*time.Second).Should(HaveField("Ready", 3),
+			"the endpoint stays published while other nodes reach it")
+		Expect(status(ctx, ns, "payments")(Default).State).To(Equal(tripswitchv1alpha1.StateClosed))
 	})
 
 	It("falls back to the manager's own probes when no observer answers, and says so", func(ctx SpecContext) {
