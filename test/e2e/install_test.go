@@ -5,22 +5,17 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/url"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -46,7 +41,7 @@ const (
 // ready, and managers in the node namespace, as hostNetwork pods would be.
 type install struct {
 	bin string
-	// podKubeconfig reaches the API server from a pod namespace, through apiForward.
+	// podKubeconfig reaches the API server from a pod namespace, through the rig's forward.
 	podKubeconfig string
 	responders    []*rig.Process
 }
@@ -59,7 +54,7 @@ func installTripswitch(ctx context.Context, responders int) *install {
 	c := cluster.Client()
 	err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: systemNamespace}})
 	Expect(client.IgnoreAlreadyExists(err)).To(Succeed())
-	in.podKubeconfig = forwardAPIToPods()
+	in.podKubeconfig = cluster.ForwardAPI()
 
 	labels := map[string]string{"app.kubernetes.io/name": "tripswitch", "app.kubernetes.io/component": "responder"}
 	svc := &corev1.Service{
@@ -108,57 +103,6 @@ func managerFlags(extra ...string) []string {
 func (in *install) startManager(name string, extra ...string) *rig.Process {
 	GinkgoHelper()
 	return cluster.StartProcess(name, in.bin, managerFlags(extra...)...)
-}
-
-// forwardAPIToPods makes the API server reachable from pod namespaces, on the node's address,
-// and returns a kubeconfig for it: the API server listens on the node's loopback only. TLS
-// passes through untouched; the kubeconfig names the certificate's address as the server name.
-func forwardAPIToPods() string {
-	GinkgoHelper()
-	upstream, err := url.Parse(cluster.Config().Host)
-	Expect(err).NotTo(HaveOccurred())
-	l, err := net.Listen("tcp", net.JoinHostPort(rig.NodeIP, "0"))
-	Expect(err).NotTo(HaveOccurred())
-	var wg sync.WaitGroup
-	DeferCleanup(func() {
-		_ = l.Close()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			down, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go splice(down, upstream.Host)
-		}
-	}()
-
-	kubeconfig, err := clientcmd.LoadFromFile(cluster.Kubeconfig())
-	Expect(err).NotTo(HaveOccurred())
-	for _, c := range kubeconfig.Clusters {
-		c.TLSServerName = upstream.Hostname()
-		c.Server = "https://" + l.Addr().String()
-	}
-	path := filepath.Join(cluster.RunDir(), "kubeconfig-pods")
-	Expect(clientcmd.WriteToFile(*kubeconfig, path)).To(Succeed())
-	return path
-}
-
-// splice copies both ways between down and a new connection to address until either ends.
-func splice(down net.Conn, address string) {
-	defer down.Close()
-	up, err := net.Dial("tcp", address)
-	if err != nil {
-		return
-	}
-	defer up.Close()
-	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(up, down); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(down, up); done <- struct{}{} }()
-	<-done
 }
 
 // answeredByResponder says the attempt got the responder's answer: a 503 naming a breaker.

@@ -113,11 +113,20 @@ type serving struct {
 // SetReady changes that.
 func (r *Rig) NewBackend(namespace, name string, labels map[string]string) *Backend {
 	GinkgoHelper()
-	b := &Backend{Pod: r.NewPod(namespace, name, labels, []corev1.ContainerPort{
-		{Name: "http", ContainerPort: BackendHTTPPort, Protocol: corev1.ProtocolTCP},
-		{Name: "grpc", ContainerPort: BackendGRPCPort, Protocol: corev1.ProtocolTCP},
-		{Name: "stream", ContainerPort: BackendStreamPort, Protocol: corev1.ProtocolTCP},
-	})}
+	return newBackend(r.NewPod(namespace, name, labels, backendPorts))
+}
+
+// backendPorts are a backend Pod's container ports.
+var backendPorts = []corev1.ContainerPort{
+	{Name: "http", ContainerPort: BackendHTTPPort, Protocol: corev1.ProtocolTCP},
+	{Name: "grpc", ContainerPort: BackendGRPCPort, Protocol: corev1.ProtocolTCP},
+	{Name: "stream", ContainerPort: BackendStreamPort, Protocol: corev1.ProtocolTCP},
+}
+
+// newBackend serves a backend from pod.
+func newBackend(pod *Pod) *Backend {
+	GinkgoHelper()
+	b := &Backend{Pod: pod}
 	b.behavior.Store(OK)
 	b.probeOnly.Store(Behavior(""))
 	Expect(b.serve()).To(Succeed())

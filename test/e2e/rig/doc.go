@@ -73,6 +73,24 @@
 // To run specs in both proxy modes, use an Ordered container per mode whose BeforeAll calls
 // SetProxyMode (see smoke_test.go).
 //
+// # More nodes
+//
+// AddNode adds a node to the cluster: a network namespace of its own (its host network
+// namespace) with its address (10.250.k.1) on its loopback, its own kube-proxy, a Node object
+// with the labels given (such as topology.kubernetes.io/zone) and pods of its own, from
+// 10.244.(200+k).0/24. It is routed to the first node over a veth pair, and through it to the
+// other nodes, as a flat routed network would carry it. Everything goes in the current Ginkgo
+// node's cleanup:
+//
+//	node2 := cluster.AddNode("node2", map[string]string{corev1.LabelTopologyZone: "zone-b"}, rig.NFTables)
+//	b := node2.NewBackend(ns, "payments-0", labels)       // a backend on node2
+//	pod := node2.NewHostPod(ns, "agent-node2", labels, ports) // a hostNetwork Pod (a DaemonSet's)
+//	cmd := node2.Net.Command(ctx, bin, args...)           // a program in node2's host namespace
+//	node2.Net.HTTPClient(time.Second)                     // calls from node2
+//	node2.KubeProxyMetricsURL(), node2.KubeProxy()
+//	heal := cluster.Partition(node2) // drop the first node's own traffic to and from node2 (not what it forwards)
+//	cluster.ForwardAPI()             // a kubeconfig that reaches the API server from pods and other nodes
+//
 // # Pods and backends
 //
 // NewPod plays a kubelet for a pod that runs something of the test's: a pod namespace and a

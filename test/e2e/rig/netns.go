@@ -59,7 +59,7 @@ var unsafeNameChars = regexp.MustCompile(`[^a-zA-Z0-9_.-]+`)
 // list`. The namespace is deleted when the current Ginkgo node's cleanup runs (or by Close).
 func NewPodNet(label string) *PodNet {
 	GinkgoHelper()
-	return newNet(label, func(n int) netip.Addr {
+	return newNet(label, nil, func(n int) netip.Addr {
 		Expect(n).To(BeNumerically("<", 250*250), "the rig has addresses for at most 62,500 pods")
 		return netip.AddrFrom4([4]byte{10, 244, byte(n / 250), byte(n%250 + 2)})
 	})
@@ -72,10 +72,11 @@ func NewHostNet(label string, addr netip.Addr) *PodNet {
 	GinkgoHelper()
 	Expect(netip.MustParsePrefix(PodCIDR).Contains(addr) || netip.MustParsePrefix(ServiceCIDR).Contains(addr)).To(BeFalse(),
 		"a host outside the cluster needs an address outside PodCIDR and ServiceCIDR")
-	return newNet(label, func(int) netip.Addr { return addr })
+	return newNet(label, nil, func(int) netip.Addr { return addr })
 }
 
-func newNet(label string, address func(n int) netip.Addr) *PodNet {
+// newNet makes a pod's namespace, routed through host (the first node's namespace when nil).
+func newNet(label string, host *Node, address func(n int) netip.Addr) *PodNet {
 	GinkgoHelper()
 	Expect(inNode).To(BeTrue(), "the rig runs only in the node namespace: the suite's TestMain must call rig.Main")
 	n := int(podIndex.Add(1))
@@ -86,23 +87,28 @@ func newNet(label string, address func(n int) netip.Addr) *PodNet {
 		work: make(chan func()),
 	}
 	hostVeth := "tsv" + strconv.Itoa(n)
-	Expect(p.create(hostVeth)).To(Succeed())
+	Expect(p.create(hostVeth, host)).To(Succeed())
 	DeferCleanup(p.Close)
 	return p
 }
 
-func (p *PodNet) create(hostVeth string) error {
+func (p *PodNet) create(hostVeth string, host *Node) error {
+	var inHost []string // ip's options that run a command in the host's namespace
+	gateway := NodeIP
+	if host != nil {
+		inHost, gateway = []string{"-n", host.Net.Name}, host.IP.String()
+	}
 	if err := ip("netns", "add", p.Name); err != nil {
 		return err
 	}
-	if err := ip("link", "add", hostVeth, "type", "veth", "peer", "name", "eth0", "netns", p.Name); err != nil {
+	if err := ip(append(inHost, "link", "add", hostVeth, "type", "veth", "peer", "name", "eth0", "netns", p.Name)...); err != nil {
 		_ = ip("netns", "del", p.Name)
 		return err
 	}
 	node := fmt.Sprintf("link set %[1]s up\nroute add %[2]s/32 dev %[1]s scope link\n", hostVeth, p.IP)
 	pod := fmt.Sprintf("link set lo up\naddr add %s/32 dev eth0\nlink set eth0 up\nroute add default via %s dev eth0 onlink\n",
-		p.IP, NodeIP)
-	err := ipBatch(node)
+		p.IP, gateway)
+	err := ipBatch(node, inHost...)
 	if err == nil {
 		err = ipBatch(pod, "-n", p.Name)
 	}

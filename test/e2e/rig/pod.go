@@ -26,6 +26,7 @@ type Pod struct {
 	Net       *PodNet
 
 	rig      *Rig
+	node     *Node // nil: the first node, NodeName
 	image    string
 	statusMu sync.Mutex // serialises status writes
 }
@@ -35,13 +36,21 @@ type Pod struct {
 // Ginkgo node's cleanup.
 func (r *Rig) NewPod(namespace, name string, labels map[string]string, ports []corev1.ContainerPort) *Pod {
 	GinkgoHelper()
-	p := &Pod{Name: name, Namespace: namespace, Net: NewPodNet(namespace + "-" + name), rig: r, image: "tripswitch.io/e2e"}
+	return r.newPod(namespace, name, labels, ports, nil, NewPodNet(namespace+"-"+name))
+}
+
+// newPod creates the Pod object of a pod on node (nil: the first) whose network is podNet: its
+// own, or the node's for a pod in the host network namespace.
+func (r *Rig) newPod(namespace, name string, labels map[string]string, ports []corev1.ContainerPort, node *Node, podNet *PodNet) *Pod {
+	GinkgoHelper()
+	p := &Pod{Name: name, Namespace: namespace, Net: podNet, rig: r, node: node, image: "tripswitch.io/e2e"}
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name, Labels: labels},
 		Spec: corev1.PodSpec{
-			NodeName:                     NodeName,
+			NodeName:                     p.NodeName(),
 			Containers:                   []corev1.Container{{Name: "main", Image: p.image, Ports: ports}},
 			AutomountServiceAccountToken: ptr.To(false),
+			HostNetwork:                  node != nil && podNet == node.Net,
 		},
 	}
 	Expect(r.client.Create(context.Background(), pod)).To(Succeed())
@@ -55,6 +64,22 @@ func (r *Rig) NewPod(namespace, name string, labels map[string]string, ports []c
 
 // IP returns the pod's address.
 func (p *Pod) IP() string { return p.Net.IP.String() }
+
+// NodeName returns the name of the pod's node.
+func (p *Pod) NodeName() string {
+	if p.node == nil {
+		return NodeName
+	}
+	return p.node.Name
+}
+
+// hostIP returns the address of the pod's node.
+func (p *Pod) hostIP() string {
+	if p.node == nil {
+		return NodeIP
+	}
+	return p.node.IP.String()
+}
 
 // SetReady writes the Pod's status as a kubelet would: Running with the pod's address, and
 // the Ready and ContainersReady conditions as ready says.
@@ -93,8 +118,8 @@ func (p *Pod) status(ready bool) corev1.PodStatus {
 	return corev1.PodStatus{
 		Phase:      corev1.PodRunning,
 		Conditions: conditions,
-		HostIP:     NodeIP,
-		HostIPs:    []corev1.HostIP{{IP: NodeIP}},
+		HostIP:     p.hostIP(),
+		HostIPs:    []corev1.HostIP{{IP: p.hostIP()}},
 		PodIP:      p.IP(),
 		PodIPs:     []corev1.PodIP{{IP: p.IP()}},
 		StartTime:  &now,

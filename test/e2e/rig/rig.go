@@ -77,6 +77,9 @@ type Rig struct {
 	proxyArgs    []string // SetProxyMode's extra arguments of the running kube-proxy
 	proxyMetrics string   // kube-proxy's metrics address
 	built        map[string]string
+	// apiForward is ForwardAPI's kubeconfig, once it runs; apiForwardListener its listener.
+	apiForward         string
+	apiForwardListener net.Listener
 }
 
 // Start starts the rig, and stops it in the current Ginkgo node's cleanup (call it from
@@ -102,7 +105,7 @@ func Start(opts Options) *Rig {
 	r.startControlPlane()
 	// Before the control plane stops: the API server waits for its watchers to go.
 	DeferCleanup(r.stopOwned)
-	r.createNode()
+	r.createNodeObject(NodeName, NodeIP, PodCIDR, nil)
 	kcm, err := binary("kube-controller-manager")
 	Expect(err).NotTo(HaveOccurred())
 	r.kcm = r.startOwned("kube-controller-manager", kcm, append([]string{
@@ -153,21 +156,25 @@ func (r *Rig) startControlPlane() {
 	Expect(os.WriteFile(r.kubeconfig, kubeconfig, 0o600)).To(Succeed())
 }
 
-// createNode creates the Node object, with the addresses and the Ready condition a kubelet
-// would report.
-func (r *Rig) createNode() {
+// createNodeObject creates a Node object, with labels, the addresses and the Ready condition a
+// kubelet would report.
+func (r *Rig) createNodeObject(name, address, podCIDR string, labels map[string]string) {
 	GinkgoHelper()
 	ctx := context.Background()
+	all := map[string]string{corev1.LabelHostname: name}
+	for k, v := range labels {
+		all[k] = v
+	}
 	node := &corev1.Node{
-		ObjectMeta: metav1.ObjectMeta{Name: NodeName, Labels: map[string]string{corev1.LabelHostname: NodeName}},
-		Spec:       corev1.NodeSpec{PodCIDR: PodCIDR, PodCIDRs: []string{PodCIDR}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: all},
+		Spec:       corev1.NodeSpec{PodCIDR: podCIDR, PodCIDRs: []string{podCIDR}},
 	}
 	Expect(r.client.Create(ctx, node)).To(Succeed())
 	now := metav1.Now()
 	node.Status = corev1.NodeStatus{
 		Addresses: []corev1.NodeAddress{
-			{Type: corev1.NodeInternalIP, Address: NodeIP},
-			{Type: corev1.NodeHostName, Address: NodeName},
+			{Type: corev1.NodeInternalIP, Address: address},
+			{Type: corev1.NodeHostName, Address: name},
 		},
 		Conditions: []corev1.NodeCondition{{
 			Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
@@ -198,6 +205,9 @@ func (r *Rig) track(p *Process) {
 func (r *Rig) stopOwned() {
 	r.mu.Lock()
 	owned := []*Process{r.proxy, r.kcm}
+	if r.apiForwardListener != nil {
+		_ = r.apiForwardListener.Close()
+	}
 	r.mu.Unlock()
 	for _, p := range owned {
 		if p != nil {
@@ -297,15 +307,13 @@ func (r *Rig) ProxySyncedAt() (time.Time, error) {
 	r.mu.Lock()
 	addr := r.proxyMetrics
 	r.mu.Unlock()
-	resp, err := (&http.Client{Timeout: 2 * time.Second}).Get("http://" + addr + "/metrics")
-	if err != nil {
-		return time.Time{}, err
-	}
-	defer func() { _ = resp.Body.Close() }()
-	if resp.StatusCode != http.StatusOK {
-		return time.Time{}, fmt.Errorf("kube-proxy metrics: %s", resp.Status)
-	}
-	scanner := bufio.NewScanner(resp.Body)
+	return proxySyncedAt(&http.Client{Timeout: 2 * time.Second}, addr)
+}
+
+// lastSync reads kubeproxy_sync_proxy_rules_last_timestamp_seconds for IPv4 from a metrics
+// page, zero before the first sync.
+func lastSync(body io.Reader) (time.Time, error) {
+	scanner := bufio.NewScanner(body)
 	scanner.Buffer(make([]byte, 64*1024), 1024*1024)
 	for scanner.Scan() {
 		line := scanner.Text()
