@@ -183,7 +183,26 @@ func (r Result) Message(subject string) string {
 	if r.Outcome != Pending && len(silent) > 0 {
 		s += fmt.Sprintf("; no answer from %s", strings.Join(silent, ", "))
 	}
+	if degraded := r.degraded(); len(degraded) > 0 {
+		s += fmt.Sprintf("; degraded (alone seeing unrelated targets fail), so their votes weigh half: %s",
+			strings.Join(degraded, ", "))
+	}
 	return s
+}
+
+// degraded names the voters that are degraded, the leader first.
+func (r Result) degraded() []string {
+	var names []string
+	for _, b := range r.Ballots {
+		if b.Degraded && b.Verdict != Silent {
+			names = append(names, b.Observer.Name)
+		}
+	}
+	slices.Sort(names)
+	if r.Leader.Degraded {
+		names = append([]string{r.Leader.Observer.Name}, names...)
+	}
+	return names
 }
 
 // verbS is the verb's s for a subject of n names ("b sees", "b, c see").

@@ -102,6 +102,10 @@ func TestMessage(t *testing.T) {
 			"unconfirmed: no observer answered about shop/payments in time (node-b, node-c); deciding on node-a's probes alone, under the observer guard"},
 		{"nobody to ask", Tally(leader, nil, true),
 			"unconfirmed: no other observer to ask about shop/payments; deciding on node-a's probes alone, under the observer guard"},
+		{"a degraded leader and a sound peer", Tally(Ballot{Observer: obs("node-a", ""), Degraded: true},
+			named(ballots("H", "-"), "node-b", "node-c"), true),
+			"held: 1 of 2 observers see shop/payments healthy (node-b); node-a sees it failing; no answer from node-c; " +
+				"degraded (alone seeing unrelated targets fail), so their votes weigh half: node-a"},
 		{"pending", Tally(leader, named(ballots("H", "-"), "node-b", "node-c"), false),
 			"asking: 1 of 2 observers answered about shop/payments"},
 	} {

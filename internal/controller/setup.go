@@ -172,7 +172,9 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 			}}
 		client := &observer.Client{Token: observer.TokenFile(o.ObserverTokenFile),
 			HTTP: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2, IdleConnTimeout: time.Minute}}}
-		confirmer = observer.NewConfirmer(client, dir, clk, confirm.DefaultHealth)
+		c := observer.NewConfirmer(client, dir, clk, confirm.DefaultHealth)
+		recorder.SetDegradedObservers(c.Degraded)
+		confirmer = c
 	}
 	r.Scheduler = runner.New(runner.Options{
 		Confirmer:           confirmer,

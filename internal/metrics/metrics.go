@@ -5,6 +5,7 @@ package metrics
 import (
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,6 +32,7 @@ const (
 	QueryValueName         = "tripswitch_query_value"
 	ResolutionsName        = "tripswitch_external_resolutions_total"
 	ExternalAddressesName  = "tripswitch_external_addresses"
+	ObserverDegradedName   = "tripswitch_observer_degraded"
 	stateClosed, stateOpen = "closed", "open"
 	stateHalfOpen          = "half_open"
 )
@@ -61,6 +63,7 @@ type Recorder struct {
 	queryValue    *prometheus.GaugeVec
 	resolutions   *prometheus.CounterVec
 	addresses     *prometheus.GaugeVec
+	degraded      *degradedCollector
 
 	// infoMu guards infoOf: the target and front each breaker's info series carries now.
 	infoMu sync.Mutex
@@ -148,7 +151,40 @@ func NewRecorder(reg prometheus.Registerer) (*Recorder, error) {
 	r.queryValue = register(reg, r.queryValue)
 	r.resolutions = register(reg, r.resolutions)
 	r.addresses = register(reg, r.addresses)
+	r.degraded = register(reg, &degradedCollector{desc: prometheus.NewDesc(ObserverDegradedName,
+		"1 for each observer (a node) that the second opinion finds degraded: it alone saw several unrelated targets "+
+			"fail while its peers reached them, so its votes weigh half. Absent for sound observers.",
+		[]string{"observer"}, nil)})
 	return r, nil
+}
+
+// degradedCollector reports the degraded observers at scrape time: degradation ends by
+// itself as its evidence ages, with no event to clear a gauge on.
+type degradedCollector struct {
+	desc   *prometheus.Desc
+	source atomic.Pointer[func() map[string][]string]
+}
+
+func (c *degradedCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *degradedCollector) Collect(ch chan<- prometheus.Metric) {
+	f := c.source.Load()
+	if f == nil {
+		return
+	}
+	for observer := range (*f)() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, 1, observer)
+	}
+}
+
+// SetDegradedObservers installs what says which observers are degraded now (by name, with the
+// targets that made each so); nil reports none.
+func (r *Recorder) SetDegradedObservers(f func() map[string][]string) {
+	if f == nil {
+		r.degraded.source.Store(nil)
+		return
+	}
+	r.degraded.source.Store(&f)
 }
 
 func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {

@@ -246,3 +246,28 @@ tripswitch_external_addresses{name="stripe",namespace="shop"} 3
 		t.Errorf("deleting the breaker left %d external series", n)
 	}
 }
+
+func TestObserverDegradedFollowsItsSourceAtScrapeTime(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	r, err := NewRecorder(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.CollectAndCount(r.degraded); n != 0 {
+		t.Errorf("without observers: %d series, want none", n)
+	}
+	degraded := map[string][]string{"node-a": {"shop/a", "shop/b", "shop/c"}}
+	r.SetDegradedObservers(func() map[string][]string { return degraded })
+	want := `
+# HELP tripswitch_observer_degraded 1 for each observer (a node) that the second opinion finds degraded: it alone saw several unrelated targets fail while its peers reached them, so its votes weigh half. Absent for sound observers.
+# TYPE tripswitch_observer_degraded gauge
+tripswitch_observer_degraded{observer="node-a"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), ObserverDegradedName); err != nil {
+		t.Error(err)
+	}
+	degraded = map[string][]string{}
+	if n := testutil.CollectAndCount(r.degraded); n != 0 {
+		t.Errorf("once it recovered: %d series, want none", n)
+	}
+}

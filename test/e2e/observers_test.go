@@ -130,7 +130,7 @@ var _ = Describe("with observers on other nodes", Ordered, Label("timed"), func(
 				}
 			}
 			return messages
-		}, 20*time.Second).Should(ContainElement(ContainSubstring("so their votes weigh half: " + rig.NodeName)),
+		}, 20*time.Second).Should(ContainElement(ContainSubstring("so their votes weigh half: "+rig.NodeName)),
 			"the manager's node, alone seeing three targets fail, is named degraded")
 		Consistently(func(g Gomega) {
 			for _, name := range []string{"a", "b", "c"} {
