@@ -172,6 +172,7 @@ endif
 test-chart: helm kustomize $(ENVTEST_DEP) ## Test the Helm chart: helm lint and template, and the Helm SDK suite (test/helm): same objects as config/default, a dry run, install, upgrade, uninstall and reinstall on envtest.
 	$(HELM) lint --strict charts/tripswitch
 	$(HELM) lint --strict charts/tripswitch --set responder.enabled=false,agent.enabled=false,serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true,uninstall.releaseFronts=false
+	$(HELM) lint --strict charts/tripswitch --set observers.enabled=true,agent.namespace=tripswitch-agent
 	$(HELM) lint --strict charts/tripswitch --set 'coreDNSCustom.enabled=true,coreDNSCustom.hosts[0].host=api.stripe.com,coreDNSCustom.hosts[0].service=stripe,coreDNSCustom.hosts[0].namespace=shop'
 	$(HELM) template tripswitch charts/tripswitch -n tripswitch-system >/dev/null
 	cd test/helm && KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" KUSTOMIZE="$(KUSTOMIZE)" $(GO_TEST_NICE) go test $(GO_TEST_FLAGS) $(GO_TEST_EXEC) -count=1 ./...

@@ -61,6 +61,10 @@ type component struct {
 	// ownNamespace: config puts the component in a namespace of its own, which value
 	// namespace replaces (empty: the release's).
 	ownNamespace bool
+	// observe are the items config/observers adds to the workload, rewritten, and
+	// observerArgs its args among them (observers.go).
+	observe      additions
+	observerArgs []any
 }
 
 // hidden says why a flag is not a value, or "". Listen addresses are config's, passed as
@@ -79,9 +83,18 @@ func namespaceToken(key string) string { return "__NAMESPACE_OF_" + strings.ToUp
 
 type object = map[string]any
 
-// generate turns the kustomize builds into the chart's generated files, by path in the chart.
-func generate(install, monitoring []byte, helps map[string][]flagDoc) (map[string][]byte, error) {
+// generate turns the kustomize builds into the chart's generated files, by path in the chart:
+// install is config/default's, observed config/default's with the config/observers component.
+func generate(install, observed, monitoring []byte, helps map[string][]flagDoc) (map[string][]byte, error) {
 	objs, err := decode(install)
+	if err != nil {
+		return nil, err
+	}
+	observedObjs, err := decode(observed)
+	if err != nil {
+		return nil, err
+	}
+	addedObjs, adds, err := observerParts(objs, observedObjs)
 	if err != nil {
 		return nil, err
 	}
@@ -90,7 +103,7 @@ func generate(install, monitoring []byte, helps map[string][]flagDoc) (map[strin
 		return nil, err
 	}
 	names := map[string]bool{}
-	for _, o := range append(slices.Clone(objs), monitors...) {
+	for _, o := range slices.Concat(objs, monitors, addedObjs) {
 		if name := str(o, "metadata", "name"); strings.HasPrefix(name, namePrefix) && str(o, "kind") != "Namespace" {
 			names[name] = true
 		}
@@ -115,6 +128,20 @@ func generate(install, monitoring []byte, helps map[string][]flagDoc) (map[strin
 		c.ownNamespace = true
 		namespaces[str(o, "metadata", "name")] = namespaceToken(c.key)
 	}
+	for key, a := range adds {
+		c := comps[key]
+		if c == nil {
+			return nil, fmt.Errorf("config/observers changes the workload of unknown component %s", key)
+		}
+		c.observe = additions{}
+		for list, items := range a {
+			if list == "args" {
+				c.observerArgs = rewriteRefs(items, names, namespaces)
+				continue
+			}
+			c.observe[list] = rewrite(items, names, namespaces).([]any)
+		}
+	}
 	var image string
 	for _, o := range objs {
 		switch str(o, "kind") {
@@ -136,7 +163,7 @@ func generate(install, monitoring []byte, helps map[string][]flagDoc) (map[strin
 			return nil, fmt.Errorf("%s %s is in namespace %s, which config/default does not make", str(o, "kind"), str(o, "metadata", "name"), ns)
 		}
 		o = rewrite(o, names, namespaces).(object)
-		t := &templater{snippets: map[string]func(int) string{}}
+		t := &templater{snippets: map[string]func(int) string{}, raw: map[string]bool{}}
 		if kind := str(o, "kind"); kind == "Deployment" || kind == "DaemonSet" {
 			if c.kind != "" {
 				return nil, fmt.Errorf("config/default has two %s workloads", c.key)
@@ -177,7 +204,7 @@ func generate(install, monitoring []byte, helps map[string][]flagDoc) (map[strin
 			return nil, fmt.Errorf("config/prometheus holds a %s, which the chart does not know", kind)
 		}
 		o = rewrite(o, names, namespaces).(object)
-		t := &templater{snippets: map[string]func(int) string{}}
+		t := &templater{snippets: map[string]func(int) string{}, raw: map[string]bool{}}
 		labels, _ := o["metadata"].(object)["labels"].(object)
 		labels[t.token(withBlock("$.Values."+key+".labels", ""))] = ""
 		text, err := t.render(o)
@@ -185,6 +212,9 @@ func generate(install, monitoring []byte, helps map[string][]flagDoc) (map[strin
 			return nil, err
 		}
 		files["templates/"+strings.ToLower(kind)+".yaml"] = []byte(header + "{{- if .Values." + key + ".enabled }}\n" + text + "{{- end }}\n")
+	}
+	if files["templates/observers.yaml"], err = renderObservers(addedObjs, names, namespaces); err != nil {
+		return nil, err
 	}
 	if files["templates/coredns-custom.yaml"], err = coreDNSTemplate(helps["manager"]); err != nil {
 		return nil, err
@@ -198,7 +228,7 @@ func generate(install, monitoring []byte, helps map[string][]flagDoc) (map[strin
 		return nil, err
 	}
 	files["values.yaml"] = values
-	schema, err := valuesSchema(comps, map[string]object{coreDNSKey: coreDNS})
+	schema, err := valuesSchema(comps, map[string]object{coreDNSKey: coreDNS, observersKey: observersSchema})
 	if err != nil {
 		return nil, err
 	}
@@ -282,6 +312,8 @@ func rewrite(v any, names map[string]bool, namespaces map[string]string) any {
 type templater struct {
 	n        int
 	snippets map[string]func(indent int) string
+	// raw are the tokens that stand for list items: their snippets write the dashes.
+	raw map[string]bool
 }
 
 func (t *templater) token(snippet func(indent int) string) string {
@@ -309,6 +341,10 @@ func (t *templater) render(o object) (string, error) {
 			continue
 		}
 		indent := len(m[1])
+		if tok := tokenName.FindString(m[3]); m[2] != "" && t.raw[tok] {
+			out.WriteString(t.snippets[tok](indent) + "\n")
+			continue
+		}
 		if m[2] != "" {
 			// A list item whose first key is a token: the item opens on a line of its own.
 			out.WriteString(m[1] + "-\n")
@@ -444,14 +480,23 @@ func (t *templater) workload(o object, c *component) (string, error) {
 	}
 	slices.Sort(words[min(len(words), countWords(args)):])
 	c.words, c.args = words, flags
+	t.applyAdditions(pod, ctr, c)
 	ctr["args"] = t.token(func(indent int) string {
 		quoted := make([]string, len(words))
 		for i, w := range words {
 			quoted[i] = fmt.Sprintf("%q", w)
 		}
-		return lines(indent, "args:",
+		ls := []string{"args:",
 			fmt.Sprintf(`{{- include "tripswitch.args" (dict "component" %q "words" (list %s) "root" $) | trim | nindent %d }}`,
-				c.key, strings.Join(quoted, " "), indent))
+				c.key, strings.Join(quoted, " "), indent)}
+		if len(c.observerArgs) > 0 {
+			ls = append(ls, "{{- if "+observersCond+" }}")
+			for _, a := range c.observerArgs {
+				ls = append(ls, fmt.Sprintf("- %q", a))
+			}
+			ls = append(ls, "{{- end }}")
+		}
+		return lines(indent, ls...)
 	})
 	return image, nil
 }
@@ -582,6 +627,7 @@ agent:
 			}
 		}
 	}
+	b.WriteString(observersValues)
 	b.WriteString(`
 # Monitoring for clusters with the Prometheus Operator (config/prometheus): a ServiceMonitor for
 # the manager's HTTPS metrics endpoint, and a PrometheusRule with tripswitch's alerts. labels

@@ -38,6 +38,10 @@ func run(kustomize, manager, chart string) error {
 	if err != nil {
 		return err
 	}
+	observed, err := kustomizeWith(kustomize, "resources:\n- ../default\ncomponents:\n- ../observers\n")
+	if err != nil {
+		return err
+	}
 	monitoring, err := kustomizeMonitoring(kustomize)
 	if err != nil {
 		return err
@@ -54,7 +58,7 @@ func run(kustomize, manager, chart string) error {
 	if err != nil {
 		return err
 	}
-	files, err := generate(install, monitoring, map[string][]flagDoc{"manager": managerHelp, "responder": responderHelp,
+	files, err := generate(install, observed, monitoring, map[string][]flagDoc{"manager": managerHelp, "responder": responderHelp,
 		"agent": agentHelp})
 	if err != nil {
 		return err
@@ -100,13 +104,18 @@ func kustomizeBuild(kustomize, dir string) ([]byte, error) {
 // kustomizeMonitoring builds config/prometheus as config/default would if it listed it: in
 // the same namespace and with the same name prefix.
 func kustomizeMonitoring(kustomize string) ([]byte, error) {
+	return kustomizeWith(kustomize, "namespace: tripswitch-system\nnamePrefix: tripswitch-\nresources:\n- ../prometheus\n")
+}
+
+// kustomizeWith builds a kustomization of config's directories, given as its text (paths
+// relative to a directory in config/).
+func kustomizeWith(kustomize, kustomization string) ([]byte, error) {
 	dir, err := os.MkdirTemp("config", ".chartgen-")
 	if err != nil {
 		return nil, err
 	}
 	defer func() { _ = os.RemoveAll(dir) }()
-	k := "namespace: tripswitch-system\nnamePrefix: tripswitch-\nresources:\n- ../prometheus\n"
-	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(kustomization), 0o644); err != nil {
 		return nil, err
 	}
 	return kustomizeBuild(kustomize, dir)

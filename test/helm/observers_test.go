@@ -1,8 +1,6 @@
 package helm_test
 
 import (
-	"os"
-	"path/filepath"
 	"slices"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -18,15 +16,7 @@ import (
 var _ = Describe("config/observers, the opt-in second opinion", func() {
 	It("makes the agents observers the manager finds and may ask, and a real API server accepts it", func(ctx SpecContext) {
 		// An install as the README says: config/default with the component.
-		overlay := GinkgoT().TempDir()
-		root, err := filepath.Abs(repoRoot)
-		Expect(err).NotTo(HaveOccurred())
-		// kustomize takes no absolute paths.
-		config, err := filepath.Rel(overlay, filepath.Join(root, "config"))
-		Expect(err).NotTo(HaveOccurred())
-		Expect(os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte("resources:\n- "+config+"/default"+
-			"\ncomponents:\n- "+config+"/observers\n"), 0o600)).To(Succeed())
-		objects := kustomizeBuildDir(GinkgoT(), overlay)
+		objects := kustomizeBuildObservers(GinkgoT())
 
 		var manager appsv1.Deployment
 		var agent appsv1.DaemonSet

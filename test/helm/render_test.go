@@ -2,6 +2,7 @@ package helm_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -107,6 +108,31 @@ func kustomizeBuildDir(t tester, dir string) []object {
 	return decode(t, string(out))
 }
 
+// kustomizeBuildObservers builds config/default with the config/observers component, as the
+// README's install with the second opinion does.
+func kustomizeBuildObservers(t tester) []object {
+	t.Helper()
+	root, err := filepath.Abs(repoRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	overlay, err := os.MkdirTemp("", "observers-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = os.RemoveAll(overlay) }()
+	// kustomize takes no absolute paths.
+	config, err := filepath.Rel(overlay, filepath.Join(root, "config"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kustomization := "resources:\n- " + config + "/default\ncomponents:\n- " + config + "/observers\n"
+	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(kustomization), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return kustomizeBuildDir(t, overlay)
+}
+
 // normalize makes the differences that are meant to be invisible: kustomize manages the one,
 // Helm the other, and the chart passes flags sorted by name (and booleans as =true).
 func normalize(o object) object {
@@ -159,6 +185,17 @@ func moveNamespace(o object, from, to string) object {
 			subject["namespace"] = to
 		}
 	}
+	// A flag that names an object there by namespace/name (the manager's --observer-service).
+	spec, _ := o["spec"].(object)
+	tmpl, _ := spec["template"].(object)
+	pod, _ := tmpl["spec"].(object)
+	containers, _ := pod["containers"].([]any)
+	for _, c := range containers {
+		args, _ := c.(object)["args"].([]any)
+		for i, a := range args {
+			args[i] = strings.Replace(a.(string), "="+from+"/", "="+to+"/", 1)
+		}
+	}
 	return o
 }
 
@@ -176,14 +213,24 @@ func TestChartRendersConfigDefault(t *testing.T) {
 		values map[string]any
 		// agentIn is where the chart puts the agent's objects.
 		agentIn string
+		// observers: the second opinion is on, and config/default is built with the
+		// config/observers component.
+		observers bool
 	}{
-		{"default values", nil, installNamespace},
-		{"agent.namespace", map[string]any{"agent": map[string]any{"namespace": agentNamespace}}, agentNamespace},
+		{"default values", nil, installNamespace, false},
+		{"agent.namespace", map[string]any{"agent": map[string]any{"namespace": agentNamespace}}, agentNamespace, false},
+		{"observers.enabled", map[string]any{"observers": map[string]any{"enabled": true}}, installNamespace, true},
+		{"observers.enabled and agent.namespace", map[string]any{"observers": map[string]any{"enabled": true},
+			"agent": map[string]any{"namespace": agentNamespace}}, agentNamespace, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			want := map[string]object{}
 			agentObjects := 0
-			for _, o := range kustomizeBuild(t) {
+			build := kustomizeBuild(t)
+			if tc.observers {
+				build = kustomizeBuildObservers(t)
+			}
+			for _, o := range build {
 				if o["kind"] == "Namespace" {
 					continue
 				}
@@ -204,8 +251,10 @@ func TestChartRendersConfigDefault(t *testing.T) {
 			if len(got) < 19 {
 				t.Fatalf("only %d objects compared", len(got))
 			}
-			// The ServiceAccount, the ClusterRole and its binding, and the DaemonSet.
-			if agentObjects != 4 || got["DaemonSet "+tc.agentIn+"/tripswitch-agent"] == nil {
+			// The ServiceAccount, the ClusterRole and its binding, and the DaemonSet; with
+			// observers, their Service, ClusterRole and binding too.
+			wantAgent := map[bool]int{false: 4, true: 7}[tc.observers]
+			if agentObjects != wantAgent || got["DaemonSet "+tc.agentIn+"/tripswitch-agent"] == nil {
 				t.Fatalf("the agent's objects were not compared: %d of config/default's, and the chart's DaemonSet in %s is %v",
 					agentObjects, tc.agentIn, got["DaemonSet "+tc.agentIn+"/tripswitch-agent"] != nil)
 			}
@@ -377,8 +426,14 @@ func TestChartLeavesTheAgentOut(t *testing.T) {
 		with[key(o)] = o
 	}
 	without := map[string]object{}
-	for _, o := range decode(t, render(t, "tripswitch", installNamespace, map[string]any{"agent": map[string]any{"enabled": false}}).Manifest) {
+	// observers.enabled needs the agents: without them it adds nothing, and the manager asks
+	// nobody.
+	for _, o := range decode(t, render(t, "tripswitch", installNamespace, map[string]any{"agent": map[string]any{"enabled": false},
+		"observers": map[string]any{"enabled": true}}).Manifest) {
 		without[key(o)] = o
+	}
+	if manager, _ := json.Marshal(without["Deployment tripswitch-system/tripswitch-controller-manager"]); strings.Contains(string(manager), "observer-service") || strings.Contains(string(manager), "observer-token") {
+		t.Errorf("without agents, the manager is told of observers: %s", manager)
 	}
 	var left []string
 	for k, o := range with {
