@@ -1,6 +1,7 @@
 // Command chartgen writes the generated part of the Helm chart charts/tripswitch from config/,
 // so that the chart never drifts from the kustomize install: it takes `kustomize build
-// config/default` (and config/prometheus, with the same namespace and name prefix), turns
+// config/default` (and config/prometheus, with the same namespace and name prefix, and
+// config/default with the config/observers component, for observers.enabled), turns
 // the namespaces, the name prefix and the settings an operator tunes into template values,
 // and lists every flag of the manager, the responder and the node agent, read from their
 // -help, as values; and it writes the optional coredns-custom ConfigMap, whose stanzas are

@@ -1,7 +1,7 @@
 // Package observer is the wire between the leader and the observers that give it a second
-// opinion (docs/design/second-opinion.md): the leader asks an observer on another node to
-// probe, once, endpoints that its own probes see failing, and the observer answers with what
-// it saw.
+// opinion (the README's "A second opinion from other nodes"): the leader asks an observer on
+// another node to probe, once, endpoints that its own probes see failing, and the observer
+// answers with what it saw.
 //
 // An observer is not a relay. It probes only the endpoints that a CircuitBreaker it can read
 // publishes in its front Service's EndpointSlices, only with that breaker's own probe spec,

@@ -14,10 +14,11 @@ import (
 	"github.com/tripswitch/tripswitch/internal/probe"
 )
 
-// A suspicion is a trip that the leader's own probes call for, waiting for a second opinion
-// (docs/design/second-opinion.md): the breaker stays Closed while observers on other nodes
-// probe the failing endpoints once, and it opens only when the tally confirms, or when nobody
-// answered (then the observer guard decides, as it does without observers).
+// A suspicion is a trip (or an endpoint's ejection) that the leader's own probes call for,
+// waiting for a second opinion (the README's "A second opinion from other nodes"): the breaker
+// stays Closed (the endpoint published) while observers on other nodes probe the failing
+// endpoints once. It opens only when the tally confirms, past the observer guard, or when
+// nobody answered, and then the guard decides, as it does without observers.
 
 // Confirmer gives the second opinion: it asks observers about a suspicion and tallies their
 // votes with the leader's. It must return by ctx's deadline, with Unconfirmed when nobody
@@ -63,7 +64,7 @@ type Confirmation struct {
 	// Endpoint and Ejection are set when the second opinion was about ejecting one endpoint.
 	Endpoint probe.Endpoint
 	Ejection ejection.Reason
-	Since  time.Time
+	Since    time.Time
 	// Last is the newest tally, nil before the first.
 	Last *confirm.Result
 	// HeldUntil is, after a refuted suspicion, when observers are asked again if the rule
