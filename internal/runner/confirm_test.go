@@ -304,3 +304,14 @@ func TestSchedulerLetsEveryConfirmedTripPastTheGuard(t *testing.T) {
 		})
 	}
 }
+
+func TestSchedulerAsksNobodyWhileNothingIsSuspect(t *testing.T) {
+	g := NewWithT(t)
+	o := &observers{verdict: confirm.Failing}
+	s, _, _ := confirmed(t, o)
+	g.Eventually(func() uint64 { v, _ := s.View(key(1)); return v.Probes[breaker.Success] }, 5*time.Second).Should(
+		BeNumerically(">=", 20), "the leader probes a healthy target for a while")
+	g.Expect(o.questions()).To(BeEmpty(), "no observer probes anything while nothing is suspect")
+	v, _ := s.View(key(1))
+	g.Expect(v.Confirmation).To(BeNil())
+}
