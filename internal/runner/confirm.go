@@ -274,10 +274,10 @@ func (s *Scheduler) attachEjectionConfirm(e *entry) {
 // observers are asked or after they refuted it, true once they confirmed or stayed silent.
 // Callers hold e.mu.
 func (s *Scheduler) ejectionConfirmAllows(e *entry, ep probe.Endpoint, r ejection.Reason) bool {
+	e.ejectConfirmed = false // whatever an earlier ejection left, it is not this one's
 	if s.confirmer == nil || e.confirmCfg.Observers == 0 || !e.gated {
 		return true
 	}
-	e.ejectConfirmed = false
 	now := s.clock.Now()
 	if su := e.ejectSuspicions[ep]; su != nil {
 		switch su.state {
