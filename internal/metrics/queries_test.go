@@ -30,6 +30,7 @@ func registered(t *testing.T) map[string]bool {
 	r.QueryEvaluated("ns", "b", "r", 1, false, nil)
 	r.Resolved("ns", "b", ResolutionSuccess)
 	r.SetExternalAddresses("ns", "b", 2)
+	r.SetDegradedObservers(func() map[string][]string { return map[string][]string{"node-a": {"ns/b"}} })
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
