@@ -31,67 +31,56 @@ import (
 // two, and the stories' backends on those two. Each node has its own kube-proxy, and the
 // network between the nodes is routed, so a rule in the first node's namespace can cut the
 // manager off from one node while clients, and the other nodes, still reach it.
-var _ = Describe("with observers on other nodes", Ordered, Label("timed"), func() {
-	const agentService = "tripswitch-agent"
+//
+// The stories run in two containers, each on a cluster of its own: the one that times a
+// trip runs with the other timed stories, alone on the machine; the others, which time
+// nothing tighter than seconds, run beside the builds.
+var _ = Describe("with observers on other nodes, timed", Ordered, Label("timed"), func() {
 	var node2, node3 *rig.Node
+	BeforeAll(func(ctx SpecContext) { node2, node3 = startObserverNodes(ctx) })
+	AfterEach(func() { writeNodeRules(node2, node3) })
 
-	BeforeAll(func(ctx SpecContext) {
-		cluster.SetProxyMode(rig.NFTables)
-		labelNode(ctx, rig.NodeName, "zone-a")
-		node2 = cluster.AddNode("node2", map[string]string{corev1.LabelTopologyZone: "zone-b"}, rig.NFTables)
-		node3 = cluster.AddNode("node3", map[string]string{corev1.LabelTopologyZone: "zone-c"}, rig.NFTables)
-		in := installTripswitch(ctx, 1)
+	It("trips on a real failure within the floor, one probe timeout and 100 ms", timedRetry, func(ctx SpecContext) {
+		ns := cluster.NewNamespace("confirmed")
+		name := attempt("payments")
+		bs := targetOn(ctx, ns, name+"-backend", node2, node3)
+		breaker(ctx, ns, name, `{target: {service: `+name+`-backend, port: http}, probe: {interval: 100ms, timeout: 100ms},
+			trip: {consecutiveFailures: 3}, recovery: {openDuration: 1m}}`)
+		front := frontIP(ctx, ns, name)
+		Eventually(published(ctx, ns, name)).Should(ConsistOf(ips(bs)))
+		load := rig.NewClients(loadClients).Start(rig.LoadSpec{Target: net.JoinHostPort(front, "80"), Host: name + "." + ns,
+			Rate: loadRate, Headers: loadHeaders, Timeout: 2 * time.Second, Mode: rig.HTTPGet})
+		Eventually(func() int {
+			return len(load.Snapshot().Where(func(a rig.Attempt) bool { return a.Status == http.StatusOK }))
+		}).Should(BeNumerically(">=", loadClients*loadRate), "a second of steady traffic before the failure")
 
-		// The manager's service account and its projected token for the observers' audience.
-		const managerSA = "tripswitch-controller-manager"
-		c := cluster.Client()
-		Expect(client.IgnoreAlreadyExists(c.Create(ctx, &corev1.ServiceAccount{
-			ObjectMeta: metav1.ObjectMeta{Namespace: systemNamespace, Name: managerSA}}))).To(Succeed())
-		token, err := kubernetes.NewForConfigOrDie(cluster.Config()).CoreV1().ServiceAccounts(systemNamespace).CreateToken(ctx, managerSA,
-			&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{Audiences: []string{observer.Audience},
-				ExpirationSeconds: ptr.To[int64](3600)}}, metav1.CreateOptions{})
-		Expect(err).NotTo(HaveOccurred())
-		tokenFile := filepath.Join(cluster.RunDir(), "observer-token")
-		Expect(os.WriteFile(tokenFile, []byte(token.Status.Token), 0o600)).To(Succeed())
-
-		// The agents, as config/observers runs them: hostNetwork pods behind a headless Service
-		// whose EndpointSlices tell the manager where they are and in which zone.
-		labels := map[string]string{"app.kubernetes.io/name": "tripswitch", "app.kubernetes.io/component": "agent"}
-		svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: systemNamespace, Name: agentService},
-			Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Selector: labels, Ports: []corev1.ServicePort{
-				{Name: "observer", Port: 8493, TargetPort: intstr.FromString("observer")}}}}
-		Expect(c.Create(ctx, svc)).To(Succeed())
-		DeferCleanup(func(ctx SpecContext) { Expect(client.IgnoreNotFound(c.Delete(ctx, svc))).To(Succeed()) })
-		for _, node := range []*rig.Node{node2, node3} {
-			startObserver(in, node, labels, systemNamespace+"/"+managerSA)
-		}
-		Eventually(func(g Gomega) []string {
-			var slices discoveryv1.EndpointSliceList
-			g.Expect(c.List(ctx, &slices, client.InNamespace(systemNamespace),
-				client.MatchingLabels{discoveryv1.LabelServiceName: agentService})).To(Succeed())
-			var zones []string
-			for _, sl := range slices.Items {
-				for _, ep := range sl.Endpoints {
-					if ep.Zone != nil && ptr.Deref(ep.Conditions.Ready, false) {
-						zones = append(zones, ptr.Deref(ep.NodeName, "")+"/"+*ep.Zone)
-					}
-				}
-			}
-			return zones
-		}).Should(ConsistOf("node2/zone-b", "node3/zone-c"), "the agents' Service publishes both observers with their zones")
-
-		in.startManager("manager", "--observer-service="+systemNamespace+"/"+agentService, "--node-name="+rig.NodeName,
-			"--observer-token-file="+tokenFile)
+		failedAt := time.Now()
+		setBehavior(bs, rig.Unavailable)
+		Eventually(breakerStatus(ctx, ns, name)).Should(HaveField("GateState", tripswitchv1alpha1.StateOpen))
+		openAfter := time.Since(failedAt)
+		Consistently(breakerStatus(ctx, ns, name), time.Second).Should(HaveField("GateState", tripswitchv1alpha1.StateOpen))
+		results := load.Stop()
+		delays := switchDelays(results, failedAt, loadClients)
+		// 3 failures at 100 ms across two endpoints: the floor is about 100 ms; one
+		// confirmation may add a probe timeout (100 ms) and 100 ms; 150 ms is what the one-node
+		// stories allow for kube-proxy's sync and the machine.
+		const floor, timeout = 100 * time.Millisecond, 100 * time.Millisecond
+		summary := fmt.Sprintf("Open %v after the failure; callers failed fast after p50 %v, p99 %v (bound %v)",
+			openAfter.Round(time.Millisecond), percentile(delays, 0.5).Round(time.Millisecond),
+			percentile(delays, 0.99).Round(time.Millisecond), floor+timeout+100*time.Millisecond+150*time.Millisecond)
+		AddReportEntry("confirmed trip", summary)
+		st := breakerStatus(ctx, ns, name)(Default)
+		Expect(st.Confirmation).NotTo(BeNil())
+		Expect(st.Confirmation.Outcome).To(Equal("Confirmed"), "%s", st.Confirmation.Message)
+		Expect(st.TransitionMessage).To(ContainSubstring("confirmed: "))
+		Expect(percentile(delays, 0.99)).To(BeNumerically("<=", floor+timeout+100*time.Millisecond+150*time.Millisecond), summary)
 	})
+})
 
-	AfterEach(func() {
-		if CurrentSpecReport().Failed() {
-			for _, node := range []*rig.Node{node2, node3} {
-				out, _ := node.Net.Command(context.Background(), "nft", "list", "ruleset").CombinedOutput()
-				fmt.Fprintf(GinkgoWriter, "\n----- nft list ruleset on %s -----\n%s", node.Name, out)
-			}
-		}
-	})
+var _ = Describe("with observers on other nodes", Ordered, func() {
+	var node2, node3 *rig.Node
+	BeforeAll(func(ctx SpecContext) { node2, node3 = startObserverNodes(ctx) })
+	AfterEach(func() { writeNodeRules(node2, node3) })
 
 	It("keeps every endpoint published when only the manager's node loses its route to a backend's node, and names it degraded", func(ctx SpecContext) {
 		ns := cluster.NewNamespace("partition")
@@ -150,42 +139,6 @@ var _ = Describe("with observers on other nodes", Ordered, Label("timed"), func(
 		}
 		st := breakerStatus(ctx, ns, "c")(Default)
 		Expect(st.Confirmation.Votes).To(ContainElement(And(HaveField("Observer", "node3"), HaveField("Verdict", "Healthy"))))
-	})
-
-	It("trips on a real failure within the floor, one probe timeout and 100 ms", timedRetry, func(ctx SpecContext) {
-		ns := cluster.NewNamespace("confirmed")
-		name := attempt("payments")
-		bs := targetOn(ctx, ns, name+"-backend", node2, node3)
-		breaker(ctx, ns, name, `{target: {service: `+name+`-backend, port: http}, probe: {interval: 100ms, timeout: 100ms},
-			trip: {consecutiveFailures: 3}, recovery: {openDuration: 1m}}`)
-		front := frontIP(ctx, ns, name)
-		Eventually(published(ctx, ns, name)).Should(ConsistOf(ips(bs)))
-		load := rig.NewClients(loadClients).Start(rig.LoadSpec{Target: net.JoinHostPort(front, "80"), Host: name + "." + ns,
-			Rate: loadRate, Headers: loadHeaders, Timeout: 2 * time.Second, Mode: rig.HTTPGet})
-		Eventually(func() int {
-			return len(load.Snapshot().Where(func(a rig.Attempt) bool { return a.Status == http.StatusOK }))
-		}).Should(BeNumerically(">=", loadClients*loadRate), "a second of steady traffic before the failure")
-
-		failedAt := time.Now()
-		setBehavior(bs, rig.Unavailable)
-		Eventually(breakerStatus(ctx, ns, name)).Should(HaveField("GateState", tripswitchv1alpha1.StateOpen))
-		openAfter := time.Since(failedAt)
-		Consistently(breakerStatus(ctx, ns, name), time.Second).Should(HaveField("GateState", tripswitchv1alpha1.StateOpen))
-		results := load.Stop()
-		delays := switchDelays(results, failedAt, loadClients)
-		// 3 failures at 100 ms across two endpoints: the floor is about 100 ms; one
-		// confirmation may add a probe timeout (100 ms) and 100 ms; 150 ms is what the one-node
-		// stories allow for kube-proxy's sync and the machine.
-		const floor, timeout = 100 * time.Millisecond, 100 * time.Millisecond
-		summary := fmt.Sprintf("Open %v after the failure; callers failed fast after p50 %v, p99 %v (bound %v)",
-			openAfter.Round(time.Millisecond), percentile(delays, 0.5).Round(time.Millisecond),
-			percentile(delays, 0.99).Round(time.Millisecond), floor+timeout+100*time.Millisecond+150*time.Millisecond)
-		AddReportEntry("confirmed trip", summary)
-		st := breakerStatus(ctx, ns, name)(Default)
-		Expect(st.Confirmation).NotTo(BeNil())
-		Expect(st.Confirmation.Outcome).To(Equal("Confirmed"), "%s", st.Confirmation.Message)
-		Expect(st.TransitionMessage).To(ContainSubstring("confirmed: "))
-		Expect(percentile(delays, 0.99)).To(BeNumerically("<=", floor+timeout+100*time.Millisecond+150*time.Millisecond), summary)
 	})
 
 	It("trips all of 10 breakers whose targets really fail at once: the observers agree, so the guard holds none", func(ctx SpecContext) {
@@ -247,6 +200,77 @@ var _ = Describe("with observers on other nodes", Ordered, Label("timed"), func(
 		Expect(st.TransitionMessage).To(ContainSubstring("unconfirmed: "))
 	})
 })
+
+// observerAgentService is the agents' Service, as config/observers names it.
+const observerAgentService = "tripswitch-agent"
+
+// startObserverNodes adds node2 and node3 (zones b and c; the first node is put in zone a),
+// installs tripswitch with an observing agent on each of them and the manager on the first,
+// and removes it all when the current container ends.
+func startObserverNodes(ctx context.Context) (node2, node3 *rig.Node) {
+	GinkgoHelper()
+	cluster.SetProxyMode(rig.NFTables)
+	labelNode(ctx, rig.NodeName, "zone-a")
+	node2 = cluster.AddNode("node2", map[string]string{corev1.LabelTopologyZone: "zone-b"}, rig.NFTables)
+	node3 = cluster.AddNode("node3", map[string]string{corev1.LabelTopologyZone: "zone-c"}, rig.NFTables)
+	in := installTripswitch(ctx, 1)
+
+	// The manager's service account and its projected token for the observers' audience.
+	const managerSA = "tripswitch-controller-manager"
+	c := cluster.Client()
+	Expect(client.IgnoreAlreadyExists(c.Create(ctx, &corev1.ServiceAccount{
+		ObjectMeta: metav1.ObjectMeta{Namespace: systemNamespace, Name: managerSA}}))).To(Succeed())
+	token, err := kubernetes.NewForConfigOrDie(cluster.Config()).CoreV1().ServiceAccounts(systemNamespace).CreateToken(ctx, managerSA,
+		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{Audiences: []string{observer.Audience},
+			ExpirationSeconds: ptr.To[int64](3600)}}, metav1.CreateOptions{})
+	Expect(err).NotTo(HaveOccurred())
+	tokenFile := filepath.Join(cluster.RunDir(), "observer-token")
+	Expect(os.WriteFile(tokenFile, []byte(token.Status.Token), 0o600)).To(Succeed())
+
+	// The agents, as config/observers runs them: hostNetwork pods behind a headless Service
+	// whose EndpointSlices tell the manager where they are and in which zone.
+	labels := map[string]string{"app.kubernetes.io/name": "tripswitch", "app.kubernetes.io/component": "agent"}
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: systemNamespace, Name: observerAgentService},
+		Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Selector: labels, Ports: []corev1.ServicePort{
+			{Name: "observer", Port: 8493, TargetPort: intstr.FromString("observer")}}}}
+	Expect(c.Create(ctx, svc)).To(Succeed())
+	DeferCleanup(func(ctx SpecContext) { Expect(client.IgnoreNotFound(c.Delete(ctx, svc))).To(Succeed()) })
+	for _, node := range []*rig.Node{node2, node3} {
+		startObserver(in, node, labels, systemNamespace+"/"+managerSA)
+	}
+	Eventually(func(g Gomega) []string {
+		var slices discoveryv1.EndpointSliceList
+		g.Expect(c.List(ctx, &slices, client.InNamespace(systemNamespace),
+			client.MatchingLabels{discoveryv1.LabelServiceName: observerAgentService})).To(Succeed())
+		var zones []string
+		for _, sl := range slices.Items {
+			for _, ep := range sl.Endpoints {
+				if ep.Zone != nil && ptr.Deref(ep.Conditions.Ready, false) {
+					zones = append(zones, ptr.Deref(ep.NodeName, "")+"/"+*ep.Zone)
+				}
+			}
+		}
+		return zones
+	}).Should(ConsistOf("node2/zone-b", "node3/zone-c"), "the agents' Service publishes both observers with their zones")
+
+	in.startManager("manager", "--observer-service="+systemNamespace+"/"+observerAgentService, "--node-name="+rig.NodeName,
+		"--observer-token-file="+tokenFile)
+	return node2, node3
+}
+
+// writeNodeRules writes the added nodes' nftables rules when the spec failed.
+func writeNodeRules(nodes ...*rig.Node) {
+	if !CurrentSpecReport().Failed() {
+		return
+	}
+	for _, node := range nodes {
+		if node == nil {
+			continue
+		}
+		out, _ := node.Net.Command(context.Background(), "nft", "list", "ruleset").CombinedOutput()
+		fmt.Fprintf(GinkgoWriter, "\n----- nft list ruleset on %s -----\n%s", node.Name, out)
+	}
+}
 
 // labelNode puts a Node in zone.
 func labelNode(ctx context.Context, name, zone string) {
