@@ -34,6 +34,11 @@ func TestResolve(t *testing.T) {
 		if edit != nil {
 			edit(&s)
 		}
+		if s.Trip.Confirm == nil {
+			// Every resolved spec asks 2 observers, other zones first: a manager without
+			// observers (--observer-service) ignores it.
+			s.Trip.Confirm = &ConfirmSpec{Observers: ptr.To[int32](2), Zones: ConfirmZonesPrefer}
+		}
 		return s
 	}
 
@@ -147,6 +152,18 @@ func TestResolve(t *testing.T) {
 			port := intstr.FromString("http")
 			s.Gate.EndpointSlice = &EndpointSliceGate{Service: "front", HalfOpenEndpoints: 1, WhenOpen: WhenOpenRespond, CutConnections: ptr.To(true),
 				Fallback: &FallbackReference{Service: "degraded", Port: &port}}
+		}),
+	}, {
+		name: "observers: 0 stays off",
+		spec: CircuitBreakerSpec{Target: target, Trip: TripSpec{Confirm: &ConfirmSpec{Observers: ptr.To[int32](0)}}},
+		want: resolved(func(s *CircuitBreakerSpec) {
+			s.Trip.Confirm = &ConfirmSpec{Observers: ptr.To[int32](0), Zones: ConfirmZonesPrefer}
+		}),
+	}, {
+		name: "zones alone gets 2 observers",
+		spec: CircuitBreakerSpec{Target: target, Trip: TripSpec{Confirm: &ConfirmSpec{Zones: ConfirmZonesRequire}}},
+		want: resolved(func(s *CircuitBreakerSpec) {
+			s.Trip.Confirm = &ConfirmSpec{Observers: ptr.To[int32](2), Zones: ConfirmZonesRequire}
 		}),
 	}, {
 		name: "an annotation-only gate stays without an EndpointSlice gate",
