@@ -72,7 +72,7 @@ func parseAgentFlags(fs *flag.FlagSet, args []string) (*agentOptions, error) {
 		"How long the reset guard keeps a cut flow's tuple: a pooled connection idle for longer is not reset by the guard.")
 	fs.StringVar(&o.managerSA, "manager-service-account", "",
 		"The manager's service account, as namespace/name: set, the agent is an observer that answers only it, probing "+
-			"once the endpoints a CircuitBreaker's front publishes, with that breaker's probe spec, when a trip is suspect "+
+			"once the endpoints a CircuitBreaker's front publishes, with that breaker's probe spec, when a trip or an ejection is suspect "+
 			"(the manager's --observer-service). Empty: the agent observes nothing and opens no port for it.")
 	fs.StringVar(&o.observerAddr, "observer-bind-address", ":8493",
 		"Address of the observer's endpoint, with --manager-service-account. In the host network namespace: this port is "+

@@ -144,7 +144,7 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 			"cluster's own that the API does not tell, such as the pod network.")
 	fs.StringVar(&o.observerService, "observer-service", "",
 		"The node agents' Service, as namespace/name, with a port named observer: its ready endpoints are the observers "+
-			"that a breaker's spec.trip.confirm asks for a second opinion before a trip takes traffic away. The agents must "+
+			"that a breaker's spec.trip.confirm asks for a second opinion before a trip or an ejection takes traffic away. The agents must "+
 			"run with --manager-service-account naming this manager. Empty: every trip rests on the manager's probes alone.")
 	fs.StringVar(&o.observerTokenFile, "observer-token-file", "/var/run/secrets/tripswitch.io/observer/token",
 		"The manager's projected service-account token for the audience tripswitch-observer, which it shows the observers.")
