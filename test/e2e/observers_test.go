@@ -321,21 +321,8 @@ func targetOn(ctx context.Context, ns, name string, nodes ...*rig.Node) []*rig.B
 
 // published returns the ready addresses that the breaker's front publishes (tripswitch's
 // slices): its target's backends while Closed, the responder's while Open.
-func published(ctx context.Context, ns, name string) func(Gomega) []string {
-	return func(g Gomega) []string {
-		var slices discoveryv1.EndpointSliceList
-		g.Expect(cluster.Client().List(ctx, &slices, client.InNamespace(ns), client.MatchingLabels{
-			discoveryv1.LabelServiceName: name, discoveryv1.LabelManagedBy: tripswitchv1alpha1.ManagedBy})).To(Succeed())
-		var out []string
-		for _, sl := range slices.Items {
-			for _, ep := range sl.Endpoints {
-				if ptr.Deref(ep.Conditions.Ready, false) {
-					out = append(out, ep.Addresses...)
-				}
-			}
-		}
-		return out
-	}
+func published(ctx SpecContext, ns, name string) func(Gomega) []string {
+	return func(g Gomega) []string { return readyAddresses(ctx, g, ns, name, tripswitchv1alpha1.ManagedBy) }
 }
 
 // ips returns the backends' addresses, to compare with published.

@@ -138,6 +138,21 @@ func sickManagerNetwork(probe.DialFunc) probe.DialFunc {
 	}
 }
 
+// tripWhenBothFail creates the breaker payments with spec on two backends, waits until its
+// front publishes both, makes both fail, and returns its status once it is Open.
+func tripWhenBothFail(ctx context.Context, ns, spec string) tripswitchv1alpha1.CircuitBreakerStatus {
+	GinkgoHelper()
+	bs := newBackends(2)
+	createTarget(ctx, ns, "payments-backend", bs[0].port, bs...)
+	createBreaker(ctx, ns, "payments", spec)
+	Eventually(front(ctx, ns, "payments")).Should(HaveField("Ready", 2))
+	for _, b := range bs {
+		b.failing.Store(true)
+	}
+	Eventually(status(ctx, ns, "payments"), 10*time.Second).Should(HaveField("State", tripswitchv1alpha1.StateOpen))
+	return status(ctx, ns, "payments")(Default)
+}
+
 func confirmationOf(st tripswitchv1alpha1.CircuitBreakerStatus) *metav1.Condition {
 	return meta.FindStatusCondition(st.Conditions, tripswitchv1alpha1.ConditionConfirmation)
 }
@@ -181,16 +196,7 @@ var _ = Describe("A second opinion", func() {
 
 	It("trips on a real failure once an observer agrees, and the transition says who voted", func(ctx SpecContext) {
 		startManager(managerOptions{confirmer: observerNodes(ctx, ns, "node-b", "node-c")})
-		bs := newBackends(2)
-		createTarget(ctx, ns, "payments-backend", bs[0].port, bs...)
-		createBreaker(ctx, ns, "payments", spec)
-		Eventually(front(ctx, ns, "payments")).Should(HaveField("Ready", 2))
-
-		for _, b := range bs {
-			b.failing.Store(true)
-		}
-		Eventually(status(ctx, ns, "payments"), 10*time.Second).Should(HaveField("State", tripswitchv1alpha1.StateOpen))
-		st := status(ctx, ns, "payments")(Default)
+		st := tripWhenBothFail(ctx, ns, spec)
 		Expect(st.TransitionMessage).To(ContainSubstring("confirmed: "))
 		Expect(st.Confirmation.Outcome).To(Equal("Confirmed"))
 		Expect(confirmationOf(st)).To(HaveField("Reason", tripswitchv1alpha1.ReasonTripConfirmed))
@@ -234,16 +240,7 @@ var _ = Describe("A second opinion", func() {
 				{Observer: confirm.Observer{Name: "node-c"}, URL: closed.URL},
 			}}, clock.RealClock{}, confirm.DefaultHealth)
 		startManager(managerOptions{confirmer: gone})
-		bs := newBackends(2)
-		createTarget(ctx, ns, "payments-backend", bs[0].port, bs...)
-		createBreaker(ctx, ns, "payments", spec)
-		Eventually(front(ctx, ns, "payments")).Should(HaveField("Ready", 2))
-
-		for _, b := range bs {
-			b.failing.Store(true)
-		}
-		Eventually(status(ctx, ns, "payments"), 10*time.Second).Should(HaveField("State", tripswitchv1alpha1.StateOpen))
-		st := status(ctx, ns, "payments")(Default)
+		st := tripWhenBothFail(ctx, ns, spec)
 		Expect(confirmationOf(st)).To(And(HaveField("Status", metav1.ConditionUnknown), HaveField("Reason", tripswitchv1alpha1.ReasonUnconfirmed),
 			HaveField("Message", ContainSubstring("deciding on node-a's probes alone, under the observer guard"))))
 		Eventually(eventsWithReason(ctx, ns, tripswitchv1alpha1.ReasonUnconfirmed)).ShouldNot(BeEmpty())
