@@ -160,28 +160,18 @@ func rewriteRefs(args []any, names map[string]bool, namespaces map[string]string
 	return out
 }
 
-// conditionalItems renders list items under observersCond, at the indentation of the list's
-// dashes.
-func conditionalItems(items []any) func(indent int) string {
+// conditional renders items under observersCond: as list items at the indentation of the
+// list's dashes, or with key, as key: items for a list the base does not have.
+func conditional(key string, items []any) func(indent int) string {
 	return func(indent int) string {
 		data, err := yaml.Marshal(items)
 		if err != nil {
 			panic(err)
 		}
 		ls := []string{"{{- if " + observersCond + " }}"}
-		ls = append(ls, strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")...)
-		return lines(indent, append(ls, "{{- end }}")...)
-	}
-}
-
-// conditionalList renders key: items under observersCond, for a list the base does not have.
-func conditionalList(key string, items []any) func(indent int) string {
-	return func(indent int) string {
-		data, err := yaml.Marshal(items)
-		if err != nil {
-			panic(err)
+		if key != "" {
+			ls = append(ls, key+":")
 		}
-		ls := []string{"{{- if " + observersCond + " }}", key + ":"}
 		ls = append(ls, strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")...)
 		return lines(indent, append(ls, "{{- end }}")...)
 	}
@@ -200,12 +190,12 @@ func (t *templater) applyAdditions(pod, ctr object, c *component) {
 			into = pod
 		}
 		if have, ok := into[list].([]any); ok {
-			tok := t.token(conditionalItems(items))
+			tok := t.token(conditional("", items))
 			t.raw[tok] = true
 			into[list] = append(have, tok)
 			continue
 		}
-		into[t.token(conditionalList(list, items))] = ""
+		into[t.token(conditional(list, items))] = ""
 	}
 }
 

@@ -352,13 +352,11 @@ func settledEndpoint(e *entry, ep probe.Endpoint, now time.Time) {
 	if su == nil || su.state == asking {
 		return
 	}
-	if _, probed := e.slots[ep]; probed && e.tracker != nil && e.tracker.RuleHolds(ep) != ejection.NoReason {
+	_, probed := e.slots[ep]
+	if published := probed && e.tracker != nil && !e.tracker.IsEjected(ep); published &&
+		// While refuted, the rule may hold again within the hold without asking anew.
+		(e.tracker.RuleHolds(ep) != ejection.NoReason || su.state == refuted && now.Before(su.heldUntil)) {
 		return
-	}
-	if su.state == refuted && now.Before(su.heldUntil) && e.tracker != nil && !e.tracker.IsEjected(ep) {
-		if _, probed := e.slots[ep]; probed {
-			return // held: the rule may hold again within the hold without asking anew
-		}
 	}
 	delete(e.ejectSuspicions, ep)
 }

@@ -120,17 +120,7 @@ func (n *Node) startProxy(mode ProxyMode) {
 	Expect(err).NotTo(HaveOccurred())
 	n.proxyMetrics = net.JoinHostPort("127.0.0.1", "10249")
 	cmd := n.Net.Command(context.Background(), path,
-		"--kubeconfig="+n.rig.ForwardAPI(),
-		"--proxy-mode="+string(mode),
-		"--hostname-override="+n.Name,
-		"--cluster-cidr="+PodCIDR,
-		"--iptables-min-sync-period=0s",
-		"--conntrack-max-per-core=0",
-		"--conntrack-tcp-timeout-established=0s",
-		"--conntrack-tcp-timeout-close-wait=0s",
-		"--metrics-bind-address="+n.proxyMetrics,
-		"--healthz-bind-address=127.0.0.1:10256",
-		"--v=2")
+		kubeProxyArgs(n.rig.ForwardAPI(), mode, n.Name, n.proxyMetrics, "127.0.0.1:10256")...)
 	p, err := startProcess("kube-proxy-"+n.Name, cmd)
 	Expect(err).NotTo(HaveOccurred())
 	n.rig.track(p)

@@ -237,21 +237,7 @@ func (r *Rig) SetProxyMode(mode ProxyMode, extra ...string) {
 		removeProxyRules(path)
 	}
 	metrics, healthz := FreePort(), FreePort()
-	args := append([]string{
-		"--kubeconfig=" + r.kubeconfig,
-		"--proxy-mode=" + string(mode),
-		"--hostname-override=" + NodeName,
-		"--cluster-cidr=" + PodCIDR,
-		// Also nftables mode's; only the flag gives 0 (a config file's 0s becomes 1s).
-		"--iptables-min-sync-period=0s",
-		// Leave the kernel's conntrack settings alone.
-		"--conntrack-max-per-core=0",
-		"--conntrack-tcp-timeout-established=0s",
-		"--conntrack-tcp-timeout-close-wait=0s",
-		"--metrics-bind-address=" + metrics,
-		"--healthz-bind-address=" + healthz,
-		"--v=2",
-	}, r.opts.KubeProxyArgs...)
+	args := append(kubeProxyArgs(r.kubeconfig, mode, NodeName, metrics, healthz), r.opts.KubeProxyArgs...)
 	args = append(args, extra...)
 	p := r.startOwned("kube-proxy-"+string(mode), path, args...)
 	r.mu.Lock()
@@ -263,6 +249,25 @@ func (r *Rig) SetProxyMode(mode ProxyMode, extra ...string) {
 		g.Expect(err).NotTo(HaveOccurred())
 		g.Expect(synced.IsZero()).To(BeFalse(), "kube-proxy has not synced its rules yet")
 	}).WithTimeout(60*time.Second).WithPolling(100*time.Millisecond).Should(Succeed(), "kube-proxy (%s) did not start; see %s", mode, p.LogPath)
+}
+
+// kubeProxyArgs are the flags of a node's kube-proxy.
+func kubeProxyArgs(kubeconfig string, mode ProxyMode, node, metrics, healthz string) []string {
+	return []string{
+		"--kubeconfig=" + kubeconfig,
+		"--proxy-mode=" + string(mode),
+		"--hostname-override=" + node,
+		"--cluster-cidr=" + PodCIDR,
+		// Also nftables mode's; only the flag gives 0 (a config file's 0s becomes 1s).
+		"--iptables-min-sync-period=0s",
+		// Leave the kernel's conntrack settings alone.
+		"--conntrack-max-per-core=0",
+		"--conntrack-tcp-timeout-established=0s",
+		"--conntrack-tcp-timeout-close-wait=0s",
+		"--metrics-bind-address=" + metrics,
+		"--healthz-bind-address=" + healthz,
+		"--v=2",
+	}
 }
 
 // removeProxyRules removes every kube-proxy rule from the node namespace: kube-proxy --cleanup
