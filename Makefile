@@ -149,13 +149,15 @@ else
 	@# compiling at the lowest priority too (GO_TEST_NICE), with vet, the helm build and then
 	@# the chart's tests beside them.
 	@# Each go test's output is kept in $(TEST_LOGS) too, so that a failed run ends with a digest
-	@# of its failure messages (hack/test-failures.sh): CI logs are read from the end.
-	mkdir -p $(TEST_LOGS) && rm -f $(TEST_LOGS)/*.log
+	@# of its failure messages (hack/test-failures.sh): CI logs are read from the end. Before it,
+	@# the data-plane stories that passed only on their retry, with what their failed attempt
+	@# measured (go test prints nothing of a package that passed).
+	mkdir -p $(TEST_LOGS) && rm -f $(TEST_LOGS)/*.log $(TEST_LOGS)/*.flaky
 	rc=0; \
-	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" E2E_COREDNS="$(COREDNS)" go test $(GO_TEST_FLAGS) -count=1 ./test/e2e \
-		-args -ginkgo.label-filter='timed || rig' 2>&1 | tee $(TEST_LOGS)/e2e-timed.log || rc=1; \
-	( KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" E2E_COREDNS="$(COREDNS)" go test $(GO_TEST_FLAGS) -count=1 ./test/e2e \
-		-args -ginkgo.label-filter='!(timed || rig)' 2>&1 | tee $(TEST_LOGS)/e2e.log ) & e2e=$$!; \
+	KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" E2E_COREDNS="$(COREDNS)" E2E_FLAKY_REPORT=$(TEST_LOGS)/e2e-timed.flaky \
+		go test $(GO_TEST_FLAGS) -count=1 ./test/e2e -args -ginkgo.label-filter='timed || rig' 2>&1 | tee $(TEST_LOGS)/e2e-timed.log || rc=1; \
+	( KUBEBUILDER_ASSETS="$(KUBEBUILDER_ASSETS)" E2E_ASSETS="$(E2E_ASSETS)" E2E_COREDNS="$(COREDNS)" E2E_FLAKY_REPORT=$(TEST_LOGS)/e2e.flaky \
+		go test $(GO_TEST_FLAGS) -count=1 ./test/e2e -args -ginkgo.label-filter='!(timed || rig)' 2>&1 | tee $(TEST_LOGS)/e2e.log ) & e2e=$$!; \
 	if nice -n 19 $(MAKE) --no-print-directory coredns fmt build-installer promtool prometheus; then \
 		{ nice -n 19 $(MAKE) --no-print-directory vet helm && \
 			$(MAKE) --no-print-directory test-chart 2>&1 | tee $(TEST_LOGS)/chart.log; } & side=$$!; \
@@ -164,6 +166,7 @@ else
 		wait $$side || rc=1; \
 	else rc=1; fi; \
 	wait $$e2e || rc=1; \
+	for f in $(TEST_LOGS)/*.flaky; do if [ -s "$$f" ]; then echo "==== $$f: passed only on a retry ===="; cat "$$f"; fi; done; \
 	if [ $$rc -ne 0 ]; then hack/test-failures.sh $(TEST_LOGS)/*.log; fi; \
 	exit $$rc
 endif

@@ -43,4 +43,9 @@ var _ = AfterEach(func() {
 		cluster.WriteLogTails(GinkgoWriter, 30)
 		cluster.WriteNetworkState(GinkgoWriter)
 	}
+	rig.NoteFailedAttempt()
+})
+
+var _ = ReportAfterSuite("specs that passed only on a retry", func(report Report) {
+	Expect(rig.WriteFlakyReport(report)).To(Succeed())
 })
