@@ -123,22 +123,22 @@ func newProvider(addr netip.Addr, cert tls.Certificate) *provider {
 
 func (p *provider) set(b providerBehavior) { p.behavior.Store(b) }
 
-// acceptedAt is when the provider last accepted a connection from client at or before t.
-func (p *provider) acceptedAt(client netip.AddrPort, t time.Time) (time.Time, bool) {
+// acceptedAt is when the provider last accepted a connection from client.
+func (p *provider) acceptedAt(client netip.AddrPort) (time.Time, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	at, ok := p.accepted[client]
-	return at, ok && !at.After(t)
+	return at, ok
 }
 
-// providerOf traces a connection from client, used at t, to the provider address that accepted
-// it: the one that accepted it last. The zero Addr when none did (the connection never
-// reached the provider).
-func providerOf(providers []*provider, client netip.AddrPort, t time.Time) netip.Addr {
+// providerOf traces a connection from client, right after its call, to the provider address
+// that accepted it: the one that accepted it last, should the client's port have been used
+// for both. The zero Addr when none did (the connection never reached the provider).
+func providerOf(providers []*provider, client netip.AddrPort) netip.Addr {
 	var by netip.Addr
 	var latest time.Time
 	for _, p := range providers {
-		if at, ok := p.acceptedAt(client, t); ok && at.After(latest) {
+		if at, ok := p.acceptedAt(client); ok && at.After(latest) {
 			by, latest = p.addr, at
 		}
 	}
@@ -279,7 +279,7 @@ func (c *httpsCallers) start() {
 				if d := c.dialled[i].Load(); !local.IsValid() && d != nil && !d.at.Before(start) {
 					local = d.local // the connection this call dialled, which failed on its way
 				}
-				call.reached = providerOf(c.providers, local, time.Now())
+				call.reached = providerOf(c.providers, local)
 				c.mu.Lock()
 				c.calls = append(c.calls, call)
 				c.mu.Unlock()
